@@ -1,0 +1,169 @@
+/**
+ * Input checking shared by every resource: JSON Schema validation with ajv, messages that name the field and the
+ * fix, and tolerance of values that are not known yet during `pulumi preview`.
+ */
+import * as fs from "fs";
+import * as path from "path";
+import Ajv2020, { ErrorObject, ValidateFunction } from "ajv/dist/2020";
+
+/** What the engine sends for an input whose value is not known yet (a preview of a value computed on apply). */
+export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+
+/** One reason a resource's inputs are refused, reported by `pulumi preview` against `property`. */
+export interface CheckFailure {
+    property: string;
+    reason: string;
+}
+
+export interface CheckResult<T> {
+    inputs: T;
+    failures: CheckFailure[];
+}
+
+export function isUnknown(v: unknown): boolean {
+    return v === UNKNOWN;
+}
+
+/** True when `v` or anything inside it is not known yet. */
+export function containsUnknown(v: unknown): boolean {
+    if (v === UNKNOWN) return true;
+    if (Array.isArray(v)) return v.some(containsUnknown);
+    if (v && typeof v === "object") return Object.values(v).some(containsUnknown);
+    return false;
+}
+
+/** The package's own directory (where package.json and schema/ are), from compiled or source code alike. */
+export function packageRoot(): string {
+    let dir = __dirname;
+    for (;;) {
+        const pj = path.join(dir, "package.json");
+        if (fs.existsSync(pj) && JSON.parse(fs.readFileSync(pj, "utf8")).name === "pulumi-vfio") return dir;
+        const up = path.dirname(dir);
+        if (up === dir) throw new Error("cannot find the pulumi-vfio package root (package.json)");
+        dir = up;
+    }
+}
+
+let ajv: Ajv2020 | undefined;
+
+/** One ajv instance with every schema in schema/ registered by its file name. */
+export function schemas(): Ajv2020 {
+    if (!ajv) {
+        ajv = new Ajv2020({ allErrors: true, strict: false, useDefaults: true });
+        const dir = path.join(packageRoot(), "schema");
+        for (const f of fs.readdirSync(dir).filter((f) => f.endsWith(".schema.json")).sort()) {
+            ajv.addSchema(JSON.parse(fs.readFileSync(path.join(dir, f), "utf8")), f);
+        }
+    }
+    return ajv;
+}
+
+export function validator(schemaFile: string): ValidateFunction {
+    const v = schemas().getSchema(schemaFile);
+    if (!v) throw new Error(`no schema ${schemaFile}`);
+    return v;
+}
+
+/** `/device/vendor` → `device.vendor`; `/members/0` → `members[0]`. */
+export function propertyOf(instancePath: string, missing?: string): string {
+    const parts = instancePath.split("/").filter(Boolean);
+    if (missing) parts.push(missing);
+    return parts.map((p, i) => (/^\d+$/.test(p) ? `[${p}]` : i === 0 ? p : "." + p)).join("") || "(inputs)";
+}
+
+function describe(e: ErrorObject): string {
+    switch (e.keyword) {
+        case "required":
+            return `is required`;
+        case "additionalProperties":
+            return `is not a known property`;
+        case "type":
+            return `must be ${e.params.type}`;
+        case "pattern":
+            return `must match ${e.params.pattern}`;
+        case "enum":
+            return `must be one of ${(e.params.allowedValues as unknown[]).map((x) => JSON.stringify(x)).join(", ")}`;
+        case "minimum":
+        case "maximum":
+        case "exclusiveMinimum":
+        case "exclusiveMaximum":
+            return `must be ${e.params.comparison} ${e.params.limit}`;
+        default:
+            return e.message ?? e.keyword;
+    }
+}
+
+function at(obj: unknown, instancePath: string): unknown {
+    let cur: any = obj;
+    for (const p of instancePath.split("/").filter(Boolean)) {
+        if (cur === undefined || cur === null) return undefined;
+        cur = cur[p.replace(/~1/g, "/").replace(/~0/g, "~")];
+    }
+    return cur;
+}
+
+/**
+ * Validate `inputs` against a schema (applying its defaults), skipping complaints about values that are unknown in
+ * a preview. The special `__provider` input is not the user's and is left out.
+ */
+export function validate<T>(schemaFile: string, news: Record<string, unknown>): CheckResult<T> {
+    const inputs: Record<string, unknown> = JSON.parse(JSON.stringify(news ?? {}));
+    const provider = inputs.__provider;
+    delete inputs.__provider;
+    const v = validator(schemaFile);
+    v(inputs);
+    const errors = (v.errors ?? []).filter((e) => e.keyword !== "oneOf" && e.keyword !== "anyOf" && e.keyword !== "if" && !pathHasUnknown(inputs, e.instancePath));
+    const failures: CheckFailure[] = [];
+    const seen = new Set<string>();
+    for (const e of mergeBranchTypeErrors(errors)) {
+        const property = propertyOf(e.instancePath, e.keyword === "required" ? (e.params.missingProperty as string) : e.keyword === "additionalProperties" ? (e.params.additionalProperty as string) : undefined);
+        const reason = `${property} ${describe(e)}`;
+        if (!seen.has(reason)) {
+            seen.add(reason);
+            failures.push({ property, reason });
+        }
+    }
+    if (provider !== undefined) inputs.__provider = provider;
+    return { inputs: inputs as T, failures };
+}
+
+function pathHasUnknown(obj: unknown, instancePath: string): boolean {
+    const parts = instancePath.split("/").filter(Boolean);
+    for (let i = 0; i <= parts.length; i++) {
+        if (isUnknown(at(obj, "/" + parts.slice(0, i).join("/")))) return true;
+    }
+    return false;
+}
+
+/**
+ * A oneOf (address string or selector object) reports a `type` error from every branch the value is not. When the
+ * value has the type of some branch, that branch's own errors say what is wrong and the type errors are noise;
+ * when it has none, the type errors merge into one "must be string or object".
+ */
+function mergeBranchTypeErrors(errors: ErrorObject[]): ErrorObject[] {
+    const byPath = new Map<string, ErrorObject[]>();
+    for (const e of errors) if (e.keyword === "type") byPath.set(e.instancePath, [...(byPath.get(e.instancePath) ?? []), e]);
+    const out: ErrorObject[] = [];
+    const merged = new Set<string>();
+    for (const e of errors) {
+        if (e.keyword !== "type") {
+            out.push(e);
+            continue;
+        }
+        const prefix = e.instancePath + "/";
+        const explained = errors.some((o) => o.keyword !== "type" && (o.instancePath === e.instancePath || o.instancePath.startsWith(prefix)));
+        if (explained) continue;
+        if (merged.has(e.instancePath)) continue;
+        merged.add(e.instancePath);
+        const types = [...new Set(byPath.get(e.instancePath)!.map((x) => String(x.params.type)))];
+        out.push({ ...e, params: { type: types.join(" or ") } });
+    }
+    return out;
+}
+
+/** Strip the engine's bookkeeping from a props/outputs object. */
+export function withoutProvider<T extends object>(o: T): T {
+    const c: any = { ...o };
+    delete c.__provider;
+    return c;
+}

@@ -1,0 +1,125 @@
+/**
+ * A {@link Host} over a {@link FakeKernel}. Batches run synchronously against the model; a write the real kernel
+ * would block on forever reports ETIMEDOUT at once, exactly what the real hosts report after their time limit.
+ *
+ * With a state file, every batch loads the machine from the file and saves it back, so several processes (the
+ * test and the dynamic-provider plugin it drives) share one fake machine. Hosts in one process share the loaded
+ * kernel object, so concurrent resources see each other's changes as on a real machine.
+ */
+import * as fs from "fs";
+import { FakeErrno, FakeHang, FakeKernel, FakeState } from "./kernel";
+import { Host, Op, OpResult, RunOptions, assertSafePath, isMutation, strerror } from "../types";
+
+export class FakeHost implements Host {
+    readonly name = "fake";
+    private trips = 0;
+    private lockChain: Promise<unknown> = Promise.resolve();
+
+    /** @param source the kernel, or a function returning it (loaded per batch from a state file). */
+    constructor(private readonly source: FakeKernel | (() => FakeKernel), private readonly persist?: (k: FakeKernel) => void) {}
+
+    get roundTrips(): number {
+        return this.trips;
+    }
+
+    get kernel(): FakeKernel {
+        return typeof this.source === "function" ? this.source() : this.source;
+    }
+
+    async run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
+        if (ops.length === 0) return [];
+        this.trips++;
+        const k = this.kernel;
+        const results: OpResult[] = [];
+        let stopped = false;
+        for (const op of ops) {
+            if (stopped) {
+                results.push({ ok: false, data: "", skipped: true });
+                continue;
+            }
+            if (op.op !== "exec") assertSafePath(op.path);
+            const r = this.one(k, op);
+            results.push(r);
+            if (r.errno === "ETIMEDOUT") stopped = true;
+            else if (!r.ok && opts.stopOnError && isMutation(op) && !("optional" in op && op.optional)) stopped = true;
+        }
+        this.persist?.(k);
+        return results;
+    }
+
+    private one(k: FakeKernel, op: Op): OpResult {
+        try {
+            switch (op.op) {
+                case "read":
+                    return { ok: true, data: k.read(op.path) };
+                case "readlink":
+                    return { ok: true, data: k.readlink(op.path) };
+                case "list":
+                    return { ok: true, data: k.list(op.path).map((n) => n + "\n").join("") };
+                case "stat":
+                    return { ok: true, data: k.stat(op.path) };
+                case "write":
+                    k.write(op.path, op.data);
+                    return { ok: true, data: "" };
+                case "put":
+                    k.put(op.path, op.data, op.mode);
+                    return { ok: true, data: "" };
+                case "mkdir":
+                    k.mkdir(op.path);
+                    return { ok: true, data: "" };
+                case "remove":
+                    k.remove(op.path);
+                    return { ok: true, data: "" };
+                case "openers":
+                    return { ok: true, data: k.openers(op.path).map((p) => p + "\n").join("") };
+                case "exec": {
+                    const r = k.exec(op.argv);
+                    return { ok: r.code === 0, data: r.stdout ?? "", code: r.code, message: (r.stderr ?? "").trim() || undefined };
+                }
+            }
+        } catch (e) {
+            if (e instanceof FakeHang) return { ok: false, data: "", errno: "ETIMEDOUT", message: e.message };
+            if (e instanceof FakeErrno) {
+                const where = "path" in op ? `${op.path}: ` : "";
+                return { ok: false, data: "", errno: e.errno, message: op.op === "write" ? `write error: ${strerror(e.errno)}` : where + e.message };
+            }
+            throw e;
+        }
+    }
+
+    async withLock<T>(fn: () => Promise<T>): Promise<T> {
+        this.trips++;
+        const prev = this.lockChain;
+        let release!: () => void;
+        this.lockChain = new Promise<void>((r) => (release = r));
+        await prev;
+        try {
+            return await fn();
+        } finally {
+            release();
+        }
+    }
+
+    async close(): Promise<void> {
+        /* nothing to release */
+    }
+}
+
+const shared = new Map<string, FakeKernel>();
+
+/**
+ * A host over a fake machine stored in `stateFile` (JSON). `build` turns saved state into a kernel with its
+ * subsystems attached (see `fakeLabKernel`).
+ */
+export function fileBackedFakeHost(stateFile: string, build: (state?: FakeState) => FakeKernel): FakeHost {
+    const load = (): FakeKernel => {
+        let k = shared.get(stateFile);
+        const text = fs.existsSync(stateFile) ? fs.readFileSync(stateFile, "utf8") : undefined;
+        if (!k || (text !== undefined && text !== JSON.stringify(k.state))) {
+            k = build(text ? (JSON.parse(text) as FakeState) : undefined);
+            shared.set(stateFile, k);
+        }
+        return k;
+    };
+    return new FakeHost(load, (k) => fs.writeFileSync(stateFile, JSON.stringify(k.state)));
+}

@@ -1,0 +1,222 @@
+/**
+ * A machine over SSH as a {@link Host}, with the `ssh2` library. One connection per host object; each batch is one
+ * exec channel running the same constant interpreter as the local host (argv quoted word by word, never a shell
+ * string built from input); the lock is a second channel held open while the locked work runs.
+ */
+import { createHash } from "crypto";
+import { Client, ClientChannel, ConnectConfig } from "ssh2";
+import { BATCH_SCRIPT, BatchProcess, driveBatch, newBoundary, quoteArgv } from "./batch";
+import { LOCK_SCRIPT, LOCK_TIMEOUT_MS } from "./lock";
+import { Host, Op, OpResult, RunOptions } from "./types";
+
+/**
+ * How to reach a host over SSH. The same shape as @pulumi/command's `remote.ConnectionArgs`.
+ */
+export interface Connection {
+    /** Host name or address. */
+    host: string;
+    /** TCP port. Default 22. */
+    port?: number;
+    /** User name. Default `root`; any other user needs passwordless `sudo`. */
+    user?: string;
+    /** Password (used when no key is given). Secret. */
+    password?: string;
+    /** Private key text (OpenSSH or PEM). Takes precedence over the password. Secret. */
+    privateKey?: string;
+    /** Passphrase of an encrypted private key. Secret. */
+    privateKeyPassword?: string;
+    /** ssh-agent socket. Default: `SSH_AUTH_SOCK` when set. */
+    agentSocketPath?: string;
+    /** Expected host key, as in known_hosts/authorized_keys (`ssh-ed25519 AAAA...`) or a `SHA256:...` fingerprint.
+     *  When given, a different key fails the connection; when absent, the key is not checked. */
+    hostKey?: string;
+    /** Seconds for each dial attempt. Default 15; 0 means no limit. */
+    perDialTimeout?: number;
+    /** Dial attempts before giving up. Default 10; -1 means unlimited. */
+    dialErrorLimit?: number;
+}
+
+/** Thrown when the host cannot be reached or refuses us; never contains key material or passwords. */
+export class ConnectionError extends Error {
+    constructor(message: string) {
+        super(message);
+        this.name = "ConnectionError";
+    }
+}
+
+export function connectionLabel(c: Connection): string {
+    return `${c.user ?? "root"}@${c.host}:${c.port ?? 22}`;
+}
+
+function hostKeyMatches(expected: string, key: Buffer): boolean {
+    const e = expected.trim();
+    if (e.startsWith("SHA256:")) {
+        const fp = createHash("sha256").update(key).digest("base64").replace(/=+$/, "");
+        return e.slice("SHA256:".length).replace(/=+$/, "") === fp;
+    }
+    const parts = e.split(/\s+/);
+    const blob = parts.length >= 2 ? parts[1] : parts[0];
+    return Buffer.from(blob, "base64").equals(key);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class SshHost implements Host {
+    readonly name: string;
+    private client?: Client;
+    private connecting?: Promise<Client>;
+    private trips = 0;
+    private readonly sudo: boolean;
+
+    constructor(private readonly conn: Connection) {
+        this.name = connectionLabel(conn);
+        this.sudo = (conn.user ?? "root") !== "root";
+    }
+
+    get roundTrips(): number {
+        return this.trips;
+    }
+
+    private config(): ConnectConfig {
+        const c = this.conn;
+        const cfg: ConnectConfig = {
+            host: c.host,
+            port: c.port ?? 22,
+            username: c.user ?? "root",
+            readyTimeout: (c.perDialTimeout ?? 15) === 0 ? 2 ** 31 - 1 : (c.perDialTimeout ?? 15) * 1000,
+            keepaliveInterval: 10_000,
+        };
+        if (c.privateKey) {
+            cfg.privateKey = c.privateKey;
+            if (c.privateKeyPassword) cfg.passphrase = c.privateKeyPassword;
+        } else if (c.password) {
+            cfg.password = c.password;
+        }
+        const agent = c.agentSocketPath ?? process.env.SSH_AUTH_SOCK;
+        if (agent && !c.privateKey && !c.password) cfg.agent = agent;
+        if (c.hostKey) {
+            const expected = c.hostKey;
+            cfg.hostVerifier = (key: Buffer) => hostKeyMatches(expected, key);
+        }
+        return cfg;
+    }
+
+    private dialOnce(): Promise<Client> {
+        return new Promise((resolve, reject) => {
+            const client = new Client();
+            let settled = false;
+            client.once("ready", () => {
+                settled = true;
+                resolve(client);
+            });
+            client.once("error", (e: Error & { level?: string }) => {
+                if (settled) return;
+                settled = true;
+                client.end();
+                reject(e);
+            });
+            try {
+                client.connect(this.config());
+            } catch (e) {
+                reject(e);
+            }
+        });
+    }
+
+    private connect(): Promise<Client> {
+        if (this.client) return Promise.resolve(this.client);
+        if (!this.connecting) {
+            this.connecting = (async () => {
+                const limit = this.conn.dialErrorLimit ?? 10;
+                let last: Error | undefined;
+                for (let attempt = 1; limit < 0 || attempt <= limit; attempt++) {
+                    try {
+                        const c = await this.dialOnce();
+                        c.on("close", () => {
+                            if (this.client === c) this.client = undefined;
+                            this.connecting = undefined;
+                        });
+                        c.on("error", () => undefined);
+                        this.client = c;
+                        return c;
+                    } catch (e) {
+                        last = e as Error;
+                        const msg = last.message ?? "";
+                        // Authentication and host-key failures will not heal by retrying.
+                        if (/authentication|host key|handshake failed|verification/i.test(msg)) break;
+                        if (limit < 0 || attempt < limit) await sleep(Math.min(250 * 2 ** (attempt - 1), 3000));
+                    }
+                }
+                this.connecting = undefined;
+                const reason = (last?.message ?? "unknown error").replace(/\s+/g, " ");
+                const why = /host key|verification/i.test(reason) ? `the host key does not match connection.hostKey (${reason})` : reason;
+                throw new ConnectionError(`cannot connect to ${this.name} over SSH: ${why}. Check connection.host/port/user and the key or password`);
+            })();
+        }
+        return this.connecting;
+    }
+
+    private async exec(argv: string[]): Promise<ClientChannel> {
+        const client = await this.connect();
+        const cmd = quoteArgv(this.sudo ? ["sudo", "-n", "--", ...argv] : argv);
+        return new Promise((resolve, reject) => client.exec(cmd, (err, ch) => (err ? reject(new ConnectionError(`${this.name}: ${err.message}`)) : resolve(ch))));
+    }
+
+    async run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
+        if (ops.length === 0) return [];
+        const boundary = newBoundary();
+        const ch = await this.exec(["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch", boundary, opts.stopOnError ? "1" : "0"]);
+        this.trips++;
+        let err = "";
+        ch.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        let exitCode: number | undefined;
+        ch.on("exit", (code: number) => (exitCode = code));
+        const proc: BatchProcess = {
+            write: (input) => ch.end(input),
+            onData: (cb) => ch.on("data", cb),
+            onExit: (cb) =>
+                ch.on("close", () => {
+                    if (exitCode !== undefined && exitCode !== 0) return cb(new Error(`${this.name}: the batch interpreter exited with status ${exitCode}: ${err.trim()}`));
+                    cb();
+                }),
+            abandon: () => {
+                try {
+                    ch.signal("KILL");
+                } catch {
+                    /* not supported by every server */
+                }
+                ch.close();
+            },
+            stderr: () => err,
+        };
+        return driveBatch(proc, boundary, ops, opts);
+    }
+
+    async withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
+        const ch = await this.exec(["bash", "-c", LOCK_SCRIPT, "pulumi-vfio-lock", String(Math.ceil(timeoutMs / 1000))]);
+        this.trips++;
+        await new Promise<void>((resolve, reject) => {
+            let out = "";
+            let err = "";
+            ch.on("data", (d: Buffer) => {
+                out += d.toString();
+                if (out.includes("locked")) resolve();
+            });
+            ch.stderr.on("data", (d: Buffer) => (err += d.toString()));
+            ch.on("close", () => reject(new Error(`${this.name}: could not take the host lock: ${err.trim() || "the lock holder went away"}`)));
+        });
+        try {
+            return await fn();
+        } finally {
+            ch.removeAllListeners("close");
+            ch.end();
+        }
+    }
+
+    async close(): Promise<void> {
+        const c = this.client;
+        this.client = undefined;
+        this.connecting = undefined;
+        c?.end();
+    }
+}

@@ -1,0 +1,13 @@
+/**
+ * pulumi-vfio's implementation: the kernel ABI (sysfs), QEMU, and the check/diff/create/read/update/delete of each
+ * resource over a {@link Host}. Knows nothing of Pulumi's engine; `sdk/` is the Pulumi face that calls into it.
+ */
+export * as host from "./host";
+export * from "./host";
+export * as pci from "./sysfs/pci";
+export * as iommu from "./sysfs/iommu";
+export { scanHost, resolveSelector, DeviceSelector } from "./sysfs/scan";
+export { iommuBinding } from "./iommuBinding";
+export * as iommuBindingImpl from "./iommuBinding";
+export { UNKNOWN, CheckFailure, CheckResult } from "./check";
+export { SysfsError, PlanError } from "./errors";

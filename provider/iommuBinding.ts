@@ -1,0 +1,478 @@
+/**
+ * IommuBinding: what happens on `pulumi preview` / `up` / `refresh` / `destroy` for "this device and its IOMMU
+ * group belong to vfio-pci".
+ *
+ * - check: validate the inputs, then read the host (nothing changes) and resolve the device, refuse what would
+ *   break (bridge, boot VGA, unknown driver, a group left non-viable, IOMMU off), and list the planned per-device
+ *   driver changes in `plan`, which `pulumi preview` shows.
+ * - create/update: under the host lock, load the driver module if needed and run driverctl's sequence for each
+ *   member in one batch; read every `driver` link back; on any failure restore every member to exactly its
+ *   previous driver and override, then fail with the file, errno and a hint.
+ * - read: the real state; the device gone → resource gone; a member off the driver → drift for `up` to repair.
+ * - delete: refuse while a process holds /dev/vfio/<group> (the kernel would block forever); otherwise restore
+ *   previous drivers and remove the persistence files.
+ */
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { PlanError, SysfsError } from "./errors";
+import { Connection } from "./host/ssh";
+import { Host, Op } from "./host/types";
+import { withHost } from "./host";
+import { GroupView, IOMMU_OFF_FIX, isVfioDriver, readGroup, viabilityProblems } from "./sysfs/iommu";
+import {
+    DeviceState,
+    PCI_DRIVERS,
+    PciDevice,
+    assertDriverName,
+    bindOps,
+    classLabel,
+    driverFromLink,
+    driverLinkOp,
+    firstFailure,
+    isBridge,
+    moduleOf,
+    parseAddress,
+    restoreOps,
+} from "./sysfs/pci";
+import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
+
+export interface IommuBindingInputs {
+    /** A PCI address (`0000:01:00.0` or `01:00.0`) or a selector by ids. */
+    device: string | DeviceSelector;
+    /** Driver to bind. Default `vfio-pci`. */
+    driver?: string;
+    /** Bind every non-bridge member of the IOMMU group too. Default true. */
+    wholeGroup?: boolean;
+    /** Allow binding the host's console GPU (`boot_vga` = 1). Default false. */
+    allowBootVga?: boolean;
+    /** Survive reboots via /etc/driverctl.d (driverctl applies it at boot). Default false. */
+    persistent?: boolean;
+    connection?: Connection;
+    /** Set by check: the resolved address. */
+    address?: string;
+    /** Set by check: one line per device whose driver will change. */
+    plan?: string[];
+}
+
+export interface BindingMember {
+    address: string;
+    vendor: string;
+    device: string;
+    subsystemVendor: string;
+    subsystemDevice: string;
+    class: string;
+    className: string;
+    /** Driver before we bound it (restored on delete); null = none. */
+    previousDriver: string | null;
+    previousOverride: string | null;
+    /** Driver now. */
+    driver: string | null;
+    /** Whether this binding manages the member (false for bridges and, with wholeGroup off, the others). */
+    managed: boolean;
+}
+
+export interface IommuBindingOutputs extends IommuBindingInputs {
+    address: string;
+    driver: string;
+    wholeGroup: boolean;
+    allowBootVga: boolean;
+    persistent: boolean;
+    group: number;
+    /** `/dev/vfio/<group>` for vfio drivers, else null. */
+    vfioDevice: string | null;
+    members: BindingMember[];
+}
+
+export const DRIVERCTL_DIR = "/etc/driverctl.d";
+export const driverctlFile = (address: string) => `${DRIVERCTL_DIR}/pci-${address}`;
+const DRIVERCTL_BINARIES = ["/usr/sbin/driverctl", "/usr/bin/driverctl"];
+
+const defaults = (i: IommuBindingInputs) => ({ driver: i.driver ?? "vfio-pci", wholeGroup: i.wholeGroup ?? true, allowBootVga: i.allowBootVga ?? false, persistent: i.persistent ?? false });
+
+// ------------------------------------------------------------------------------------------------ planning
+
+export interface MemberPlan {
+    device: PciDevice;
+    /** The driver the member will have; null = leave it as it is. */
+    target: string | null;
+    /** What delete restores. */
+    previous: DeviceState;
+    managed: boolean;
+}
+
+export interface BindingPlan {
+    group: number | null;
+    members: MemberPlan[];
+    problems: CheckFailure[];
+    /** Human lines for the preview: `0000:01:00.1 (Audio device 8086:2668): snd_hda_intel → vfio-pci`. */
+    lines: string[];
+}
+
+export interface PlanFacts {
+    view: GroupView;
+    /** The driver exists on the host (registered, or modprobe finds its module). */
+    driverKnown: boolean;
+    driverctlInstalled: boolean;
+    /** Members managed before (from the state), with what they had before us. */
+    previous?: BindingMember[];
+}
+
+/**
+ * Decide what a binding does to each member of the group, and what makes it impossible. Pure: the host facts are
+ * read beforehand, so the same function serves check, create, update and the unit tests.
+ */
+export function planBinding(inputs: IommuBindingInputs & { address: string }, facts: PlanFacts): BindingPlan {
+    const { driver, wholeGroup, allowBootVga, persistent } = defaults(inputs);
+    const { view } = facts;
+    const problems: CheckFailure[] = [];
+    const fail = (property: string, reason: string) => problems.push({ property, reason });
+    const address = inputs.address;
+
+    if (!view.device) {
+        fail("device", `no PCI device ${address} on this host; \`pulumi-vfio inventory\` lists the devices`);
+        return { group: null, members: [], problems, lines: [] };
+    }
+    if (!view.iommu.enabled || view.group === null) {
+        fail("device", `cannot bind ${address}: ${IOMMU_OFF_FIX}`);
+        return { group: null, members: [], problems, lines: [] };
+    }
+    if (isBridge(view.device)) {
+        fail("device", `${address} is a ${classLabel(view.device.class)}; bridges stay on pcieport. Bind the device behind it instead`);
+    }
+    if (!facts.driverKnown) {
+        fail("driver", `driver ${JSON.stringify(driver)} is neither registered (/sys/bus/pci/drivers) nor a module modprobe can load on this host; use vfio-pci or pci-stub, or install its module`);
+    }
+    if (persistent && !facts.driverctlInstalled) {
+        fail("persistent", "persistent: true needs driverctl on the host (it applies /etc/driverctl.d at boot): install it (apt install driverctl / dnf install driverctl), or set persistent: false");
+    }
+
+    const prevBy = new Map((facts.previous ?? []).filter((m) => m.managed).map((m) => [m.address, m]));
+    const members: MemberPlan[] = view.members.map((d) => {
+        const managed = !isBridge(d) && (wholeGroup || d.address === address);
+        const prev = prevBy.get(d.address);
+        const previous: DeviceState = prev ? { driver: prev.previousDriver, override: prev.previousOverride } : { driver: d.driver, override: d.override };
+        // A member we managed before and no longer do goes back to what it had before us.
+        const target = managed ? driver : prev ? previous.driver : null;
+        return { device: d, target, previous, managed };
+    });
+
+    for (const m of members) {
+        if (m.managed && m.device.bootVga && !allowBootVga && m.device.driver !== driver) {
+            const self = m.device.address === address;
+            fail(
+                "allowBootVga",
+                `${m.device.address} is the host's boot console GPU (boot_vga=1)${self ? "" : ` in the same IOMMU group as ${address}`}: binding it away takes the host's console (efifb/simpledrm hold its BAR). Set allowBootVga: true if this host is headless or uses another GPU`,
+            );
+        }
+    }
+
+    const finalState = members.map((m) => ({ address: m.device.address, driver: m.target ?? m.device.driver }));
+    if (isVfioDriver(driver)) {
+        const bad = viabilityProblems(finalState);
+        if (bad.length) {
+            fail(
+                "wholeGroup",
+                `IOMMU group ${view.group} would not be viable (QEMU would refuse it: "group ${view.group} is not viable"): ${bad.join(", ")}. Keep wholeGroup: true so every member is bound, or bind those devices to vfio-pci/pci-stub first`,
+            );
+        }
+    }
+
+    const changes = members.filter((m) => m.target !== null && m.target !== m.device.driver);
+    if (changes.length && view.openers.length) {
+        fail("device", `IOMMU group ${view.group} is in use: /dev/vfio/${view.group} is held open by PID ${view.openers.join(", ")}; stop the VM before changing drivers`);
+    }
+
+    const lines = members.map((m) => {
+        const d = m.device;
+        const what = `${d.address} (${classLabel(d.class)} ${d.vendor}:${d.device})`;
+        if (m.target === null) return `${what}: ${d.driver ?? "no driver"}, left as is${isBridge(d) ? " (bridge)" : ""}`;
+        if (m.target === d.driver) return `${what}: ${d.driver}, no change`;
+        return `${what}: ${d.driver ?? "no driver"} → ${m.target}`;
+    });
+    return { group: view.group, members, problems, lines };
+}
+
+// ------------------------------------------------------------------------------------------------ host facts
+
+function factOps(driver: string): Op[] {
+    return [
+        { op: "exec", argv: ["modprobe", "-n", "-q", driver] },
+        ...DRIVERCTL_BINARIES.map((p): Op => ({ op: "stat", path: p })),
+    ];
+}
+
+async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[]): Promise<PlanFacts> {
+    const view = await readGroup(host, address, factOps(driver));
+    const [modprobe, ...driverctl] = view.extra;
+    return {
+        view,
+        driverKnown: view.drivers.includes(driver) || modprobe.ok,
+        driverctlInstalled: driverctl.some((r) => r.ok),
+        previous,
+    };
+}
+
+/** The address a device input names, resolving a selector against the host (one scan). */
+async function resolveAddress(host: Host, device: string | DeviceSelector): Promise<string> {
+    if (typeof device === "string") return parseAddress(device);
+    const scan = await scanHost(host);
+    return resolveSelector(scan.devices, device).address;
+}
+
+// ------------------------------------------------------------------------------------------------ check / diff
+
+/**
+ * Validate and normalize inputs. Reads the host (never writes) unless something it needs is unknown in preview.
+ * Returns `address` (resolved) and `plan` (the per-device changes) in the inputs, so `pulumi preview` shows them.
+ */
+export async function check(olds: Record<string, any>, news: Record<string, any>): Promise<CheckResult<IommuBindingInputs>> {
+    const { inputs, failures: schemaFailures } = validate<IommuBindingInputs>("iommu-binding.schema.json", news);
+    // An address that fails the schema's pattern gets parseAddress's message, which says what form to use.
+    const addressFailure = typeof inputs.device === "string" && !isUnknown(inputs.device) && !safeAddress(inputs.device) ? addressMessage(inputs.device) : undefined;
+    const failures = schemaFailures.filter((f) => !(addressFailure && f.property === "device"));
+    if (addressFailure) failures.unshift({ property: "device", reason: `device: ${addressFailure}` });
+    if (failures.length) return { inputs, failures };
+    if (containsUnknown(inputs.device) || containsUnknown(inputs.connection) || isUnknown(inputs.driver)) {
+        // Preview of a value computed later: the host is checked again when it is known.
+        delete inputs.plan;
+        delete inputs.address;
+        return { inputs, failures: [] };
+    }
+    try {
+        assertDriverName(defaults(inputs).driver);
+        await withHost(inputs.connection, async (host) => {
+            let address: string;
+            try {
+                address = await resolveAddress(host, inputs.device);
+            } catch (e) {
+                if ((e as Error).name === "ConnectionError") throw e;
+                failures.push({ property: "device", reason: (e as Error).message });
+                return;
+            }
+            const previous = (olds?.members as BindingMember[] | undefined) ?? undefined;
+            const sameDevice = olds?.address === address;
+            const facts = await readFacts(host, address, defaults(inputs).driver, sameDevice ? previous : undefined);
+            const plan = planBinding({ ...inputs, address }, facts);
+            failures.push(...plan.problems);
+            inputs.address = address;
+            inputs.plan = plan.lines;
+        });
+    } catch (e) {
+        const err = e as Error;
+        failures.push({ property: err.name === "ConnectionError" ? "connection" : "device", reason: err.message });
+    }
+    return { inputs, failures };
+}
+
+const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
+
+export interface DiffResult {
+    changes: boolean;
+    replaces: string[];
+    deleteBeforeReplace: boolean;
+}
+
+/**
+ * Another device or host → replace (the old binding is released first); driver, persistence or group handling →
+ * update in place; a member found off its driver by `refresh` → update (repair).
+ */
+export function diff(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs): DiffResult {
+    const replaces: string[] = [];
+    const n = defaults(news);
+    const newAddress = news.address ?? (typeof news.device === "string" && !isUnknown(news.device) ? safeAddress(news.device) : undefined);
+    if (containsUnknown(news.device) || newAddress === undefined || newAddress !== olds.address) replaces.push("device");
+    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    let changes = replaces.length > 0;
+    for (const k of ["driver", "wholeGroup", "allowBootVga", "persistent"] as const) if (n[k] !== (olds as any)[k]) changes = true;
+    if (JSON.stringify(news.device) !== JSON.stringify(olds.device)) changes = true;
+    const drifted = (olds.members ?? []).some((m) => m.managed && m.driver !== olds.driver);
+    if (drifted) changes = true;
+    return { changes, replaces, deleteBeforeReplace: true };
+}
+
+function addressMessage(s: string): string {
+    try {
+        parseAddress(s);
+        return "";
+    } catch (e) {
+        return (e as Error).message;
+    }
+}
+
+function safeAddress(s: string): string | undefined {
+    try {
+        return parseAddress(s);
+    } catch {
+        return undefined;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ apply
+
+function toMember(m: MemberPlan, driverNow: string | null): BindingMember {
+    const d = m.device;
+    return {
+        address: d.address,
+        vendor: d.vendor,
+        device: d.device,
+        subsystemVendor: d.subsystemVendor,
+        subsystemDevice: d.subsystemDevice,
+        class: d.class,
+        className: classLabel(d.class),
+        previousDriver: m.previous.driver,
+        previousOverride: m.previous.override,
+        driver: driverNow,
+        managed: m.managed,
+    };
+}
+
+function persistenceOps(plan: BindingPlan, persistent: boolean, driver: string): Op[] {
+    const ops: Op[] = [];
+    if (persistent) ops.push({ op: "mkdir", path: DRIVERCTL_DIR, mode: 0o755 });
+    for (const m of plan.members) {
+        if (m.managed && persistent) ops.push({ op: "put", path: driverctlFile(m.device.address), data: driver + "\n", mode: 0o644 });
+        else if (m.target !== null || m.managed) ops.push({ op: "remove", path: driverctlFile(m.device.address) });
+    }
+    return ops;
+}
+
+/**
+ * Put every member back as it was in `before`, from whatever it is now. Returns the members that did not come back.
+ */
+async function restore(host: Host, before: { address: string; state: DeviceState }[]): Promise<string[]> {
+    if (before.length === 0) return [];
+    const now = await host.run(before.flatMap((b) => [driverLinkOp(b.address), { op: "read", path: `/sys/bus/pci/devices/${b.address}/driver_override` } as Op]));
+    const ops: Op[] = [];
+    before.forEach((b, i) => {
+        const cur: DeviceState = { driver: driverFromLink(now[2 * i]), override: overrideFrom(now[2 * i + 1]) };
+        ops.push(...restoreOps(b.address, cur, b.state));
+    });
+    const verify = before.map((b) => driverLinkOp(b.address));
+    const r = await host.run([...ops, ...verify]);
+    const after = r.slice(ops.length);
+    return before.filter((b, i) => driverFromLink(after[i]) !== b.state.driver).map((b) => `${b.address} is on ${driverFromLink(after[before.indexOf(b)]) ?? "no driver"}, not ${b.state.driver ?? "no driver"}`);
+}
+
+function overrideFrom(r: { ok: boolean; data: string } | undefined): string | null {
+    const v = r?.ok ? r.data.trim() : "";
+    return v === "" || v === "(null)" ? null : v;
+}
+
+/**
+ * Converge the host to the inputs: the body of create and update. `previous` are the members from the state
+ * (so delete later restores the drivers the host had before the first create, not intermediate ones).
+ */
+async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[]): Promise<IommuBindingOutputs> {
+    const { driver, wholeGroup, allowBootVga, persistent } = defaults(inputs);
+    assertDriverName(driver);
+    return host.withLock(async () => {
+        const address = await resolveAddress(host, inputs.device);
+        const facts = await readFacts(host, address, driver, previous);
+        const plan = planBinding({ ...inputs, address }, facts);
+        if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
+
+        const changing = plan.members.filter((m) => m.target !== null && (m.target !== m.device.driver || (m.target === driver && m.device.override !== driver)));
+        const ops: Op[] = [];
+        if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
+        for (const m of changing) {
+            ops.push(...(m.target === driver ? bindOps(m.device.address, m.device, driver) : restoreOps(m.device.address, m.device, m.previous)));
+        }
+        const applyCount = ops.length;
+        ops.push(...plan.members.map((m) => driverLinkOp(m.device.address)));
+        ops.push(...persistenceOps(plan, persistent, driver));
+
+        const r = await host.run(ops, { stopOnError: true });
+        let failure: Error | undefined = firstFailure(ops, r);
+        const now = new Map(plan.members.map((m, i) => [m.device.address, driverFromLink(r[applyCount + i])]));
+
+        if (!failure) {
+            // drivers_probe can leave a device unbound (lxd#12128): try an explicit bind once before giving up.
+            const stray = changing.filter((m) => m.target === driver && now.get(m.device.address) !== driver);
+            if (stray.length) {
+                const retry: Op[] = stray.map((m): Op => ({ op: "write", path: `${PCI_DRIVERS}/${driver}/bind`, data: m.device.address, optional: true }));
+                const rr = await host.run([...retry, ...stray.map((m) => driverLinkOp(m.device.address))]);
+                stray.forEach((m, i) => now.set(m.device.address, driverFromLink(rr[retry.length + i])));
+                const still = stray.filter((m) => now.get(m.device.address) !== driver);
+                if (still.length) {
+                    const why = rr.slice(0, retry.length).find((x) => !x.ok);
+                    failure = new SysfsError(
+                        `${PCI_DRIVERS}/${driver}/bind`,
+                        why?.errno,
+                        `${still.map((m) => m.device.address).join(", ")} did not bind to ${driver} (driver link reads ${still.map((m) => now.get(m.device.address) ?? "nothing").join(", ")})`,
+                        "another driver may have claimed it first, or the driver refused it; check dmesg",
+                    );
+                }
+            }
+            const wrong = changing.filter((m) => m.target !== driver && now.get(m.device.address) !== m.target);
+            if (!failure && wrong.length) {
+                failure = new Error(`${wrong.map((m) => `${m.device.address} did not return to ${m.target}`).join(", ")}`);
+            }
+        }
+
+        if (failure) {
+            const undo = changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } }));
+            const left = await restore(host, undo);
+            // Persistence files are restored too: remove what we wrote for members that had none.
+            const restoredNote = left.length ? ` Rollback incomplete: ${left.join("; ")}.` : ` Every changed device was restored (${undo.map((u) => `${u.address} → ${u.state.driver ?? "no driver"}`).join(", ") || "nothing had changed"}).`;
+            if (persistent) await host.run(plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })));
+            throw new Error(`binding ${address} to ${driver} failed: ${failure.message}.${restoredNote}`);
+        }
+
+        return {
+            ...withoutProvider(inputs),
+            address,
+            driver,
+            wholeGroup,
+            allowBootVga,
+            persistent,
+            group: plan.group!,
+            vfioDevice: isVfioDriver(driver) ? `/dev/vfio/${plan.group}` : null,
+            members: plan.members.map((m) => toMember(m, now.get(m.device.address) ?? null)),
+            plan: plan.lines,
+        };
+    });
+}
+
+export async function create(inputs: IommuBindingInputs): Promise<{ id: string; outs: IommuBindingOutputs }> {
+    const outs = await withHost(inputs.connection, (host) => converge(host, inputs));
+    return { id: outs.address, outs };
+}
+
+export async function update(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs): Promise<{ outs: IommuBindingOutputs }> {
+    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members));
+    return { outs };
+}
+
+/** The host's truth. A vanished device → id "" (gone); members' current drivers → drift the next `up` repairs. */
+export async function read(id: string, props: IommuBindingOutputs): Promise<{ id: string; props?: IommuBindingOutputs }> {
+    return withHost(props.connection, async (host) => {
+        const view = await readGroup(host, props.address ?? id);
+        if (!view.device) return { id: "" };
+        const byAddr = new Map(view.members.map((d) => [d.address, d]));
+        const members = (props.members ?? []).filter((m) => byAddr.has(m.address)).map((m) => ({ ...m, driver: byAddr.get(m.address)!.driver }));
+        return { id, props: { ...props, group: view.group ?? props.group, members } };
+    });
+}
+
+/** Release the group: refuse while a VM holds it; otherwise restore every managed member and remove persistence. */
+export async function remove(_id: string, props: IommuBindingOutputs): Promise<void> {
+    await withHost(props.connection, (host) =>
+        host.withLock(async () => {
+            const view = await readGroup(host, props.address);
+            if (!view.device) return;
+            if (view.openers.length) {
+                const comm = await host.run(view.openers.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
+                const who = view.openers.map((p, i) => `PID ${p}${comm[i].ok ? ` (${comm[i].data.trim()})` : ""}`).join(", ");
+                throw new Error(
+                    `refusing to release IOMMU group ${view.group}: /dev/vfio/${view.group} is held open by ${who}. Stop the VM first; unbinding now would block in the kernel until it exits`,
+                );
+            }
+            const managed = (props.members ?? []).filter((m) => m.managed && view.members.some((d) => d.address === m.address));
+            const undo = managed.map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride } }));
+            const left = await restore(host, undo);
+            await host.run(managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })));
+            if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
+        }),
+    );
+}
+
+export const iommuBinding = { check, diff, create, read, update, delete: remove };

@@ -1,0 +1,220 @@
+/**
+ * PCI devices and drivers through sysfs (Documentation/ABI/testing/sysfs-bus-pci): addresses, device attributes,
+ * and the driverctl bind sequence — load the module if missing, unbind, set `driver_override`, `drivers_probe`,
+ * read the `driver` link back — plus its inverse for rollback and restore.
+ */
+import { Host, Op, OpResult } from "../host/types";
+import { SysfsError } from "../errors";
+
+export const PCI_DEVICES = "/sys/bus/pci/devices";
+export const PCI_DRIVERS = "/sys/bus/pci/drivers";
+
+const BDF = /^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$/;
+
+/**
+ * Normalizes a PCI address to `DDDD:BB:DD.F` (lower case), accepting the short `BB:DD.F` as domain 0000, as
+ * lspci prints it. Throws for anything else — this is the gate every address passes before it becomes a path.
+ * @throws Error naming the value and the expected form.
+ */
+export function parseAddress(input: string): string {
+    const s = typeof input === "string" ? input.trim().toLowerCase() : "";
+    const m = BDF.exec(s);
+    if (!m || typeof input !== "string" || input.trim() !== input) {
+        throw new Error(`${JSON.stringify(input)} is not a PCI address: write it as DDDD:BB:DD.F (e.g. 0000:01:00.0) or BB:DD.F as lspci prints it`);
+    }
+    return `${m[1] ?? "0000"}:${m[2]}:${m[3]}.${m[4]}`;
+}
+
+export function isAddress(input: unknown): boolean {
+    try {
+        parseAddress(input as string);
+        return true;
+    } catch {
+        return false;
+    }
+}
+
+const DRIVER_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+
+/** Driver names become path components (`/sys/bus/pci/drivers/<name>`): letters, digits, `_`, `-`, `.` only. */
+export function assertDriverName(name: string): void {
+    if (!DRIVER_NAME.test(name)) throw new Error(`${JSON.stringify(name)} is not a driver name (letters, digits, '_', '-', '.')`);
+}
+
+/** A PCI device as sysfs describes it. Ids are lower-case hex without `0x` (`1234`), class is 6 hex digits. */
+export interface PciDevice {
+    address: string;
+    vendor: string;
+    device: string;
+    subsystemVendor: string;
+    subsystemDevice: string;
+    /** 24-bit class code, hex, e.g. `030000` (VGA), `040300` (HD audio), `060400` (PCI bridge). */
+    class: string;
+    /** Bound driver (from the `driver` link), or null when unbound. */
+    driver: string | null;
+    /** `driver_override`, or null when unset (`(null)`). */
+    override: string | null;
+    /** IOMMU group number, or null when the IOMMU is off. */
+    group: number | null;
+    /** True for the GPU the firmware used as console (`boot_vga` = 1). */
+    bootVga: boolean;
+    /** `reset_method` (e.g. `flr bus`), empty when the device has no reset. */
+    resetMethods: string[];
+    numaNode: number;
+    /** SR-IOV: `sriov_totalvfs`/`sriov_numvfs` of a physical function. */
+    sriovTotalVfs?: number;
+    sriovNumVfs?: number;
+    /** The PF of a virtual function (`physfn` link). */
+    physfn?: string;
+}
+
+const ATTRS = ["vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver_override", "boot_vga", "reset_method", "numa_node", "sriov_totalvfs", "sriov_numvfs"] as const;
+const LINKS = ["driver", "iommu_group", "physfn"] as const;
+
+/** Ops that read one device; parse the results with {@link parseDevice}. */
+export function deviceReadOps(address: string): Op[] {
+    const base = `${PCI_DEVICES}/${address}`;
+    return [...ATTRS.map((a): Op => ({ op: "read", path: `${base}/${a}` })), ...LINKS.map((l): Op => ({ op: "readlink", path: `${base}/${l}` }))];
+}
+
+export const DEVICE_READ_OPS = ATTRS.length + LINKS.length;
+
+const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
+const hexId = (v: string) => v.trim().replace(/^0x/, "").toLowerCase();
+
+/** The device from the results of {@link deviceReadOps}, or null when the device does not exist. */
+export function parseDevice(address: string, r: OpResult[]): PciDevice | null {
+    const get = (name: (typeof ATTRS)[number]) => {
+        const x = r[ATTRS.indexOf(name)];
+        return x?.ok ? x.data.trim() : undefined;
+    };
+    const link = (name: (typeof LINKS)[number]) => {
+        const x = r[ATTRS.length + LINKS.indexOf(name)];
+        return x?.ok && x.data.trim() ? basename(x.data.trim()) : null;
+    };
+    const vendor = get("vendor");
+    if (vendor === undefined) return null;
+    const override = get("driver_override");
+    const group = link("iommu_group");
+    const total = get("sriov_totalvfs");
+    const num = get("sriov_numvfs");
+    const d: PciDevice = {
+        address,
+        vendor: hexId(vendor),
+        device: hexId(get("device") ?? ""),
+        subsystemVendor: hexId(get("subsystem_vendor") ?? ""),
+        subsystemDevice: hexId(get("subsystem_device") ?? ""),
+        class: hexId(get("class") ?? "").padStart(6, "0"),
+        driver: link("driver"),
+        override: override === undefined || override === "(null)" || override === "" ? null : override,
+        group: group === null ? null : Number(group),
+        bootVga: get("boot_vga") === "1",
+        resetMethods: (get("reset_method") ?? "").split(/\s+/).filter(Boolean),
+        numaNode: Number(get("numa_node") ?? -1),
+    };
+    if (total !== undefined) d.sriovTotalVfs = Number(total);
+    if (num !== undefined) d.sriovNumVfs = Number(num);
+    const pf = link("physfn");
+    if (pf) d.physfn = pf;
+    return d;
+}
+
+/** Read several devices in one round trip. Missing devices map to null. */
+export async function readDevices(host: Host, addresses: string[]): Promise<Map<string, PciDevice | null>> {
+    const r = await host.run(addresses.flatMap(deviceReadOps));
+    return new Map(addresses.map((a, i) => [a, parseDevice(a, r.slice(i * DEVICE_READ_OPS, (i + 1) * DEVICE_READ_OPS))]));
+}
+
+/** PCI-to-PCI and host bridges: bound to pcieport or nothing, never handed to a VM. */
+export function isBridge(d: Pick<PciDevice, "class">): boolean {
+    return d.class.startsWith("0604") || d.class.startsWith("0600");
+}
+
+export function classLabel(cls: string): string {
+    const known: Record<string, string> = {
+        "0300": "VGA controller",
+        "0302": "3D controller",
+        "0380": "Display controller",
+        "0403": "Audio device",
+        "0401": "Multimedia audio",
+        "0604": "PCI bridge",
+        "0600": "Host bridge",
+        "0601": "ISA bridge",
+        "0108": "NVMe controller",
+        "0106": "SATA controller",
+        "0c05": "SMBus",
+        "0c03": "USB controller",
+        "0200": "Ethernet controller",
+        "0280": "Network controller",
+        "00ff": "Unclassified device",
+    };
+    return known[cls.slice(0, 4)] ?? `class ${cls}`;
+}
+
+/** Kernel module name for a driver name, as modprobe resolves it (`vfio-pci` → `vfio_pci`). */
+export function moduleOf(driver: string): string {
+    return driver.replace(/-/g, "_");
+}
+
+// ----------------------------------------------------------------------------------------------- sequences
+
+export interface DeviceState {
+    driver: string | null;
+    override: string | null;
+}
+
+/**
+ * driverctl's `set-override`, for one device: unbind from the current driver, set `driver_override`, and ask the
+ * bus to probe. `drivers_probe` is optional: it has been seen to fail with EINVAL and still leave the override
+ * (canonical/lxd#12128); the `driver` link read afterwards is the verdict.
+ */
+export function bindOps(address: string, from: DeviceState, driver: string): Op[] {
+    const ops: Op[] = [];
+    if (from.driver === driver) {
+        if (from.override !== driver) ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: driver });
+        return ops;
+    }
+    if (from.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${from.driver}/unbind`, data: address });
+    ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: driver });
+    ops.push({ op: "write", path: "/sys/bus/pci/drivers_probe", data: address, optional: true });
+    return ops;
+}
+
+/**
+ * The inverse: leave the device as `to` says (driver and override), from whatever it is bound to now. The
+ * previous driver is bound explicitly, so the device goes back to exactly that driver, not whatever matches first.
+ * Every step is optional: a restore goes as far as it can and the read-back tells what stuck.
+ */
+export function restoreOps(address: string, now: DeviceState, to: DeviceState): Op[] {
+    const ops: Op[] = [];
+    if (now.driver && now.driver !== to.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
+    if (now.override !== to.override) {
+        // Writing a newline clears the override (`echo > driver_override`); an empty write would not reach the kernel.
+        ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: to.override ?? "\n", optional: true });
+    }
+    if (to.driver && now.driver !== to.driver) {
+        ops.push({ op: "write", path: `${PCI_DRIVERS}/${to.driver}/bind`, data: address, optional: true });
+    }
+    return ops;
+}
+
+export function driverLinkOp(address: string): Op {
+    return { op: "readlink", path: `${PCI_DEVICES}/${address}/driver` };
+}
+
+export function driverFromLink(r: OpResult | undefined): string | null {
+    return r?.ok && r.data.trim() ? basename(r.data.trim()) : null;
+}
+
+/** Throw a {@link SysfsError} for the first failed, non-optional op of a batch. */
+export function firstFailure(ops: Op[], results: OpResult[]): SysfsError | undefined {
+    for (let i = 0; i < ops.length; i++) {
+        const r = results[i];
+        const op = ops[i];
+        if (!r || r.skipped) continue;
+        if (!r.ok && !("optional" in op && op.optional) && op.op !== "read" && op.op !== "readlink" && op.op !== "list" && op.op !== "stat") {
+            return SysfsError.from(op, r);
+        }
+    }
+    return undefined;
+}

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Builds the lab guest image (shared/LAB.md): a Debian bookworm VM whose real kernel, IOMMU and sysfs behave
+# like a passthrough host's. The result is cached outside the repo, keyed by a hash of this file (the whole
+# recipe lives here, guest config included, so tests/lab/lab.ts can compute the same key):
+#
+#   ${PULUMI_VFIO_LAB_CACHE:-$HOME/.cache/pulumi-vfio-lab}/<hash>/
+#     lab.img (ext4, label labroot)  vmlinuz  initrd.img  id_ed25519(.pub)  manifest.json
+#
+# A run with an unchanged recipe only checks the host packages and prints the cache path.
+# Environment: PULUMI_VFIO_LAB_CACHE (cache root), PULUMI_VFIO_LAB_MIRROR (Debian mirror; default: the
+# bookworm mirror from the host's apt sources), PULUMI_VFIO_LAB_KEEP (images of other recipes kept, default 1).
+set -euo pipefail
+
+SELF="${BASH_SOURCE[0]}"
+CACHE_ROOT="${PULUMI_VFIO_LAB_CACHE:-$HOME/.cache/pulumi-vfio-lab}"
+FULL_HASH=$(sha256sum "$SELF" | cut -d' ' -f1)
+HASH=${FULL_HASH:0:16}   # tests/lab/lab.ts: recipeHash() must agree
+FINAL="$CACHE_ROOT/$HASH"
+SUITE=bookworm
+START=$(date +%s)
+
+log() { printf '[lab:build %3ss] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# --- host packages ------------------------------------------------------------------------------------
+# debootstrap/qemu/e2fsprogs/ssh per LAB.md; gcc-12 + make + xz-utils build the mdev samples against the
+# guest kernel's headers (Debian builds its 6.1 kernel with gcc-12, the compiler the headers expect).
+HOST_PKGS=(debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client gcc-12 make xz-utils util-linux)
+
+ensure_host_packages() {
+  local missing=() p
+  for p in "${HOST_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || die "missing host packages (${missing[*]}); run as root or install them"
+  log "installing host packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # apt-get update only when the lists are too old to install from.
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 \
+    || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+}
+ensure_host_packages
+
+if [ -f "$FINAL/manifest.json" ]; then
+  log "up to date (recipe $HASH): $FINAL"
+  echo "$FINAL"
+  exit 0
+fi
+[ "$(id -u)" -eq 0 ] || die "building the image needs root (debootstrap, chroot)"
+
+# --- mirror: the one the host's apt uses for bookworm itself (not -security/-updates) ----------------------
+find_mirror() {
+  [ -n "${PULUMI_VFIO_LAB_MIRROR:-}" ] && { echo "$PULUMI_VFIO_LAB_MIRROR"; return; }
+  local m=""
+  if [ -f /etc/apt/sources.list ]; then
+    m=$(awk -v s="$SUITE" '$1=="deb" { i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } if ($(i+1)==s) { print $i; exit } }' /etc/apt/sources.list)
+  fi
+  if [ -z "$m" ]; then
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      # deb822: paragraphs separated by blank lines; take URIs of a paragraph whose Suites has the suite.
+      m=$(awk -v s="$SUITE" 'BEGIN{RS=""; FS="\n"} {
+            uri=""; ok=0; deb=0
+            for (i=1;i<=NF;i++) {
+              if ($i ~ /^URIs:/) { split(substr($i,6), a, " "); uri=a[1] }
+              if ($i ~ /^Types:/ && $i ~ /(^|[ :])deb([ ]|$)/) deb=1
+              if ($i ~ /^Suites:/) { n=split(substr($i,8), b, " "); for (j=1;j<=n;j++) if (b[j]==s) ok=1 }
+            }
+            if (ok && deb && uri!="") { print uri; exit }
+          }' "$f")
+      [ -n "$m" ] && break
+    done
+  fi
+  echo "${m:-http://deb.debian.org/debian}"
+}
+MIRROR=$(find_mirror)
+
+# --- work dir, lock, cleanup ---------------------------------------------------------------------------------
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.lock"
+log "waiting for the build lock" ; flock 9
+if [ -f "$FINAL/manifest.json" ]; then   # another build finished while we waited
+  log "up to date (recipe $HASH): $FINAL"; echo "$FINAL"; exit 0
+fi
+
+umount_under() {   # debootstrap mounts /proc etc. inside the target; never rm -rf through a live mount
+  local dir mnts
+  dir=$(readlink -f "$1")
+  mnts=$(awk -v d="$dir/" 'index($2"/", d)==1 { print $2 }' /proc/mounts | sort -r)
+  [ -z "$mnts" ] || echo "$mnts" | while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
+}
+remove_tree() { umount_under "$1"; rm -rf --one-file-system "$1"; }
+
+# Leftovers of interrupted builds (their owner pid is gone).
+for old in "$CACHE_ROOT"/.tmp-*; do
+  [ -d "$old" ] || continue
+  pid=${old##*-}
+  kill -0 "$pid" 2>/dev/null || { log "removing interrupted build $old"; remove_tree "$old"; }
+done
+
+WORK="$CACHE_ROOT/.tmp-$HASH-$$"
+ROOT="$WORK/rootfs"
+trap 'remove_tree "$WORK"' EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$WORK"
+
+# --- 1. debootstrap ----------------------------------------------------------------------------------------
+GUEST_PKGS=linux-image-amd64,systemd-sysv,udev,kmod,iproute2,openssh-server,pciutils,qemu-system-x86,socat
+GUEST_PKGS+=,ifupdown,isc-dhcp-client,procps,bash,driverctl,mdevctl,nodejs,util-linux,findutils,coreutils
+log "debootstrap $SUITE from $MIRROR (takes ~2 min)"
+debootstrap --variant=minbase --include="$GUEST_PKGS" "$SUITE" "$ROOT" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
+  || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
+umount_under "$ROOT"
+
+KVER=$(ls "$ROOT/lib/modules" | head -n 1)
+[ -n "$KVER" ] && [ -f "$ROOT/boot/vmlinuz-$KVER" ] || die "no kernel in the guest"
+KPKGVER=$(chroot "$ROOT" dpkg-query -W -f='${Version}' "linux-image-$KVER")
+KABI=${KVER%-amd64}
+KSERIES=$(echo "$KVER" | cut -d. -f1-2)
+log "guest kernel $KVER (package $KPKGVER)"
+
+# --- 2. mdev samples (mtty, mdpy, mbochs) against the guest kernel's exact headers ------------------------------
+SRC="$WORK/mdev"
+mkdir -p "$SRC/debs" "$SRC/x" "$SRC/m"
+DEBS=("linux-source-$KSERIES=$KPKGVER" "linux-headers-$KVER=$KPKGVER" "linux-headers-$KABI-common=$KPKGVER"
+      "linux-kbuild-$KSERIES=$KPKGVER")
+log "downloading ${DEBS[*]}"
+( cd "$SRC/debs"
+  apt-get download -q -o APT::Sandbox::User=root "${DEBS[@]}" >&2 \
+    || { apt-get update -q >&2 && apt-get download -q -o APT::Sandbox::User=root "${DEBS[@]}" >&2; } )
+for d in "$SRC"/debs/*.deb; do dpkg -x "$d" "$SRC/x"; done
+HDR="$SRC/x/usr/src/linux-headers-$KVER"
+# The headers refer to their sibling trees by absolute /usr/src and /usr/lib paths: point them into ours.
+grep -rlE '/usr/(src|lib)/linux-' "$HDR/Makefile" "$SRC/x/usr/src/linux-headers-$KABI-common/Makefile" 2>/dev/null \
+  | xargs -r sed -i -e "s#/usr/src/#$SRC/x/usr/src/#g" -e "s#/usr/lib/linux-kbuild#$SRC/x/usr/lib/linux-kbuild#g"
+for l in $(find "$SRC/x/usr/src" -maxdepth 2 -type l); do
+  t=$(readlink "$l"); case "$t" in /*) ln -sfn "$SRC/x$t" "$l" ;; esac
+done
+tar -xJf "$SRC/x/usr/src/linux-source-$KSERIES.tar.xz" -C "$SRC" --wildcards '*/samples/vfio-mdev/*'
+cp "$SRC/linux-source-$KSERIES"/samples/vfio-mdev/{mtty.c,mdpy.c,mbochs.c,mdpy-defs.h} "$SRC/m/"
+echo 'obj-m += mtty.o mdpy.o mbochs.o' > "$SRC/m/Kbuild"
+log "building mtty/mdpy/mbochs"
+make -s -C "$HDR" M="$SRC/m" modules > "$SRC/make.log" 2>&1 || { tail -n 30 "$SRC/make.log" >&2; die "module build failed"; }
+mkdir -p "$ROOT/lib/modules/$KVER/extra"
+install -m 0644 "$SRC"/m/{mtty,mdpy,mbochs}.ko "$ROOT/lib/modules/$KVER/extra/"
+chroot "$ROOT" depmod -a "$KVER"
+remove_tree "$SRC"
+
+# --- 3. guest configuration ------------------------------------------------------------------------------
+log "configuring the guest"
+echo vfio-lab > "$ROOT/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tvfio-lab\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$ROOT/etc/hosts"
+# Root is /dev/vda, mounted rw by the kernel; a snapshot=on disk needs no fsck.
+echo '/dev/vda / ext4 rw,noatime 0 0' > "$ROOT/etc/fstab"
+: > "$ROOT/etc/resolv.conf"   # the guest has no DNS (restricted user networking): fail lookups at once
+
+# SSH NIC named by MAC (lab.ts LAB_MAC): another NIC (igb in a nested test) may probe first and take eth0.
+mkdir -p "$ROOT/etc/systemd/network"
+cat > "$ROOT/etc/systemd/network/10-lab0.link" <<'EOF'
+[Match]
+MACAddress=52:54:00:4c:41:42
+
+[Link]
+Name=lab0
+EOF
+cat > "$ROOT/etc/network/interfaces" <<'EOF'
+auto lo
+iface lo inet loopback
+
+auto lab0
+iface lab0 inet static
+    address 10.0.2.15/24
+    gateway 10.0.2.2
+EOF
+
+mkdir -p "$ROOT/etc/ssh/sshd_config.d"
+cat > "$ROOT/etc/ssh/sshd_config.d/lab.conf" <<'EOF'
+UseDNS no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+MaxSessions 64
+MaxStartups 64:30:128
+EOF
+ssh-keygen -q -t ed25519 -N '' -C pulumi-vfio-lab -f "$WORK/id_ed25519"
+chmod 0600 "$WORK/id_ed25519"
+install -d -m 0700 "$ROOT/root/.ssh"
+install -m 0600 "$WORK/id_ed25519.pub" "$ROOT/root/.ssh/authorized_keys"
+
+# mdev + samples at boot; vfio-pci stays loadable on demand (the provider's modprobe path is under test).
+printf 'mdev\nmtty\nmbochs\n' > "$ROOT/etc/modules-load.d/lab.conf"
+
+chroot "$ROOT" systemctl mask -q apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
+  fstrim.timer e2scrub_reap.service 2>/dev/null || true
+for t in apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer fstrim.timer; do
+  ln -sfn /dev/null "$ROOT/etc/systemd/system/$t"
+done
+chroot "$ROOT" passwd -l root >/dev/null
+
+# Smaller image: documentation and package caches are of no use in a throwaway VM.
+rm -rf "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* \
+       "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*_Packages "$ROOT"/var/log/*.log
+
+# --- 4. pack -----------------------------------------------------------------------------------------------
+cp "$ROOT/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
+cp "$ROOT/boot/initrd.img-$KVER" "$WORK/initrd.img"
+pkg_json=$(chroot "$ROOT" dpkg-query -W -f='${Package}\t${Version}\n' \
+  | awk -F'\t' 'BEGIN{ORS=""} { printf "%s\n    \"%s\": \"%s\"", (NR>1?",":""), $1, $2 }')
+log "mkfs.ext4 (3G)"
+mkfs.ext4 -q -F -L labroot -d "$ROOT" "$WORK/lab.img" 3G >/dev/null
+remove_tree "$ROOT"
+
+cat > "$WORK/manifest.json" <<EOF
+{
+  "hash": "$FULL_HASH",
+  "dir": "$HASH",
+  "suite": "$SUITE",
+  "mirror": "$MIRROR",
+  "kernelVersion": "$KVER",
+  "kernelPackageVersion": "$KPKGVER",
+  "builtAt": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "buildSeconds": $(($(date +%s) - START)),
+  "packages": {$pkg_json
+  }
+}
+EOF
+rm -f "$WORK/debootstrap.log"
+mv -T "$WORK" "$FINAL"
+trap - EXIT
+
+# Keep disk use modest: drop images of other recipes beyond the newest PULUMI_VFIO_LAB_KEEP.
+keep=${PULUMI_VFIO_LAB_KEEP:-1}
+n=0
+for m in $(ls -1dt "$CACHE_ROOT"/*/manifest.json 2>/dev/null); do
+  d=$(dirname "$m")
+  [ "$d" = "$FINAL" ] && continue
+  n=$((n + 1))
+  [ "$n" -le "$keep" ] && continue
+  log "removing old image $d"; rm -rf --one-file-system "$d"
+done
+
+log "built $FINAL ($(du -sh "$FINAL" | cut -f1) on disk)"
+echo "$FINAL"

@@ -1,0 +1,845 @@
+// The lab host fixture (shared/LAB.md): boots the cached guest image built by tests/lab/build.sh under QEMU,
+// on a q35 machine with an emulated IOMMU, a GPU + HDMI-audio pair sharing one IOMMU group, an edu device and
+// an SR-IOV capable NVMe, and gives ssh/copy/reboot/QMP access to it. Used by jest (globalSetup.ts,
+// labState.ts), by the smoke check (smoke.ts) and by benchmarks.
+import * as child_process from "child_process";
+import * as crypto from "crypto";
+import * as fs from "fs";
+import * as net from "net";
+import * as os from "os";
+import * as path from "path";
+
+export interface LabConnection {
+    /** Always "127.0.0.1": the SSH port is forwarded on loopback only. */
+    host: string;
+    port: number;
+    /** Always "root". */
+    user: string;
+    /** OpenSSH private key text (ed25519, no passphrase). */
+    privateKey: string;
+}
+
+export interface LabManifest {
+    hash: string;
+    kernelVersion: string;
+    kernelPackageVersion: string;
+    builtAt: string;
+    packages: Record<string, string>;
+    [key: string]: unknown;
+}
+
+export interface LabImage {
+    /** The cache directory holding the image. */
+    dir: string;
+    /** The recipe hash (cache directory name). */
+    hash: string;
+    kernelVersion: string;
+    disk: string;
+    kernel: string;
+    initrd: string;
+    privateKeyPath: string;
+    manifest: LabManifest;
+}
+
+export type Accel = "kvm" | "tcg";
+
+export interface SshResult {
+    code: number;
+    stdout: string;
+    stderr: string;
+}
+
+export interface SshOptions {
+    /** Written to the remote command's stdin (which is closed otherwise). */
+    input?: string;
+    /** Default 120 s. On expiry the local ssh is killed and the promise rejects (the remote side may go on). */
+    timeoutMs?: number;
+}
+
+/** What a test needs to use a running lab VM; works in any process on this machine (see LabState). */
+export interface LabHandle {
+    connection: LabConnection;
+    accel: Accel;
+    runDir: string;
+    /** A 0600 copy of the private key, for tools that want a file. */
+    keyPath: string;
+    kernelVersion: string;
+    /** Runs argv in the guest as root; every argument is single-quoted, so no shell expansion happens. */
+    ssh(argv: string[], opts?: SshOptions): Promise<SshResult>;
+    /** Copies a local file or directory into remoteDir (created if missing) with tar over ssh. */
+    copyTo(localPath: string, remoteDir: string): Promise<void>;
+    /** QMP command on the lab VM's own QEMU. */
+    qmp(command: string, args?: object): Promise<unknown>;
+    /** Real guest reboot in the same QEMU (a snapshot=on disk keeps its changes); resolves once SSH is back. */
+    reboot(): Promise<void>;
+}
+
+export interface LabVm extends LabHandle {
+    pid: number;
+    image: LabImage;
+    /** Milliseconds from starting QEMU to the first successful ssh. */
+    bootMs: number;
+    /** Powers the guest off (kills QEMU if it has not exited within ~20 s) and removes the run dir. */
+    stop(): Promise<void>;
+    /** The serializable description of this VM, for LabHandle in other processes. */
+    state(): LabRunState;
+}
+
+/** What globalSetup writes for the jest workers. */
+export interface LabRunState {
+    connection: LabConnection;
+    keyPath: string;
+    pid: number;
+    runDir: string;
+    accel: Accel;
+    qmpSocket: string;
+    consoleLog: string;
+    kernelVersion: string;
+    imageDir: string;
+    bootMs: number;
+}
+export type LabState = LabRunState | { skip: string };
+
+/** MAC of the SSH NIC; build.sh names the interface with this MAC lab0 in a systemd .link file. */
+export const LAB_MAC = "52:54:00:4c:41:42";
+/** QEMU is killed after this long even if every owner crashed. */
+export const MAX_LIFETIME_S = 2 * 60 * 60;
+const SSH_BOOT_TIMEOUT_MS = 240_000;
+const KVM_PROBE_TIMEOUT_MS = 5_000;
+const CONSOLE_TAIL_LINES = 40;
+
+export function cacheRoot(): string {
+    return process.env.PULUMI_VFIO_LAB_CACHE || path.join(os.homedir(), ".cache", "pulumi-vfio-lab");
+}
+
+/** Where each lab VM gets its run dir (pidfile, QMP socket, console log); short, for the socket path limit. */
+export function runRoot(): string {
+    return process.env.PULUMI_VFIO_LAB_RUN_ROOT || path.join(os.tmpdir(), "pulumi-vfio-lab");
+}
+
+/** The repository root: the first parent of this file's directory holding tests/lab/build.sh (src or dist). */
+export function repoRoot(): string | undefined {
+    for (let d = __dirname; ; d = path.dirname(d)) {
+        if (fs.existsSync(path.join(d, "tests", "lab", "build.sh"))) return d;
+        if (path.dirname(d) === d) return undefined;
+    }
+}
+
+/** The cache key build.sh uses: the first 16 hex digits of the sha256 of build.sh (the whole recipe). */
+export function recipeHash(buildScript: string): string {
+    return crypto.createHash("sha256").update(fs.readFileSync(buildScript)).digest("hex").slice(0, 16);
+}
+
+function which(cmd: string): string | undefined {
+    for (const dir of (process.env.PATH || "/usr/local/bin:/usr/bin:/bin").split(path.delimiter)) {
+        const p = path.join(dir, cmd);
+        try {
+            fs.accessSync(p, fs.constants.X_OK);
+            return p;
+        } catch {
+            /* next */
+        }
+    }
+    return undefined;
+}
+
+/** The cached image for the current recipe, or why there is none. */
+export function findLabImage(): LabImage | { skip: string } {
+    if (process.platform !== "linux") return { skip: `the lab needs Linux (this is ${process.platform})` };
+    let dir = process.env.PULUMI_VFIO_LAB_IMAGE;
+    let hash: string;
+    if (dir) {
+        hash = path.basename(dir);
+    } else {
+        const root = repoRoot();
+        if (!root) return { skip: `cannot find tests/lab/build.sh above ${__dirname}` };
+        hash = recipeHash(path.join(root, "tests", "lab", "build.sh"));
+        dir = path.join(cacheRoot(), hash);
+    }
+    const files = ["manifest.json", "lab.img", "vmlinuz", "initrd.img", "id_ed25519"];
+    const missing = files.filter((f) => !fs.existsSync(path.join(dir!, f)));
+    if (missing.length > 0) {
+        return {
+            skip: `lab image for recipe ${hash} not built (${dir} lacks ${missing.join(", ")}); run \`npm run lab:build\``,
+        };
+    }
+    for (const [bin, pkg] of [["qemu-system-x86_64", "qemu-system-x86"], ["ssh", "openssh-client"], ["tar", "tar"]]) {
+        if (!which(bin)) return { skip: `${bin} not found (apt-get install ${pkg}, or run \`npm run lab:build\`)` };
+    }
+    let manifest: LabManifest;
+    try {
+        manifest = JSON.parse(fs.readFileSync(path.join(dir, "manifest.json"), "utf8"));
+    } catch (e) {
+        return { skip: `unreadable ${path.join(dir, "manifest.json")}: ${(e as Error).message}` };
+    }
+    return {
+        dir,
+        hash,
+        kernelVersion: manifest.kernelVersion,
+        disk: path.join(dir, "lab.img"),
+        kernel: path.join(dir, "vmlinuz"),
+        initrd: path.join(dir, "initrd.img"),
+        privateKeyPath: path.join(dir, "id_ed25519"),
+        manifest,
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// small process helpers
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function isAlive(pid: number): boolean {
+    if (!(pid > 0)) return false;
+    try {
+        process.kill(pid, 0);
+    } catch (e) {
+        return (e as NodeJS.ErrnoException).code === "EPERM";
+    }
+    // A zombie still answers kill(0); it is as good as gone.
+    try {
+        return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, "utf8"));
+    } catch {
+        return false;
+    }
+}
+
+function cmdlineOf(pid: number): string {
+    try {
+        return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").replace(/\0/g, " ");
+    } catch {
+        return "";
+    }
+}
+
+function readPid(file: string): number {
+    try {
+        return parseInt(fs.readFileSync(file, "utf8").trim(), 10) || 0;
+    } catch {
+        return 0;
+    }
+}
+
+/** Kills a lab QEMU if pid really is the one started for runDir (pids get reused). */
+function killQemu(pid: number, runDir: string, signal: NodeJS.Signals = "SIGKILL"): void {
+    if (isAlive(pid) && cmdlineOf(pid).includes(runDir)) {
+        try {
+            process.kill(pid, signal);
+        } catch {
+            /* gone */
+        }
+    }
+}
+
+export function shellQuote(arg: string): string {
+    return `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+export function tail(file: string, lines = CONSOLE_TAIL_LINES): string {
+    try {
+        const text = fs.readFileSync(file, "utf8").replace(/\r/g, "");
+        return text.split("\n").slice(-lines - 1).join("\n");
+    } catch {
+        return `(no ${file})`;
+    }
+}
+
+interface Exit {
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    stdout: Buffer;
+    stderr: Buffer;
+    timedOut: boolean;
+}
+
+function run(cmd: string, args: string[], opts: { input?: string | Buffer; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Exit> {
+    return new Promise((resolve, reject) => {
+        const child = child_process.spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], env: opts.env });
+        const out: Buffer[] = [];
+        const err: Buffer[] = [];
+        let timedOut = false;
+        const timer = opts.timeoutMs
+            ? setTimeout(() => {
+                  timedOut = true;
+                  child.kill("SIGKILL");
+              }, opts.timeoutMs)
+            : undefined;
+        child.stdout.on("data", (d: Buffer) => out.push(d));
+        child.stderr.on("data", (d: Buffer) => err.push(d));
+        child.stdin.on("error", () => undefined); // EPIPE when the command ignores its input
+        child.on("error", (e) => {
+            if (timer) clearTimeout(timer);
+            reject(e);
+        });
+        child.on("close", (code, signal) => {
+            if (timer) clearTimeout(timer);
+            resolve({ code, signal, stdout: Buffer.concat(out), stderr: Buffer.concat(err), timedOut });
+        });
+        child.stdin.end(opts.input ?? "");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// the client side: ssh, copy, QMP, reboot. Needs only the state, so jest workers can rebuild it.
+
+export class LabClient implements LabHandle {
+    readonly connection: LabConnection;
+    readonly accel: Accel;
+    readonly runDir: string;
+    readonly keyPath: string;
+    readonly kernelVersion: string;
+    readonly pid: number;
+    readonly qmpSocket: string;
+    readonly consoleLog: string;
+
+    constructor(protected readonly st: LabRunState) {
+        this.connection = st.connection;
+        this.accel = st.accel;
+        this.runDir = st.runDir;
+        this.keyPath = st.keyPath;
+        this.kernelVersion = st.kernelVersion;
+        this.pid = st.pid;
+        this.qmpSocket = st.qmpSocket;
+        this.consoleLog = st.consoleLog;
+        if (!fs.existsSync(this.keyPath)) {
+            // Another process (or a cleaned run dir): put the key back where ssh expects it.
+            fs.mkdirSync(path.dirname(this.keyPath), { recursive: true });
+            fs.writeFileSync(this.keyPath, st.connection.privateKey, { mode: 0o600 });
+        }
+    }
+
+    state(): LabRunState {
+        return { ...this.st };
+    }
+
+    /** The ssh command line (without the remote command), for tools that shell out themselves. */
+    sshArgs(connectTimeoutS = 10): string[] {
+        const c = this.connection;
+        return [
+            "-F", "/dev/null",
+            "-i", this.keyPath,
+            "-p", String(c.port),
+            "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR",
+            "-o", `ConnectTimeout=${connectTimeoutS}`,
+            "-o", "ServerAliveInterval=10",
+            "-o", "ServerAliveCountMax=6",
+            `${c.user}@${c.host}`,
+        ];
+    }
+
+    async ssh(argv: string[], opts: SshOptions = {}): Promise<SshResult> {
+        if (argv.length === 0) throw new Error("ssh: empty argv");
+        const timeoutMs = opts.timeoutMs ?? 120_000;
+        const r = await run("ssh", [...this.sshArgs(), "--", argv.map(shellQuote).join(" ")], {
+            input: opts.input,
+            timeoutMs,
+        });
+        if (r.timedOut) {
+            throw Object.assign(new Error(`lab ssh timed out after ${timeoutMs} ms: ${argv.join(" ")}`), {
+                timedOut: true,
+                stdout: r.stdout.toString("utf8"),
+                stderr: r.stderr.toString("utf8"),
+            });
+        }
+        return { code: r.code ?? 255, stdout: r.stdout.toString("utf8"), stderr: r.stderr.toString("utf8") };
+    }
+
+    /** ssh that must succeed (exit 0); returns stdout. */
+    async sh(script: string, opts: SshOptions = {}): Promise<string> {
+        const r = await this.ssh(["sh", "-c", script], opts);
+        if (r.code !== 0) throw new Error(`lab: \`${script}\` exited ${r.code}: ${r.stderr.trim()}`);
+        return r.stdout;
+    }
+
+    async copyTo(localPath: string, remoteDir: string): Promise<void> {
+        const abs = path.resolve(localPath);
+        if (!fs.existsSync(abs)) throw new Error(`copyTo: ${abs} does not exist`);
+        const remote = `mkdir -p ${shellQuote(remoteDir)} && tar -C ${shellQuote(remoteDir)} --no-same-owner -xf -`;
+        await new Promise<void>((resolve, reject) => {
+            const tar = child_process.spawn("tar", ["-C", path.dirname(abs), "-cf", "-", path.basename(abs)], {
+                stdio: ["ignore", "pipe", "pipe"],
+            });
+            const ssh = child_process.spawn("ssh", [...this.sshArgs(), "--", remote], { stdio: ["pipe", "pipe", "pipe"] });
+            tar.stdout.pipe(ssh.stdin);
+            ssh.stdin.on("error", () => undefined);
+            let tarErr = "";
+            let sshErr = "";
+            tar.stderr.on("data", (d) => (tarErr += d));
+            ssh.stderr.on("data", (d) => (sshErr += d));
+            ssh.stdout.resume();
+            const timer = setTimeout(() => {
+                tar.kill("SIGKILL");
+                ssh.kill("SIGKILL");
+            }, 300_000);
+            let tarCode: number | null = null;
+            tar.on("error", reject);
+            ssh.on("error", reject);
+            tar.on("close", (code) => (tarCode = code));
+            ssh.on("close", (code) => {
+                clearTimeout(timer);
+                // tar's close may come after ssh's; give it a tick.
+                setImmediate(() => {
+                    if (code === 0 && (tarCode === 0 || tarCode === null)) resolve();
+                    else reject(new Error(`copyTo ${abs} -> ${remoteDir} failed (tar ${tarCode}, ssh ${code}): ${tarErr}${sshErr}`));
+                });
+            });
+        });
+    }
+
+    qmp(command: string, args?: object): Promise<unknown> {
+        return qmpCommand(this.qmpSocket, command, args);
+    }
+
+    async bootId(): Promise<string | undefined> {
+        try {
+            const r = await this.ssh(["cat", "/proc/sys/kernel/random/boot_id"], { timeoutMs: 20_000 });
+            return r.code === 0 ? r.stdout.trim() : undefined;
+        } catch {
+            return undefined;
+        }
+    }
+
+    async reboot(): Promise<void> {
+        const before = await this.bootId();
+        if (!before) throw new Error("reboot: the lab guest does not answer over ssh");
+        // sshd dies with the session, so the exit code (often 255) says nothing.
+        await this.ssh(["systemctl", "reboot"], { timeoutMs: 20_000 }).catch(() => undefined);
+        const deadline = Date.now() + SSH_BOOT_TIMEOUT_MS;
+        while (Date.now() < deadline) {
+            if (!isAlive(this.pid)) throw new Error(`reboot: QEMU exited\n${tail(this.consoleLog)}`);
+            const now = await this.bootId();
+            if (now && now !== before) return;
+            await sleep(1000);
+        }
+        throw new Error(`reboot: no ssh after ${SSH_BOOT_TIMEOUT_MS / 1000} s; console:\n${tail(this.consoleLog)}`);
+    }
+}
+
+/** One QMP exchange on a fresh connection: greeting, qmp_capabilities, the command. */
+export function qmpCommand(socketPath: string, command: string, args?: object, timeoutMs = 10_000): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+        const sock = net.createConnection(socketPath);
+        let buf = "";
+        let stage = 0; // 0 greeting, 1 capabilities sent, 2 command sent
+        const done = (err: Error | undefined, value?: unknown) => {
+            clearTimeout(timer);
+            sock.destroy();
+            if (err) reject(err);
+            else resolve(value);
+        };
+        const timer = setTimeout(() => done(new Error(`QMP ${command}: no answer in ${timeoutMs} ms`)), timeoutMs);
+        sock.on("error", (e) => done(new Error(`QMP ${socketPath}: ${e.message}`)));
+        sock.on("close", () => {
+            if (stage === 2 && command === "quit") done(undefined, {});
+            else done(new Error(`QMP ${command}: connection closed`));
+        });
+        sock.on("data", (d) => {
+            buf += d.toString("utf8");
+            let nl: number;
+            while ((nl = buf.indexOf("\n")) >= 0) {
+                const line = buf.slice(0, nl).trim();
+                buf = buf.slice(nl + 1);
+                if (!line) continue;
+                let msg: any;
+                try {
+                    msg = JSON.parse(line);
+                } catch {
+                    continue;
+                }
+                if (msg.event) continue;
+                if (stage === 0 && msg.QMP) {
+                    stage = 1;
+                    sock.write(JSON.stringify({ execute: "qmp_capabilities" }) + "\n");
+                } else if (stage === 1 && ("return" in msg || "error" in msg)) {
+                    if (msg.error) return done(new Error(`QMP qmp_capabilities: ${msg.error.desc}`));
+                    stage = 2;
+                    sock.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + "\n");
+                } else if (stage === 2) {
+                    if (msg.error) return done(new Error(`QMP ${command}: ${msg.error.class}: ${msg.error.desc}`));
+                    if ("return" in msg) return done(undefined, msg.return);
+                }
+            }
+        });
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// accelerator choice
+
+/** /dev/kvm usable by us; whether stock kernels actually boot under it is the probe's question. */
+function kvmDeviceUsable(): boolean {
+    try {
+        fs.accessSync("/dev/kvm", fs.constants.R_OK | fs.constants.W_OK);
+        return true;
+    } catch {
+        return false;
+    }
+}
+
+interface ProbeRecord {
+    key: string;
+    ok: boolean;
+    detail: string;
+    at: string;
+}
+
+function probeFile(): string {
+    return path.join(cacheRoot(), "kvm-probe.json");
+}
+
+function probeKey(image: LabImage): string {
+    const qemu = which("qemu-system-x86_64") || "";
+    let qemuStamp = "";
+    try {
+        const s = fs.statSync(qemu);
+        qemuStamp = `${s.size}:${s.mtimeMs}`;
+    } catch {
+        /* none */
+    }
+    return [os.release(), qemu, qemuStamp, image.hash].join("|");
+}
+
+/** Records a probe result (also used when a KVM boot that passed the probe did not reach SSH). */
+function recordProbe(image: LabImage, ok: boolean, detail: string): void {
+    const rec: ProbeRecord = { key: probeKey(image), ok, detail, at: new Date().toISOString() };
+    try {
+        fs.mkdirSync(cacheRoot(), { recursive: true });
+        fs.writeFileSync(probeFile(), JSON.stringify(rec, null, 2) + "\n");
+    } catch {
+        /* read-only cache: probe again next time */
+    }
+}
+
+/**
+ * Boots the lab kernel under KVM with no root device: a working KVM reaches "Kernel panic ... VFS" in about a
+ * second; here the host rejects stock kernels (LAB.md: `failed to set MSR 0x10a` with -cpu host) or hangs.
+ * At most KVM_PROBE_TIMEOUT_MS, once per host kernel / QEMU binary / image (cached in the cache root).
+ */
+async function probeKvm(image: LabImage): Promise<{ ok: boolean; detail: string }> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pulumi-vfio-kvm-probe-"));
+    const log = path.join(dir, "console.log");
+    try {
+        const r = await run(
+            "qemu-system-x86_64",
+            [
+                "-accel", "kvm", "-cpu", "host", "-M", "q35", "-m", "256", "-smp", "1",
+                "-nodefaults", "-display", "none", "-no-reboot",
+                "-serial", `file:${log}`,
+                "-kernel", image.kernel,
+                "-append", "console=ttyS0 panic=-1 root=/dev/lab-kvm-probe-none rootwait=0",
+            ],
+            { timeoutMs: KVM_PROBE_TIMEOUT_MS },
+        );
+        const out = fs.existsSync(log) ? fs.readFileSync(log, "utf8") : "";
+        if (/Kernel panic|VFS: Unable to mount root|Run \/init|Freeing unused kernel/.test(out)) {
+            return { ok: true, detail: "kernel reached root mount under KVM" };
+        }
+        if (r.timedOut) return { ok: false, detail: `no kernel progress under KVM in ${KVM_PROBE_TIMEOUT_MS} ms` };
+        return { ok: false, detail: `qemu exited ${r.code}: ${r.stderr.toString("utf8").trim().split("\n").slice(-2).join(" ")}` };
+    } catch (e) {
+        return { ok: false, detail: (e as Error).message };
+    } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+    }
+}
+
+export async function chooseAccel(image: LabImage): Promise<{ accel: Accel; detail: string }> {
+    const forced = process.env.PULUMI_VFIO_LAB_ACCEL;
+    if (forced === "kvm" || forced === "tcg") return { accel: forced, detail: "PULUMI_VFIO_LAB_ACCEL" };
+    if (!kvmDeviceUsable()) return { accel: "tcg", detail: "/dev/kvm not usable" };
+    const key = probeKey(image);
+    try {
+        const rec: ProbeRecord = JSON.parse(fs.readFileSync(probeFile(), "utf8"));
+        if (rec.key === key) return { accel: rec.ok ? "kvm" : "tcg", detail: `cached probe: ${rec.detail}` };
+    } catch {
+        /* no cached probe */
+    }
+    const p = await probeKvm(image);
+    recordProbe(image, p.ok, p.detail);
+    return { accel: p.ok ? "kvm" : "tcg", detail: `probe: ${p.detail}` };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// leak guards
+
+interface Owner {
+    ownerPid: number;
+    startedAt: number;
+}
+
+const live = new Map<number, string>(); // qemu pid -> run dir, VMs this process must not leave behind
+let guardsInstalled = false;
+
+function killLiveSync(): void {
+    for (const [pid, runDir] of live) {
+        killQemu(pid, runDir);
+        fs.rmSync(runDir, { recursive: true, force: true });
+    }
+    live.clear();
+}
+
+function installGuards(): void {
+    if (guardsInstalled) return;
+    guardsInstalled = true;
+    process.on("exit", killLiveSync);
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as NodeJS.Signals[]) {
+        const handler = () => {
+            killLiveSync();
+            // If nobody else handles the signal, die of it as we would have without this handler.
+            if (process.listenerCount(sig) === 1) {
+                process.removeListener(sig, handler);
+                process.kill(process.pid, sig);
+            }
+        };
+        process.on(sig, handler);
+    }
+}
+
+/** Kills lab VMs whose owner process is gone (or that outlived MAX_LIFETIME_S) and removes their run dirs. */
+export function killStaleLabs(): string[] {
+    const root = runRoot();
+    const killed: string[] = [];
+    let entries: string[] = [];
+    try {
+        entries = fs.readdirSync(root).filter((e) => e.startsWith("run-"));
+    } catch {
+        return killed;
+    }
+    for (const e of entries) {
+        const dir = path.join(root, e);
+        let owner: Owner | undefined;
+        try {
+            owner = JSON.parse(fs.readFileSync(path.join(dir, "owner.json"), "utf8"));
+        } catch {
+            /* half-made run dir */
+        }
+        let ageS = 0;
+        try {
+            ageS = (Date.now() - (owner?.startedAt ?? fs.statSync(dir).mtimeMs)) / 1000;
+        } catch {
+            continue;
+        }
+        const ownerGone = owner ? !isAlive(owner.ownerPid) : ageS > 60;
+        if (!ownerGone && ageS < MAX_LIFETIME_S) continue;
+        if (owner?.ownerPid === process.pid && ageS < MAX_LIFETIME_S) continue;
+        const pid = readPid(path.join(dir, "qemu.pid"));
+        if (pid) killQemu(pid, dir);
+        fs.rmSync(dir, { recursive: true, force: true });
+        killed.push(dir);
+    }
+    return killed;
+}
+
+/** A detached shell that kills QEMU after MAX_LIFETIME_S, and exits by itself as soon as QEMU does. */
+function startWatchdog(pid: number): void {
+    const script =
+        'timeout "$2" tail --pid="$1" -f /dev/null; ' +
+        'if kill -0 "$1" 2>/dev/null; then kill -TERM "$1"; sleep 10; kill -KILL "$1" 2>/dev/null; fi';
+    const child = child_process.spawn("sh", ["-c", script, "pulumi-vfio-lab-watchdog", String(pid), String(MAX_LIFETIME_S)], {
+        detached: true,
+        stdio: "ignore",
+    });
+    child.unref();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// boot
+
+function freePort(): Promise<number> {
+    return new Promise((resolve, reject) => {
+        const srv = net.createServer();
+        srv.unref();
+        srv.on("error", reject);
+        srv.listen(0, "127.0.0.1", () => {
+            const port = (srv.address() as net.AddressInfo).port;
+            srv.close(() => resolve(port));
+        });
+    });
+}
+
+/** QEMU arguments for the lab machine of LAB.md. */
+export function qemuArgs(o: {
+    image: LabImage;
+    accel: Accel;
+    memoryMb: number;
+    port: number;
+    runDir: string;
+}): string[] {
+    const accel = o.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg,thread=multi", "-cpu", "max"];
+    return [
+        "-name", "pulumi-vfio-lab,process=pulumi-vfio-lab",
+        "-M", "q35,kernel-irqchip=split",
+        ...accel,
+        "-smp", "2",
+        "-m", String(o.memoryMb),
+        "-device", "intel-iommu,intremap=on,caching-mode=on",
+        // A -device VGA suppresses QEMU's default VGA, so ask for it: it lands at 00:01.0 and is the guest's
+        // console GPU (boot_vga=1), which makes 01:00.0 a secondary GPU (boot_vga=0) as on a passthrough host.
+        "-vga", "std",
+        "-display", "none",
+        "-kernel", o.image.kernel,
+        "-initrd", o.image.initrd,
+        "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt net.ifnames=0 panic=-1",
+        "-drive", `file=${o.image.disk},if=none,id=disk0,format=raw,snapshot=on`,
+        "-device", "virtio-blk-pci,drive=disk0,addr=0x3",
+        // restrict=on: the guest reaches nothing outside; hostfwd on loopback only.
+        "-netdev", `user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:${o.port}-:22`,
+        "-device", `virtio-net-pci,netdev=n0,mac=${LAB_MAC},addr=0x2`,
+        "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x10.0,multifunction=on",
+        "-device", "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x10.1",
+        "-device", "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x10.2",
+        "-device", "VGA,id=gpu0,bus=rp1,addr=00.0,multifunction=on",
+        "-device", "intel-hda,id=gpu0-audio,bus=rp1,addr=00.1",
+        "-device", "hda-output,bus=gpu0-audio.0,audiodev=snd0",
+        "-audiodev", "none,id=snd0",
+        "-device", "edu,id=edu0,bus=rp2,addr=00.0",
+        "-device", "nvme-subsys,id=ss0,nqn=lab",
+        "-device", "nvme,id=nvme0,serial=lab0001,subsys=ss0,bus=rp3,addr=00.0,sriov_max_vfs=4,sriov_vq_flexible=8,sriov_vi_flexible=4",
+        "-serial", `file:${path.join(o.runDir, "console.log")}`,
+        "-qmp", `unix:${path.join(o.runDir, "qmp.sock")},server=on,wait=off`,
+        "-pidfile", path.join(o.runDir, "qemu.pid"),
+        "-daemonize",
+    ];
+}
+
+class BootedLab extends LabClient implements LabVm {
+    constructor(st: LabRunState, readonly image: LabImage, readonly bootMs: number) {
+        super(st);
+    }
+
+    async stop(): Promise<void> {
+        const deadline = Date.now() + 20_000;
+        if (isAlive(this.pid)) {
+            await this.ssh(["systemctl", "poweroff"], { timeoutMs: 10_000 }).catch(() => undefined);
+            while (isAlive(this.pid) && Date.now() < deadline) await sleep(200);
+        }
+        if (isAlive(this.pid)) {
+            await this.qmp("quit").catch(() => undefined);
+            const quitDeadline = Date.now() + 2_000;
+            while (isAlive(this.pid) && Date.now() < quitDeadline) await sleep(100);
+        }
+        killQemu(this.pid, this.runDir);
+        live.delete(this.pid);
+        fs.rmSync(this.runDir, { recursive: true, force: true });
+    }
+}
+
+async function startQemu(image: LabImage, accel: Accel, memoryMb: number, runDir: string): Promise<{ pid: number; port: number }> {
+    const errLog = path.join(runDir, "qemu.log");
+    for (let attempt = 1; ; attempt++) {
+        const port = await freePort();
+        const args = qemuArgs({ image, accel, memoryMb, port, runDir });
+        fs.writeFileSync(path.join(runDir, "qemu.args"), JSON.stringify(args) + "\n");
+        // The snapshot=on overlay goes to $TMPDIR: keep it in the run dir.
+        const r = await run("qemu-system-x86_64", args, { timeoutMs: 60_000, env: { ...process.env, TMPDIR: runDir } });
+        const stderr = r.stderr.toString("utf8");
+        fs.writeFileSync(errLog, stderr);
+        const pid = readPid(path.join(runDir, "qemu.pid"));
+        if (r.code === 0 && pid) return { pid, port };
+        if (pid) killQemu(pid, runDir);
+        // Someone took the port between our probe and QEMU's bind: try another.
+        if (/host forwarding|hostfwd/i.test(stderr) && attempt < 3) continue;
+        throw new Error(`lab: qemu-system-x86_64 failed (exit ${r.code}${r.timedOut ? ", timed out" : ""}): ${stderr.trim()}`);
+    }
+}
+
+async function waitForSsh(vm: LabClient, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = "";
+    while (Date.now() < deadline) {
+        if (!isAlive(vm.pid)) {
+            throw new Error(`lab: QEMU exited during boot\n--- last console lines ---\n${tail(vm.consoleLog)}`);
+        }
+        try {
+            const r = await vm.ssh(["true"], { timeoutMs: 15_000 });
+            if (r.code === 0) return;
+            last = r.stderr.trim();
+        } catch (e) {
+            last = (e as Error).message;
+        }
+        await sleep(1000);
+    }
+    throw new Error(
+        `lab: no ssh on 127.0.0.1:${vm.connection.port} after ${timeoutMs / 1000} s (last: ${last})\n` +
+            `--- last ${CONSOLE_TAIL_LINES} console lines (${vm.consoleLog}) ---\n${tail(vm.consoleLog)}`,
+    );
+}
+
+/** Boots a lab VM and waits for SSH. Throws if the image is missing (see findLabImage for a soft check). */
+export async function bootLab(opts: { memoryMb?: number; accel?: Accel; log?: (msg: string) => void } = {}): Promise<LabVm> {
+    const found = findLabImage();
+    if ("skip" in found) throw new Error(`lab unavailable: ${found.skip}`);
+    const image = found;
+    const log = opts.log ?? (() => undefined);
+    installGuards();
+    for (const d of killStaleLabs()) log(`killed stale lab VM ${d}`);
+
+    let accel: Accel;
+    if (opts.accel) accel = opts.accel;
+    else {
+        const c = await chooseAccel(image);
+        accel = c.accel;
+        log(`accel ${accel} (${c.detail})`);
+    }
+    try {
+        return await bootOnce(image, accel, opts.memoryMb ?? 3072, log);
+    } catch (e) {
+        if (accel !== "kvm" || opts.accel || process.env.PULUMI_VFIO_LAB_ACCEL) throw e;
+        // The probe passed but this kernel does not boot under KVM here: remember, and fall back to TCG.
+        recordProbe(image, false, `KVM boot failed: ${(e as Error).message.split("\n")[0]}`);
+        log("KVM boot failed; retrying with TCG");
+        return bootOnce(image, "tcg", opts.memoryMb ?? 3072, log);
+    }
+}
+
+async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (msg: string) => void): Promise<LabVm> {
+    fs.mkdirSync(runRoot(), { recursive: true, mode: 0o700 });
+    const runDir = fs.mkdtempSync(path.join(runRoot(), "run-"));
+    const owner: Owner = { ownerPid: process.pid, startedAt: Date.now() };
+    fs.writeFileSync(path.join(runDir, "owner.json"), JSON.stringify(owner) + "\n");
+    const privateKey = fs.readFileSync(image.privateKeyPath, "utf8");
+    const keyPath = path.join(runDir, "id_ed25519");
+    fs.writeFileSync(keyPath, privateKey, { mode: 0o600 });
+
+    const t0 = Date.now();
+    let pid = 0;
+    try {
+        const started = await startQemu(image, accel, memoryMb, runDir);
+        pid = started.pid;
+        live.set(pid, runDir);
+        startWatchdog(pid);
+        const st: LabRunState = {
+            connection: { host: "127.0.0.1", port: started.port, user: "root", privateKey },
+            keyPath,
+            pid,
+            runDir,
+            accel,
+            qmpSocket: path.join(runDir, "qmp.sock"),
+            consoleLog: path.join(runDir, "console.log"),
+            kernelVersion: image.kernelVersion,
+            imageDir: image.dir,
+            bootMs: 0,
+        };
+        log(`qemu pid ${pid}, ssh 127.0.0.1:${started.port}, run dir ${runDir}`);
+        await waitForSsh(new LabClient(st), SSH_BOOT_TIMEOUT_MS);
+        st.bootMs = Date.now() - t0;
+        return new BootedLab(st, image, st.bootMs);
+    } catch (e) {
+        if (pid) {
+            killQemu(pid, runDir);
+            live.delete(pid);
+        }
+        fs.rmSync(runDir, { recursive: true, force: true });
+        throw e;
+    }
+}
+
+/** A handle on a VM booted by another process (jest globalSetup), from its state. */
+export function labHandleFromState(st: LabRunState): LabClient {
+    return new LabClient(st);
+}
