@@ -100,6 +100,8 @@ export class FakeKernel {
             const n = s.resolve(this, path);
             if (n) return n;
         }
+        const proc = /^\/proc\/(\d+)\/comm$/.exec(path);
+        if (proc && this.state.processes[proc[1]]) return { kind: "file", read: () => this.state.processes[proc[1]] + "\n", mode: 0o644 };
         const f = this.state.files[path];
         if (f) return { kind: "file", read: () => f.data, mode: f.mode };
         if (this.isPlainDir(path)) return { kind: "dir", list: () => this.plainEntries(path) };
