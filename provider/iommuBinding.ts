@@ -11,6 +11,9 @@
  * - read: the real state; the device gone → resource gone; a member off the driver → drift for `up` to repair.
  * - delete: refuse while a process holds /dev/vfio/<group> (the kernel would block forever); otherwise restore
  *   previous drivers and remove the persistence files.
+ *
+ * Each function takes an optional last `onHost`: the dynamic provider passes none (the host comes from
+ * `connection`); tests pass a fake or the lab's kernel.
  */
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
@@ -224,7 +227,7 @@ async function resolveAddress(host: Host, device: string | DeviceSelector): Prom
  * Validate and normalize inputs. Reads the host (never writes) unless something it needs is unknown in preview.
  * Returns `address` (resolved) and `plan` (the per-device changes) in the inputs, so `pulumi preview` shows them.
  */
-export async function check(olds: Record<string, any>, news: Record<string, any>): Promise<CheckResult<IommuBindingInputs>> {
+export async function check(olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<IommuBindingInputs>> {
     const { inputs, failures: schemaFailures } = validate<IommuBindingInputs>("iommu-binding.schema.json", news);
     // An address that fails the schema's pattern gets parseAddress's message, which says what form to use.
     const addressFailure = typeof inputs.device === "string" && !isUnknown(inputs.device) && !safeAddress(inputs.device) ? addressMessage(inputs.device) : undefined;
@@ -255,7 +258,7 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
             failures.push(...plan.problems);
             inputs.address = address;
             inputs.plan = plan.lines;
-        });
+        }, onHost);
     } catch (e) {
         const err = e as Error;
         failures.push({ property: err.name === "ConnectionError" ? "connection" : "device", reason: err.message });
@@ -432,29 +435,29 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
     });
 }
 
-export async function create(inputs: IommuBindingInputs): Promise<{ id: string; outs: IommuBindingOutputs }> {
-    const outs = await withHost(inputs.connection, (host) => converge(host, inputs));
+export async function create(inputs: IommuBindingInputs, onHost?: Host): Promise<{ id: string; outs: IommuBindingOutputs }> {
+    const outs = await withHost(inputs.connection, (host) => converge(host, inputs), onHost);
     return { id: outs.address, outs };
 }
 
-export async function update(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs): Promise<{ outs: IommuBindingOutputs }> {
-    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members));
+export async function update(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs, onHost?: Host): Promise<{ outs: IommuBindingOutputs }> {
+    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members), onHost);
     return { outs };
 }
 
 /** The host's truth. A vanished device → id "" (gone); members' current drivers → drift the next `up` repairs. */
-export async function read(id: string, props: IommuBindingOutputs): Promise<{ id: string; props?: IommuBindingOutputs }> {
+export async function read(id: string, props: IommuBindingOutputs, onHost?: Host): Promise<{ id: string; props?: IommuBindingOutputs }> {
     return withHost(props.connection, async (host) => {
         const view = await readGroup(host, props.address ?? id);
         if (!view.device) return { id: "" };
         const byAddr = new Map(view.members.map((d) => [d.address, d]));
         const members = (props.members ?? []).filter((m) => byAddr.has(m.address)).map((m) => ({ ...m, driver: byAddr.get(m.address)!.driver }));
         return { id, props: { ...props, group: view.group ?? props.group, members } };
-    });
+    }, onHost);
 }
 
 /** Release the group: refuse while a VM holds it; otherwise restore every managed member and remove persistence. */
-export async function remove(_id: string, props: IommuBindingOutputs): Promise<void> {
+export async function remove(_id: string, props: IommuBindingOutputs, onHost?: Host): Promise<void> {
     await withHost(props.connection, (host) =>
         host.withLock(async () => {
             const view = await readGroup(host, props.address);
@@ -472,6 +475,7 @@ export async function remove(_id: string, props: IommuBindingOutputs): Promise<v
             await host.run(managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })));
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
         }),
+        onHost,
     );
 }
 

@@ -28,8 +28,12 @@ export function hostFor(connection?: Connection | null): Host {
     return new LocalHost();
 }
 
-/** Run `fn` with a host and always close it. */
-export async function withHost<T>(connection: Connection | undefined | null, fn: (host: Host) => Promise<T>): Promise<T> {
+/**
+ * Run `fn` with the host `connection` names and always close it. A `given` host (tests, the inventory CLI) is
+ * used as is and left open for its owner.
+ */
+export async function withHost<T>(connection: Connection | undefined | null, fn: (host: Host) => Promise<T>, given?: Host): Promise<T> {
+    if (given) return fn(given);
     const host = hostFor(connection);
     try {
         return await fn(host);

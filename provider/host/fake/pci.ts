@@ -11,6 +11,7 @@
  * - `sriov_numvfs`: ERANGE above `sriov_totalvfs`, ENOENT without an SR-IOV capable PF driver, EBUSY from one
  *   non-zero count to another.
  */
+import { isVfioDriver } from "../../sysfs/iommu";
 import { FakeErrno, FakeHang, FakeKernel, FakeNode, FakeSubsystem, ExecResult } from "./kernel";
 
 export interface FakePciDevice {
@@ -65,9 +66,6 @@ export function pci(k: FakeKernel): FakePciState {
     return k.ext<FakePciState>("pci", () => ({ iommu: true, devices: {}, drivers: {}, loaded: [], kernelRelease: "6.1.0-fake-amd64", nextGroup: 100, vfioEnableSriov: false }));
 }
 
-export function isVfioDriver(name: string | null): boolean {
-    return !!name && /(^|[_-])vfio([_-]|$)|vfio[_-]pci$/.test(name);
-}
 
 function driverMatches(drv: FakePciDriver, d: FakePciDevice): boolean {
     const id = `${d.vendor.slice(2)}:${d.device.slice(2)}`;
@@ -97,16 +95,20 @@ function mustDevice(s: FakePciState, bdf: string): FakePciDevice {
     return d;
 }
 
-/** What `device_attach` does: the override's driver, or the first loaded driver that matches. */
-function attach(k: FakeKernel, d: FakePciDevice): void {
+/**
+ * What the driver core does for an unbound device: `device_attach` (drivers_probe) tries every loaded driver,
+ * `driver_attach` (a driver registering, or new_id) tries only that driver. The override, when set, is the only
+ * driver allowed.
+ */
+function attach(k: FakeKernel, d: FakePciDevice, only?: FakePciDriver): void {
     const s = pci(k);
     if (d.driver || d.stuck) return;
     let candidates: FakePciDriver[];
     if (d.override !== null) {
         const drv = s.drivers[d.override];
-        candidates = drv && moduleLoaded(s, drv) ? [drv] : [];
+        candidates = drv && moduleLoaded(s, drv) && (!only || only === drv) ? [drv] : [];
     } else {
-        candidates = Object.values(s.drivers).filter((drv) => moduleLoaded(s, drv) && driverMatches(drv, d));
+        candidates = (only ? [only] : Object.values(s.drivers)).filter((drv) => moduleLoaded(s, drv) && driverMatches(drv, d));
     }
     for (const drv of candidates) {
         if (d.physfn && drv.failsOnVf) continue;
@@ -292,7 +294,7 @@ function driverNode(k: FakeKernel, drv: FakePciDriver, rest: string[]): FakeNode
                 const id = `${m[1].toLowerCase().padStart(4, "0")}:${m[2].toLowerCase().padStart(4, "0")}`;
                 if (drv.dynamicIds.includes(id) || drv.ids.includes(id)) throw new FakeErrno("EEXIST");
                 drv.dynamicIds.push(id);
-                for (const d of Object.values(s.devices)) if (d.override === null || d.override === drv.name) attach(k, d);
+                for (const d of Object.values(s.devices)) attach(k, d, drv);
             });
         case "remove_id":
             return wo((data) => {
@@ -416,6 +418,6 @@ function modprobe(k: FakeKernel, args: string[]): ExecResult {
         if (params.includes("enable_sriov=1")) s.vfioEnableSriov = true;
     }
     s.loaded.push(mod);
-    for (const d of Object.values(s.devices)) attach(k, d);
+    for (const drv of drivers) for (const d of Object.values(s.devices)) attach(k, d, drv);
     return { code: 0 };
 }

@@ -1,0 +1,206 @@
+#!/usr/bin/env node
+/**
+ * The `pulumi-vfio` command. Subcommands are entries of {@link COMMANDS}: each declares its options for
+ * `node:util` parseArgs and a `run`; adding one (issue 6's `init`) is one more entry.
+ *
+ * Exit status: 0 success, 1 error (one line on stderr), 2 usage error.
+ */
+import * as fs from "fs";
+import { parseArgs, ParseArgsConfig } from "node:util";
+import { utils as sshUtils } from "ssh2";
+import { FAKE_KERNEL_ENV, hostFor } from "./host";
+import { LocalHost } from "./host/local";
+import { Connection } from "./host/ssh";
+import { Host } from "./host/types";
+import { formatInventory, getHostInventory } from "./inventory";
+
+/** Where a command writes, and how it reaches hosts and files: injectable so tests run `main` in-process. */
+export interface CliIO {
+    stdout(text: string): void;
+    stderr(text: string): void;
+    /** The host for a connection (undefined: this machine). */
+    host(connection?: Connection): Host;
+    readFile(path: string): string;
+    env: NodeJS.ProcessEnv;
+}
+
+export function processIO(): CliIO {
+    return {
+        stdout: (t) => process.stdout.write(t),
+        stderr: (t) => process.stderr.write(t),
+        // Reading the inventory needs no privilege: locally it runs without sudo, so a plain user can use it.
+        host: (c) => (c || process.env[FAKE_KERNEL_ENV] ? hostFor(c) : new LocalHost({ sudo: false })),
+        readFile: (p) => fs.readFileSync(p, "utf8"),
+        env: process.env,
+    };
+}
+
+/** A mistake in the command line: exit status 2 with the command's usage. */
+export class UsageError extends Error {}
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+type Values = Record<string, string | boolean | undefined>;
+
+interface Command {
+    /** One line for the command list. */
+    summary: string;
+    /** The synopsis after `pulumi-vfio <name> `. */
+    synopsis: string;
+    /** Lines describing the options. */
+    help: string[];
+    options: Options;
+    run(values: Values, io: CliIO): Promise<number>;
+}
+
+/** SSH options shared by every command that reads or changes a host. */
+const SSH_OPTIONS: Options = {
+    ssh: { type: "string" },
+    identity: { type: "string", short: "i" },
+    "host-key": { type: "string" },
+};
+const SSH_HELP = [
+    "  --ssh [USER@]HOST[:PORT]  read a remote host over SSH (default user root; others need passwordless sudo)",
+    "  -i, --identity FILE       private key file (default: the ssh-agent at SSH_AUTH_SOCK)",
+    "  --host-key KEY            expected host key (`ssh-ed25519 AAAA...` or `SHA256:...`); unchecked when absent",
+];
+
+/**
+ * `[user@]host[:port]` (IPv6 as `[addr]` or `[addr]:port`) → host, user, port.
+ * @throws UsageError for anything else.
+ */
+export function parseSshTarget(target: string): { host: string; user?: string; port?: number } {
+    const m = /^(?:([^@\s:]+)@)?(?:\[([0-9A-Fa-f:.%\w]+)\]|([^@\s:[\]]+))(?::(\d+))?$/.exec(target);
+    if (!m) throw new UsageError(`--ssh ${JSON.stringify(target)}: expected [USER@]HOST[:PORT]`);
+    const port = m[4] === undefined ? undefined : Number(m[4]);
+    if (port !== undefined && (port < 1 || port > 65535)) throw new UsageError(`--ssh ${JSON.stringify(target)}: port ${port} is out of range 1-65535`);
+    return { host: m[2] ?? m[3], user: m[1], port };
+}
+
+/** The connection the SSH options describe, or undefined for this machine. Never puts key text in a message. */
+export function connectionFromOptions(values: Values, io: CliIO): Connection | undefined {
+    const ssh = values.ssh as string | undefined;
+    const identity = values.identity as string | undefined;
+    const hostKey = values["host-key"] as string | undefined;
+    if (ssh === undefined) {
+        if (identity !== undefined || hostKey !== undefined) throw new UsageError(`${identity !== undefined ? "-i" : "--host-key"} needs --ssh`);
+        return undefined;
+    }
+    const target = parseSshTarget(ssh);
+    // Fail fast instead of retrying ten dials against a wrong host.
+    const conn: Connection = { host: target.host, dialErrorLimit: 2, perDialTimeout: 15 };
+    if (target.user !== undefined) conn.user = target.user;
+    if (target.port !== undefined) conn.port = target.port;
+    if (hostKey !== undefined) conn.hostKey = hostKey;
+    if (identity !== undefined) {
+        let key: string;
+        try {
+            key = io.readFile(identity);
+        } catch (e) {
+            const code = (e as NodeJS.ErrnoException).code;
+            throw new Error(`cannot read the key file ${identity}${code ? ` (${code})` : ""}`);
+        }
+        const parsed = sshUtils.parseKey(key);
+        if (parsed instanceof Error) {
+            const why = /passphrase/i.test(parsed.message) ? "it is encrypted: add it to ssh-agent (ssh-add) and omit -i" : "it is not a private key ssh2 can read";
+            throw new Error(`cannot use the key file ${identity}: ${why}`);
+        }
+        conn.privateKey = key;
+    } else if (!io.env.SSH_AUTH_SOCK) {
+        throw new Error("no SSH credentials: pass -i KEYFILE or start an ssh-agent (SSH_AUTH_SOCK is not set)");
+    } else {
+        conn.agentSocketPath = io.env.SSH_AUTH_SOCK;
+    }
+    return conn;
+}
+
+async function onHost<T>(values: Values, io: CliIO, fn: (host: Host) => Promise<T>): Promise<T> {
+    const host = io.host(connectionFromOptions(values, io));
+    try {
+        return await fn(host);
+    } finally {
+        await host.close();
+    }
+}
+
+export const COMMANDS: Record<string, Command> = {
+    inventory: {
+        summary: "show the host's IOMMU groups, PCI devices, drivers, SR-IOV, mdev types and kvmfr devices",
+        synopsis: "[--ssh [USER@]HOST[:PORT] [-i KEYFILE] [--host-key KEY]] [--json]",
+        help: [...SSH_HELP, "  --json                    print the inventory as JSON (the shape getHost() returns)"],
+        options: { ...SSH_OPTIONS, json: { type: "boolean" } },
+        async run(values, io) {
+            const inv = await onHost(values, io, getHostInventory);
+            io.stdout(values.json ? JSON.stringify(inv, null, 2) + "\n" : formatInventory(inv));
+            return 0;
+        },
+    },
+};
+
+export function usage(): string {
+    const names = Object.keys(COMMANDS);
+    const width = Math.max(...names.map((n) => n.length));
+    return [
+        "usage: pulumi-vfio <command> [options]",
+        "",
+        "commands:",
+        ...names.map((n) => `  ${n.padEnd(width)}  ${COMMANDS[n].summary}`),
+        "",
+        "Run `pulumi-vfio <command> --help` for a command's options.",
+    ].join("\n");
+}
+
+function commandUsage(name: string): string {
+    const c = COMMANDS[name];
+    return [`usage: pulumi-vfio ${name} ${c.synopsis}`, "", c.summary, "", "options:", ...c.help, "  -h, --help                show this help"].join("\n");
+}
+
+const oneLine = (s: string) => s.replace(/\s+/g, " ").trim();
+
+/** Run the command line `argv` (without node and the script). Resolves with the exit status. */
+export async function main(argv: string[], io: CliIO = processIO()): Promise<number> {
+    const [name, ...rest] = argv;
+    if (name === undefined) {
+        io.stderr(usage() + "\n");
+        return 2;
+    }
+    if (name === "-h" || name === "--help" || name === "help") {
+        io.stdout(usage() + "\n");
+        return 0;
+    }
+    const command = Object.prototype.hasOwnProperty.call(COMMANDS, name) ? COMMANDS[name] : undefined;
+    if (!command) {
+        io.stderr(`pulumi-vfio: unknown command ${JSON.stringify(name)}\n${usage()}\n`);
+        return 2;
+    }
+    let values: Values;
+    try {
+        ({ values } = parseArgs({ args: rest, options: { ...command.options, help: { type: "boolean", short: "h" } }, strict: true, allowPositionals: false }));
+    } catch (e) {
+        io.stderr(`pulumi-vfio ${name}: ${oneLine((e as Error).message)}\n${commandUsage(name)}\n`);
+        return 2;
+    }
+    if (values.help) {
+        io.stdout(commandUsage(name) + "\n");
+        return 0;
+    }
+    try {
+        return await command.run(values, io);
+    } catch (e) {
+        if (e instanceof UsageError) {
+            io.stderr(`pulumi-vfio ${name}: ${oneLine(e.message)}\n${commandUsage(name)}\n`);
+            return 2;
+        }
+        io.stderr(`pulumi-vfio ${name}: error: ${oneLine((e as Error)?.message ?? String(e))}\n`);
+        return 1;
+    }
+}
+
+if (require.main === module) {
+    main(process.argv.slice(2)).then(
+        (code) => (process.exitCode = code),
+        (e) => {
+            process.stderr.write(`pulumi-vfio: error: ${oneLine(String((e as Error)?.message ?? e))}\n`);
+            process.exitCode = 1;
+        },
+    );
+}

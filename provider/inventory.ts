@@ -1,0 +1,456 @@
+/**
+ * What a host offers for passthrough, read in at most three round trips: the IOMMU state (with the fix when it is
+ * off), the kernel release, every IOMMU group with its members and VFIO viability, every PCI device (ids, names
+ * from pci.ids, driver, override, boot VGA, reset methods, SR-IOV), the mdev types of every mdev parent, the
+ * vfio-related modules and the Looking Glass `/dev/kvmfr*` devices.
+ *
+ * Round trips: (1) directory listings, kernel facts and where pci.ids is; (2) every device's attributes, every
+ * group's member list, every mdev parent's type list, every kvmfr node's type; (3) only when there is something
+ * to look up: the pci.ids lines for the ids found, the attributes of the mdev types found, the driver of any group
+ * member that is not a PCI device. The PCI device reads are the ones of `sysfs/pci.ts`; this does not go through
+ * `scanHost` because its second round trip cannot carry the mdev type listings, which would cost a fourth.
+ *
+ * pci.ids is 1.3 MB; reading it whole takes ~240 ms locally through the batch interpreter and sends 1.3 MB over
+ * SSH. When the host has `awk`, a constant awk program (ids passed as data with `-v`) prints only the needed
+ * lines (~0.6 KB, ~11 ms); without awk (the fake kernel, minimal images) the file is read whole.
+ */
+import { Host, Op, OpResult } from "./host/types";
+import { IOMMU_GROUPS, IOMMU_OFF_FIX, iommuStatusOps, memberViable, parseIommuStatus, viabilityProblems } from "./sysfs/iommu";
+import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, isAddress, parseDevice } from "./sysfs/pci";
+
+/** Where distributions install pci.ids (Debian/Ubuntu `pci.ids`, Fedora/Arch/Alpine `hwdata`), in lookup order. */
+export const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
+
+export const MDEV_BUS = "/sys/class/mdev_bus";
+
+/** One mdev type a parent offers (`mdev_supported_types/<id>/`). */
+export interface MdevType {
+    /** Type id, e.g. `nvidia-63`, `i915-GVTg_V5_4`, `mtty-2`: what an mdev resource names. */
+    id: string;
+    /** `name`, when the driver provides it. */
+    name: string | null;
+    /** `description` (NVIDIA puts framebuffer size and max instances here). */
+    description: string | null;
+    /** `available_instances`: how many more can be created now. */
+    availableInstances: number | null;
+    /** `device_api`, e.g. `vfio-pci`. */
+    deviceApi: string | null;
+}
+
+export interface MdevParent {
+    /** Entry under /sys/class/mdev_bus: a PCI address, or a name such as `mtty`. */
+    parent: string;
+    /** True when the parent is a PCI device (listed in `devices` with these types). */
+    pci: boolean;
+    types: MdevType[];
+}
+
+export interface InventoryDevice {
+    /** `DDDD:BB:DD.F`. */
+    address: string;
+    /** 24-bit class code, 6 hex digits (`030000`). */
+    class: string;
+    /** Class name: the pci.ids subclass name when known (`VGA compatible controller`), else a built-in label. */
+    className: string;
+    /** Ids, 4 lower-case hex digits without `0x`. */
+    vendor: string;
+    device: string;
+    subsystemVendor: string;
+    subsystemDevice: string;
+    /** Names from the host's pci.ids; null when the host has no pci.ids or it does not know the id. */
+    vendorName: string | null;
+    deviceName: string | null;
+    subsystemName: string | null;
+    /** Bound driver, null when unbound. */
+    driver: string | null;
+    /** `driver_override`, null when unset. */
+    driverOverride: string | null;
+    /** IOMMU group, null when the IOMMU is off. */
+    group: number | null;
+    /** The firmware's console GPU (`boot_vga` = 1): binding it away takes the host's display. */
+    bootVga: boolean;
+    /** `reset_method`, e.g. `["flr", "bus"]`; empty when the device cannot be reset. */
+    resetMethods: string[];
+    numaNode: number;
+    /** SR-IOV physical function: totals and the VFs enabled now; null when not SR-IOV capable. */
+    sriov: { totalVfs: number; numVfs: number; vfs: string[] } | null;
+    /** The PF of a virtual function, null otherwise. */
+    physfn: string | null;
+    /** mdev types this device offers (empty when it is no mdev parent). */
+    mdevTypes: MdevType[];
+}
+
+export interface InventoryGroup {
+    number: number;
+    /** Member addresses (non-PCI members by their sysfs name), in order. */
+    members: string[];
+    /** True when QEMU could use the group as it is: every member on a vfio driver, pci-stub, pcieport or none. */
+    viable: boolean;
+    /** One line per member that spoils viability (`0000:01:00.1 is bound to snd_hda_intel`). */
+    problems: string[];
+    /** `/dev/vfio/<n>` when it exists (a member is bound to vfio-pci), else null. */
+    vfioDevice: string | null;
+}
+
+export interface KvmfrDevice {
+    path: string;
+    /** False when it is not a character device (QEMU started before the module and created a regular file). */
+    isCharDevice: boolean;
+}
+
+export interface HostInventory {
+    /** The host label (`local`, `root@10.0.0.5:22`). */
+    host: string;
+    /** `uname -r`, null when unreadable. */
+    kernelRelease: string | null;
+    /** `/proc/cmdline`, null when unreadable. */
+    kernelCmdline: string | null;
+    iommu: {
+        enabled: boolean;
+        /** When off: what to do about it (firmware setting and kernel command line); null when on. */
+        fix: string | null;
+    };
+    groups: InventoryGroup[];
+    /** Every PCI device, in address order. */
+    devices: InventoryDevice[];
+    /** Every mdev parent (PCI or not) with its types. */
+    mdev: MdevParent[];
+    /** vfio-related kernel modules present (loaded or built in): vfio*, mdev, kvmfr, pci_stub. */
+    modules: string[];
+    kvmfr: KvmfrDevice[];
+    /** The pci.ids file names came from, null when the host has none. */
+    pciIds: string | null;
+}
+
+// ------------------------------------------------------------------------------------------------ pci.ids
+
+/** Names looked up in pci.ids. Keys: `vvvv`, `vvvv:dddd`, `vvvv:dddd:ssss:tttt`, class `cc`, subclass `ccss`. */
+export interface PciNames {
+    vendors: Map<string, string>;
+    devices: Map<string, string>;
+    subsystems: Map<string, string>;
+    classes: Map<string, string>;
+    subclasses: Map<string, string>;
+}
+
+export interface PciIdWants {
+    vendors: Set<string>;
+    devices: Set<string>;
+    subsystems: Set<string>;
+}
+
+const HEX4 = /^[0-9a-f]{4}$/;
+
+/** The ids to look up for these devices (only well-formed hex ids: they travel to the host as awk data). */
+export function pciIdWants(devices: Pick<PciDevice, "vendor" | "device" | "subsystemVendor" | "subsystemDevice">[]): PciIdWants {
+    const w: PciIdWants = { vendors: new Set(), devices: new Set(), subsystems: new Set() };
+    for (const d of devices) {
+        if (!HEX4.test(d.vendor) || !HEX4.test(d.device)) continue;
+        w.vendors.add(d.vendor);
+        w.devices.add(`${d.vendor}:${d.device}`);
+        if (HEX4.test(d.subsystemVendor) && HEX4.test(d.subsystemDevice)) {
+            w.vendors.add(d.subsystemVendor);
+            w.subsystems.add(`${d.vendor}:${d.device}:${d.subsystemVendor}:${d.subsystemDevice}`);
+        }
+    }
+    return w;
+}
+
+/**
+ * A constant awk program printing only the pci.ids lines for the wanted ids, plus the class section, in file
+ * order (so {@link parsePciIds} reads its output like the whole file). Regexes avoid `{n}` intervals, which old
+ * mawk lacks.
+ */
+export const PCI_IDS_AWK = [
+    'BEGIN { n = split(vendors, a, " "); for (i = 1; i <= n; i++) V[a[i]] = 1',
+    '  n = split(devices, a, " "); for (i = 1; i <= n; i++) D[a[i]] = 1',
+    '  n = split(subsystems, a, " "); for (i = 1; i <= n; i++) S[a[i]] = 1 }',
+    "/^C / { c = 1; print; next }",
+    "c { if ($0 ~ /^\\t[0-9a-f][0-9a-f]  /) print; next }",
+    '/^[0-9a-f][0-9a-f][0-9a-f][0-9a-f]  / { v = substr($0, 1, 4); d = ""; if (v in V) print; next }',
+    '/^\\t[0-9a-f][0-9a-f][0-9a-f][0-9a-f]  / { d = v ":" substr($0, 2, 4); if (d in D) print; next }',
+    '/^\\t\\t[0-9a-f][0-9a-f][0-9a-f][0-9a-f] [0-9a-f][0-9a-f][0-9a-f][0-9a-f]  / { if ((d ":" substr($0, 3, 4) ":" substr($0, 8, 4)) in S) print }',
+].join("\n");
+
+/** The argv that runs {@link PCI_IDS_AWK} over `path` for `wants`. */
+export function pciIdsAwkArgv(path: string, wants: PciIdWants): string[] {
+    const list = (s: Set<string>) => [...s].filter((x) => /^[0-9a-f:]+$/.test(x)).join(" ");
+    return ["awk", "-v", `vendors=${list(wants.vendors)}`, "-v", `devices=${list(wants.devices)}`, "-v", `subsystems=${list(wants.subsystems)}`, PCI_IDS_AWK, path];
+}
+
+/**
+ * Parse pci.ids text (the whole file, or the awk program's excerpt) into names, keeping only what `wants` asks
+ * for when given. Format: `vvvv  Vendor`, `\tdddd  Device`, `\t\tssss tttt  Subsystem`, and after the first
+ * `C cc  Class` line, `\tss  Subclass` (and `\t\tpp  prog-if`, ignored).
+ */
+export function parsePciIds(text: string, wants?: PciIdWants): PciNames {
+    const names: PciNames = { vendors: new Map(), devices: new Map(), subsystems: new Map(), classes: new Map(), subclasses: new Map() };
+    let vendor = "";
+    let device = "";
+    let cls: string | null = null;
+    for (const raw of text.split("\n")) {
+        const line = raw.replace(/\r$/, "");
+        if (line === "" || line.startsWith("#")) continue;
+        let m: RegExpExecArray | null;
+        if ((m = /^C ([0-9a-f]{2})\s+(.*)$/.exec(line))) {
+            cls = m[1];
+            names.classes.set(cls, m[2].trim());
+            continue;
+        }
+        if (cls !== null) {
+            if ((m = /^\t([0-9a-f]{2})\s+(.*)$/.exec(line))) names.subclasses.set(cls + m[1], m[2].trim());
+            continue;
+        }
+        if ((m = /^([0-9a-f]{4})\s+(.*)$/.exec(line))) {
+            vendor = m[1];
+            device = "";
+            if (!wants || wants.vendors.has(vendor)) names.vendors.set(vendor, m[2].trim());
+        } else if ((m = /^\t([0-9a-f]{4})\s+(.*)$/.exec(line))) {
+            device = `${vendor}:${m[1]}`;
+            if (!wants || wants.devices.has(device)) names.devices.set(device, m[2].trim());
+        } else if ((m = /^\t\t([0-9a-f]{4}) ([0-9a-f]{4})\s+(.*)$/.exec(line))) {
+            const key = `${device}:${m[1]}:${m[2]}`;
+            if (!wants || wants.subsystems.has(key)) names.subsystems.set(key, m[3].trim());
+        }
+    }
+    return names;
+}
+
+// ------------------------------------------------------------------------------------------------ reading
+
+const lines = (r: OpResult | undefined) => (r?.ok ? r.data.split("\n").map((s) => s.trim()).filter(Boolean) : []);
+const text = (r: OpResult | undefined) => (r?.ok ? r.data.trim() : null);
+const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
+const num = (s: string | null) => (s !== null && /^-?\d+$/.test(s) ? Number(s) : null);
+
+/** Directory entries that may become path components (sysfs names; never `.`/`..` or odd characters). */
+const SAFE_NAME = /^[A-Za-z0-9_@+,:=.-]+$/;
+const safeName = (n: string) => SAFE_NAME.test(n) && n !== "." && n !== "..";
+
+const MODULE = /^(vfio.*|mdev|kvmfr|pci_stub)$/;
+const MDEV_ATTRS = ["name", "description", "available_instances", "device_api"] as const;
+
+/** Everything the host offers for passthrough. At most three round trips, whatever the number of devices. */
+export async function getHostInventory(host: Host): Promise<HostInventory> {
+    // ---- round trip 1: what exists
+    const first: Op[] = [
+        { op: "list", path: PCI_DEVICES },
+        ...iommuStatusOps(),
+        { op: "read", path: "/proc/sys/kernel/osrelease" },
+        { op: "read", path: "/proc/cmdline" },
+        { op: "list", path: "/sys/module" },
+        { op: "list", path: "/dev/vfio" },
+        { op: "list", path: "/dev" },
+        { op: "list", path: MDEV_BUS },
+        ...PCI_IDS_PATHS.map((path): Op => ({ op: "stat", path })),
+        { op: "exec", argv: ["awk", "BEGIN { exit 0 }"], optional: true, timeoutMs: 10_000 },
+    ];
+    const r1 = await host.run(first);
+    const addresses = lines(r1[0]).filter(isAddress).sort();
+    const iommu = parseIommuStatus(r1.slice(1, 3));
+    const kernelRelease = text(r1[3]);
+    const kernelCmdline = text(r1[4]);
+    const modules = lines(r1[5]).filter((m) => MODULE.test(m)).sort();
+    const vfioNodes = new Set(lines(r1[6]));
+    const kvmfrPaths = lines(r1[7])
+        .filter((n) => /^kvmfr\d+$/.test(n))
+        .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)))
+        .map((n) => `/dev/${n}`);
+    const mdevParents = lines(r1[8]).filter(safeName).sort();
+    const idsAt = 9;
+    const pciIds = PCI_IDS_PATHS.find((_, i) => r1[idsAt + i]?.ok && r1[idsAt + i].data.startsWith("regular file")) ?? null;
+    const haveAwk = r1[idsAt + PCI_IDS_PATHS.length]?.ok === true;
+    const groupNumbers = iommu.enabled ? iommu.groups : [];
+
+    // ---- round trip 2: every device, group, mdev parent and kvmfr node
+    const second: Op[] = [
+        ...addresses.flatMap(deviceReadOps),
+        ...groupNumbers.map((g): Op => ({ op: "list", path: `${IOMMU_GROUPS}/${g}/devices` })),
+        ...mdevParents.map((p): Op => ({ op: "list", path: `${MDEV_BUS}/${p}/mdev_supported_types` })),
+        ...kvmfrPaths.map((path): Op => ({ op: "stat", path })),
+    ];
+    const r2 = second.length ? await host.run(second) : [];
+    let at = 0;
+    const take = (n: number) => {
+        const part = r2.slice(at, at + n);
+        at += n;
+        return part;
+    };
+    const pciDevices: PciDevice[] = [];
+    for (const a of addresses) {
+        const d = parseDevice(a, take(DEVICE_READ_OPS));
+        if (d) pciDevices.push(d);
+    }
+    const groupLists = take(groupNumbers.length).map(lines);
+    const typeLists = take(mdevParents.length).map((r) => lines(r).filter(safeName).sort());
+    const kvmfr = take(kvmfrPaths.length).map((r, i): KvmfrDevice => ({ path: kvmfrPaths[i], isCharDevice: !!r?.ok && r.data.startsWith("character special file") }));
+
+    const byAddress = new Map(pciDevices.map((d) => [d.address, d]));
+    const groupMembers = groupNumbers.map((g, i) => {
+        const listed = groupLists[i].filter(safeName);
+        const members = listed.length ? listed : pciDevices.filter((d) => d.group === g).map((d) => d.address);
+        return members.sort();
+    });
+    const foreign = [...new Set(groupMembers.flatMap((ms, i) => ms.filter((m) => !byAddress.has(m)).map((m) => `${groupNumbers[i]}/${m}`)))];
+
+    // ---- round trip 3 (only when needed): names, mdev type attributes, drivers of non-PCI group members
+    const wants = pciIdWants(pciDevices);
+    const third: Op[] = [];
+    if (pciIds && wants.vendors.size) {
+        third.push(haveAwk ? { op: "exec", argv: pciIdsAwkArgv(pciIds, wants), optional: true, timeoutMs: 30_000 } : { op: "read", path: pciIds, timeoutMs: 30_000 });
+    }
+    const typePaths = mdevParents.flatMap((p, i) => typeLists[i].map((t) => `${MDEV_BUS}/${p}/mdev_supported_types/${t}`));
+    for (const tp of typePaths) for (const a of MDEV_ATTRS) third.push({ op: "read", path: `${tp}/${a}` });
+    for (const f of foreign) third.push({ op: "readlink", path: `${IOMMU_GROUPS}/${f.replace("/", "/devices/")}/driver` });
+    const r3 = third.length ? await host.run(third) : [];
+    let k = 0;
+    let names: PciNames | null = null;
+    if (pciIds && wants.vendors.size) {
+        const r = r3[k++];
+        if (r?.ok) names = parsePciIds(r.data, wants);
+    }
+    const types = new Map<string, MdevType>();
+    for (const tp of typePaths) {
+        const [nameR, descR, availR, apiR] = r3.slice(k, k + MDEV_ATTRS.length);
+        k += MDEV_ATTRS.length;
+        types.set(tp, { id: basename(tp), name: text(nameR), description: text(descR), availableInstances: num(text(availR)), deviceApi: text(apiR) });
+    }
+    const foreignDrivers = new Map<string, string | null>();
+    for (const f of foreign) {
+        const r = r3[k++];
+        foreignDrivers.set(f, r?.ok && r.data.trim() ? basename(r.data.trim()) : null);
+    }
+
+    // ---- assemble
+    const mdev: MdevParent[] = mdevParents.map((p, i) => ({
+        parent: p,
+        pci: byAddress.has(p),
+        types: typeLists[i].map((t) => types.get(`${MDEV_BUS}/${p}/mdev_supported_types/${t}`)!),
+    }));
+    const vfsOf = new Map<string, string[]>();
+    for (const d of pciDevices) if (d.physfn) vfsOf.set(d.physfn, [...(vfsOf.get(d.physfn) ?? []), d.address]);
+    const devices: InventoryDevice[] = pciDevices.map((d) => {
+        const cls = d.class;
+        return {
+            address: d.address,
+            class: cls,
+            className: names?.subclasses.get(cls.slice(0, 4)) ?? names?.classes.get(cls.slice(0, 2)) ?? classLabel(cls),
+            vendor: d.vendor,
+            device: d.device,
+            subsystemVendor: d.subsystemVendor,
+            subsystemDevice: d.subsystemDevice,
+            vendorName: names?.vendors.get(d.vendor) ?? null,
+            deviceName: names?.devices.get(`${d.vendor}:${d.device}`) ?? null,
+            subsystemName: names?.subsystems.get(`${d.vendor}:${d.device}:${d.subsystemVendor}:${d.subsystemDevice}`) ?? null,
+            driver: d.driver,
+            driverOverride: d.override,
+            group: iommu.enabled ? d.group : null,
+            bootVga: d.bootVga,
+            resetMethods: d.resetMethods,
+            numaNode: d.numaNode,
+            sriov: d.sriovTotalVfs !== undefined ? { totalVfs: d.sriovTotalVfs, numVfs: d.sriovNumVfs ?? 0, vfs: (vfsOf.get(d.address) ?? []).sort() } : null,
+            physfn: d.physfn ?? null,
+            mdevTypes: mdev.find((p) => p.parent === d.address)?.types ?? [],
+        };
+    });
+    const groups: InventoryGroup[] = groupNumbers.map((g, i) => {
+        const members = groupMembers[i];
+        const view = members.map((m) => ({ address: m, driver: byAddress.get(m)?.driver ?? foreignDrivers.get(`${g}/${m}`) ?? null }));
+        return {
+            number: g,
+            members,
+            viable: view.every(memberViable),
+            problems: viabilityProblems(view),
+            vfioDevice: vfioNodes.has(String(g)) ? `/dev/vfio/${g}` : null,
+        };
+    });
+    return {
+        host: host.name,
+        kernelRelease,
+        kernelCmdline,
+        iommu: { enabled: iommu.enabled, fix: iommu.enabled ? null : IOMMU_OFF_FIX },
+        groups,
+        devices,
+        mdev,
+        modules,
+        kvmfr,
+        pciIds: names ? pciIds : null,
+    };
+}
+
+// ------------------------------------------------------------------------------------------------ formatting
+
+/** `mtty-1(24) mtty-2(12)`: type ids with their available instances. */
+export function formatMdevTypes(types: MdevType[]): string {
+    return types.map((t) => `${t.id}(${t.availableInstances ?? "?"})`).join(" ");
+}
+
+/** The flags column of a device: `boot-vga; override:vfio-pci; reset:flr,bus; sriov 0/4; vf of ...; mdev: ...`. */
+export function deviceFlags(d: InventoryDevice): string[] {
+    const f: string[] = [];
+    if (d.bootVga) f.push("boot-vga");
+    if (d.driverOverride) f.push(`override:${d.driverOverride}`);
+    if (d.resetMethods.length) f.push(`reset:${d.resetMethods.join(",")}`);
+    else f.push("no-reset");
+    if (d.sriov) f.push(`sriov ${d.sriov.numVfs}/${d.sriov.totalVfs}`);
+    if (d.physfn) f.push(`vf of ${d.physfn}`);
+    if (d.mdevTypes.length) f.push(`mdev: ${formatMdevTypes(d.mdevTypes)}`);
+    return f;
+}
+
+function deviceNames(d: InventoryDevice): string {
+    const parts = [d.vendorName, d.deviceName].filter((x): x is string => !!x);
+    if (d.subsystemName) parts.push(`(${d.subsystemName})`);
+    return parts.join(" ");
+}
+
+const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
+
+/** A readable report: a warning with the fix first when the IOMMU is off, then one table grouped by IOMMU group. */
+export function formatInventory(inv: HostInventory): string {
+    const out: string[] = [];
+    if (!inv.iommu.enabled) out.push(`WARNING: ${capitalize(inv.iommu.fix ?? IOMMU_OFF_FIX)}.`);
+    if (!inv.iommu.enabled && inv.kernelCmdline && /\b(intel_iommu|amd_iommu)=on\b/.test(inv.kernelCmdline)) {
+        out.push("  The kernel command line already asks for the IOMMU: check that VT-d/AMD-Vi is enabled in the firmware setup.");
+    }
+    const iommuState = inv.iommu.enabled ? `IOMMU on (${inv.groups.length} groups)` : "IOMMU OFF";
+    out.push(`host ${inv.host}, kernel ${inv.kernelRelease ?? "unknown"}, ${iommuState}, ${inv.devices.length} PCI devices`);
+    out.push(`modules: ${inv.modules.length ? inv.modules.join(" ") : "no vfio/mdev/kvmfr module loaded"}`);
+    out.push(`kvmfr: ${inv.kvmfr.length ? inv.kvmfr.map((k) => (k.isCharDevice ? k.path : `${k.path} (NOT a character device: reload kvmfr before starting QEMU)`)).join(" ") : "none"}`);
+    if (!inv.pciIds) out.push("names: none (no readable pci.ids on the host; the pciutils or hwdata package provides it)");
+    out.push("");
+
+    type Row = string[];
+    const sections: { title: string; rows: Row[] }[] = [];
+    const row = (d: InventoryDevice): Row => [d.address, `${d.className} [${d.class.slice(0, 4)}]`, `${d.vendor}:${d.device}`, d.driver ?? "-", deviceFlags(d).join("; "), deviceNames(d)];
+    const byAddress = new Map(inv.devices.map((d) => [d.address, d]));
+    const grouped = new Set<string>();
+    for (const g of inv.groups) {
+        const state = g.viable ? "viable" : `NOT viable: ${g.problems.join("; ")}`;
+        const title = `IOMMU group ${g.number}: ${state}${g.vfioDevice ? `, ${g.vfioDevice}` : ""}`;
+        const rows = g.members.map((m) => {
+            grouped.add(m);
+            const d = byAddress.get(m);
+            return d ? row(d) : [m, "(not a PCI device)", "-", "-", "", ""];
+        });
+        sections.push({ title, rows });
+    }
+    const rest = inv.devices.filter((d) => !grouped.has(d.address));
+    if (rest.length) sections.push({ title: inv.iommu.enabled ? "no IOMMU group" : "no IOMMU groups (IOMMU off)", rows: rest.map(row) });
+
+    const header: Row = ["ADDRESS", "CLASS", "IDS", "DRIVER", "FLAGS", "NAME"];
+    const all = [header, ...sections.flatMap((s) => s.rows)];
+    const widths = header.map((_, i) => Math.max(...all.map((r) => r[i].length)));
+    const fmt = (r: Row) => "  " + r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ").trimEnd();
+    out.push(fmt(header));
+    for (const s of sections) {
+        out.push(s.title);
+        for (const r of s.rows) out.push(fmt(r));
+    }
+    const others = inv.mdev.filter((p) => !p.pci);
+    if (others.length) {
+        out.push("mdev parents outside PCI");
+        for (const p of others) out.push(`  ${p.parent}  mdev: ${formatMdevTypes(p.types) || "(no types)"}`);
+    }
+    return out.join("\n") + "\n";
+}

@@ -1,0 +1,131 @@
+/**
+ * IommuBinding's provider functions on the fake kernel: what a user sees on preview, up, refresh and destroy,
+ * including the failures (rollback, IOMMU off, persistence without driverctl) and the cost in round trips.
+ */
+import { FakeHost } from "../../provider/host/fake/host";
+import { fakeKernelWithoutIommu, fakeLabKernel } from "../../provider/host/fake/lab";
+import { pci } from "../../provider/host/fake/pci";
+import { FakeKernel } from "../../provider/host/fake/kernel";
+import { IommuBindingOutputs, check, create, diff, read, remove, update } from "../../provider/iommuBinding";
+
+let k: FakeKernel;
+let host: FakeHost;
+const dev = (a: string) => pci(k).devices[a];
+beforeEach(() => {
+    k = fakeLabKernel();
+    host = new FakeHost(k);
+});
+
+async function up(inputs: Record<string, unknown>) {
+    const c = await check({}, inputs, host);
+    expect(c.failures).toEqual([]);
+    return create(c.inputs, host);
+}
+
+test("create binds both functions of the group and reports what destroy will restore", async () => {
+    const { id, outs } = await up({ device: "0000:01:00.0" });
+    expect(id).toBe("0000:01:00.0");
+    expect(dev("0000:01:00.0")).toMatchObject({ driver: "vfio-pci", override: "vfio-pci" });
+    expect(dev("0000:01:00.1")).toMatchObject({ driver: "vfio-pci", override: "vfio-pci" });
+    expect(k.list("/dev/vfio")).toContain("7");
+    expect(outs).toMatchObject({ group: 7, vfioDevice: "/dev/vfio/7", driver: "vfio-pci", wholeGroup: true });
+    expect(outs.members.map((m) => m.previousDriver)).toEqual(["bochs-drm", "snd_hda_intel"]);
+    // vfio-pci was not loaded: create loaded it.
+    expect(k.state.execLog).toContainEqual(["modprobe", "vfio_pci"]);
+});
+
+test("a host driver that refuses to let go midway: the first member is restored exactly, and the error says why", async () => {
+    k.injectFault("/sys/bus/pci/drivers/snd_hda_intel/unbind", "EBUSY");
+    const c = await check({}, { device: "01:00.0" }, host);
+    const err: Error = await create(c.inputs, host).catch((e) => e);
+    expect(err.message).toMatch(/writing "0000:01:00.1" to \/sys\/bus\/pci\/drivers\/snd_hda_intel\/unbind failed: EBUSY \(Device or resource busy\)/);
+    expect(err.message).toMatch(/Every changed device was restored \(0000:01:00.0 → bochs-drm/);
+    expect(dev("0000:01:00.0")).toMatchObject({ driver: "bochs-drm", override: null });
+    expect(dev("0000:01:00.1")).toMatchObject({ driver: "snd_hda_intel", override: null });
+    expect(k.list("/dev/vfio")).not.toContain("7");
+});
+
+test("a member that drivers_probe leaves unbound gets one explicit bind before anything is rolled back", async () => {
+    // lxd#12128: drivers_probe answers EINVAL and leaves the device unbound with the override in place.
+    k.injectFault("/sys/bus/pci/drivers_probe", "EINVAL", "0000:01:00.1");
+    const { outs } = await up({ device: "01:00.0" });
+    expect(outs.members.map((m) => m.driver)).toEqual(["vfio-pci", "vfio-pci"]);
+});
+
+test("persistent: true writes driverctl's files (0644) and destroy removes them", async () => {
+    const { id, outs } = await up({ device: "01:00.0", persistent: true });
+    expect(k.read("/etc/driverctl.d/pci-0000:01:00.0")).toBe("vfio-pci\n");
+    expect(k.read("/etc/driverctl.d/pci-0000:01:00.1")).toBe("vfio-pci\n");
+    expect(k.state.files["/etc/driverctl.d/pci-0000:01:00.0"].mode).toBe(0o644);
+    // Turning persistence off is an in-place update that removes them.
+    expect(diff(id, outs, { ...outs, persistent: false })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: true });
+    const { outs: o2 } = await update(id, outs, { ...outs, persistent: false }, host);
+    expect(k.state.files["/etc/driverctl.d/pci-0000:01:00.0"]).toBeUndefined();
+    expect(o2.persistent).toBe(false);
+    await remove(id, o2, host);
+    expect(dev("0000:01:00.0").driver).toBe("bochs-drm");
+});
+
+test("persistent: true on a host without driverctl fails at preview with the fix", async () => {
+    delete k.state.files["/usr/sbin/driverctl"];
+    const c = await check({}, { device: "01:00.0", persistent: true }, host);
+    expect(c.failures).toEqual([{ property: "persistent", reason: expect.stringMatching(/needs driverctl on the host.*install it/) }]);
+});
+
+test("a host with the IOMMU off fails at preview with the kernel command line fix", async () => {
+    host = new FakeHost(fakeKernelWithoutIommu());
+    const c = await check({}, { device: "01:00.0" }, host);
+    expect(c.failures[0].property).toBe("device");
+    expect(c.failures[0].reason).toMatch(/IOMMU is off.*intel_iommu=on iommu=pt.*amd_iommu=on/);
+});
+
+test("refresh: a removed device is gone; a member back on its host driver shows as drift that diff asks to repair", async () => {
+    const { id, outs } = await up({ device: "01:00.0" });
+    dev("0000:01:00.1").driver = "snd_hda_intel";
+    const r = await read(id, outs, host);
+    expect(r.props!.members[1].driver).toBe("snd_hda_intel");
+    expect(diff(id, r.props as IommuBindingOutputs, outs).changes).toBe(true);
+    expect(diff(id, outs, outs).changes).toBe(false);
+    delete pci(k).devices["0000:01:00.0"];
+    expect(await read(id, outs, host)).toEqual({ id: "" });
+});
+
+test("reading a binding costs 2 round trips; binding the group is one apply batch after the reads", async () => {
+    const c = await check({}, { device: "01:00.0" }, host);
+    const before = host.roundTrips;
+    const { outs } = await create(c.inputs, host);
+    // lock + 2 reads + 1 apply batch (which reads every driver link back)
+    expect(host.roundTrips - before).toBe(4);
+    const r0 = host.roundTrips;
+    await read("0000:01:00.0", outs, host);
+    expect(host.roundTrips - r0).toBe(2);
+});
+
+test("diff: another device or host replaces (releasing first); driver and persistence update in place", () => {
+    const olds = { device: "01:00.0", address: "0000:01:00.0", driver: "vfio-pci", wholeGroup: true, allowBootVga: false, persistent: false, group: 7, vfioDevice: "/dev/vfio/7", members: [] } as IommuBindingOutputs;
+    expect(diff("x", olds, { ...olds, device: "02:00.0", address: "0000:02:00.0" })).toEqual({ changes: true, replaces: ["device"], deleteBeforeReplace: true });
+    expect(diff("x", olds, { ...olds, connection: { host: "gpu-box" } }).replaces).toEqual(["connection"]);
+    expect(diff("x", olds, { ...olds, driver: "pci-stub" })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: true });
+    expect(diff("x", olds, { ...olds, device: "04da6b54-80e4-46f7-96ec-b56ff0331ba9", address: undefined }).replaces).toEqual(["device"]);
+    expect(diff("x", olds, { ...olds })).toEqual({ changes: false, replaces: [], deleteBeforeReplace: true });
+});
+
+test("wholeGroup: false is allowed when the rest of the group is already viable", async () => {
+    dev("0000:01:00.1").driver = null; // audio function unbound by hand
+    const { outs } = await up({ device: "01:00.0", wholeGroup: false });
+    expect(dev("0000:01:00.0").driver).toBe("vfio-pci");
+    expect(dev("0000:01:00.1").driver).toBeNull();
+    expect(outs.members.map((m) => m.managed)).toEqual([true, false]);
+});
+
+test("allowBootVga: true takes the console GPU when asked", async () => {
+    const { outs } = await up({ device: "00:01.0", allowBootVga: true });
+    expect(dev("0000:00:01.0").driver).toBe("vfio-pci");
+    await remove(outs.address, outs, host);
+    expect(dev("0000:00:01.0").driver).toBe("bochs-drm");
+});
+
+test("an unreachable SSH host fails check on the connection after bounded retries, naming the host", async () => {
+    const c = await check({}, { device: "01:00.0", connection: { host: "127.0.0.1", port: 1, dialErrorLimit: 2, perDialTimeout: 2 } });
+    expect(c.failures).toEqual([{ property: "connection", reason: expect.stringMatching(/cannot connect to root@127.0.0.1:1 over SSH: .*ECONNREFUSED/) }]);
+});
