@@ -78,6 +78,8 @@ export class IommuBinding extends pulumi.dynamic.Resource {
     public readonly vfioDevice!: pulumi.Output<string | null>;
     /** Every member of the group: address, ids, class, previous and current driver, whether it is managed. */
     public readonly members!: pulumi.Output<BindingMember[]>;
+    /** The SSH connection, if any (secret). */
+    public readonly connection!: pulumi.Output<ConnectionArgs | undefined>;
     /** The per-device driver changes planned at the last check, one line per member. */
     public readonly plan!: pulumi.Output<string[]>;
 

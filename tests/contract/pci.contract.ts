@@ -1,0 +1,145 @@
+/**
+ * The PCI/VFIO kernel contract: what sysfs answers to the writes our provider makes. The same tests run against the
+ * fake kernel (pci.fake.test.ts) and the lab's real kernel (pci.lab.test.ts); when the kernel and the fake
+ * disagree, the fake is wrong. Facts from Documentation/ABI/testing/sysfs-bus-pci, DOMAIN.md and LAB.md.
+ */
+import { Host, Op, OpResult } from "../../provider/host/types";
+import { readGroup } from "../../provider/sysfs/iommu";
+import { bindOps, restoreOps } from "../../provider/sysfs/pci";
+
+const GPU = "0000:01:00.0";
+const AUDIO = "0000:01:00.1";
+const EDU = "0000:02:00.0";
+const DEV = "/sys/bus/pci/devices";
+const DRV = "/sys/bus/pci/drivers";
+
+export interface ContractTarget {
+    host: Host;
+}
+
+const w = (path: string, data: string): Op => ({ op: "write", path, data });
+
+async function one(host: Host, op: Op): Promise<OpResult> {
+    return (await host.run([op]))[0];
+}
+
+async function driver(host: Host, bdf: string): Promise<string | null> {
+    const r = await one(host, { op: "readlink", path: `${DEV}/${bdf}/driver` });
+    return r.ok ? r.data.trim().split("/").pop()! : null;
+}
+
+async function override(host: Host, bdf: string): Promise<string> {
+    return (await one(host, { op: "read", path: `${DEV}/${bdf}/driver_override` })).data.trim();
+}
+
+/** Put the GPU pair and edu back as the lab boots: bochs-drm, snd_hda_intel, edu unbound, no overrides. */
+async function reset(host: Host): Promise<void> {
+    for (const [bdf, drv] of [
+        [GPU, "bochs-drm"],
+        [AUDIO, "snd_hda_intel"],
+        [EDU, null],
+    ] as const) {
+        const now = { driver: await driver(host, bdf), override: (await override(host, bdf)) === "(null)" ? null : await override(host, bdf) };
+        await host.run(restoreOps(bdf, now, { driver: drv, override: null }));
+    }
+    await host.run([{ op: "write", path: `${DRV}/vfio-pci/remove_id`, data: "1234 11e8", optional: true }]);
+}
+
+export function pciContract(describeFn: jest.Describe, target: () => ContractTarget): void {
+    describeFn("PCI/VFIO kernel contract", () => {
+        let host: Host;
+        beforeAll(async () => {
+            host = target().host;
+            const r = await one(host, { op: "exec", argv: ["modprobe", "vfio-pci"] });
+            expect(r.ok).toBe(true);
+        });
+        afterEach(() => reset(host));
+
+        test("the GPU and its HDMI audio share one IOMMU group; reading it costs 2 round trips", async () => {
+            const before = host.roundTrips;
+            const view = await readGroup(host, GPU);
+            expect(host.roundTrips - before).toBe(2);
+            expect(view.iommu.enabled).toBe(true);
+            expect(view.members.map((m) => [m.address, m.driver, m.class])).toEqual([
+                [GPU, "bochs-drm", "030000"],
+                [AUDIO, "snd_hda_intel", "040300"],
+            ]);
+            expect(view.device!.bootVga).toBe(false);
+            expect(view.drivers).toEqual(expect.arrayContaining(["vfio-pci", "bochs-drm", "snd_hda_intel"]));
+        });
+
+        test("driver_override reads (null) when unset, does not unbind, and a newline clears it", async () => {
+            expect(await override(host, GPU)).toBe("(null)");
+            expect((await one(host, w(`${DEV}/${GPU}/driver_override`, "vfio-pci"))).ok).toBe(true);
+            expect(await override(host, GPU)).toBe("vfio-pci");
+            expect(await driver(host, GPU)).toBe("bochs-drm");
+            expect((await one(host, w(`${DEV}/${GPU}/driver_override`, "\n"))).ok).toBe(true);
+            expect(await override(host, GPU)).toBe("(null)");
+        });
+
+        test("driverctl's sequence moves the group to vfio-pci, /dev/vfio/<group> appears at once; restore gives it back", async () => {
+            const view = await readGroup(host, GPU);
+            const ops = view.members.flatMap((m) => bindOps(m.address, m, "vfio-pci"));
+            const r = await host.run(ops, { stopOnError: true });
+            expect(r.filter((x) => !x.ok && !x.skipped).map((x) => x.errno)).toEqual([]);
+            expect([await driver(host, GPU), await driver(host, AUDIO)]).toEqual(["vfio-pci", "vfio-pci"]);
+            expect((await one(host, { op: "stat", path: `/dev/vfio/${view.group}` })).data).toMatch(/^character special file/);
+
+            const now = { driver: "vfio-pci", override: "vfio-pci" };
+            await host.run([...restoreOps(GPU, now, { driver: "bochs-drm", override: null }), ...restoreOps(AUDIO, now, { driver: "snd_hda_intel", override: null })]);
+            expect([await driver(host, GPU), await driver(host, AUDIO)]).toEqual(["bochs-drm", "snd_hda_intel"]);
+            expect([await override(host, GPU), await override(host, AUDIO)]).toEqual(["(null)", "(null)"]);
+            expect((await one(host, { op: "stat", path: `/dev/vfio/${view.group}` })).errno).toBe("ENOENT");
+        });
+
+        test("binding only the VGA function is not refused by the kernel (viability is ours to check)", async () => {
+            const view = await readGroup(host, GPU);
+            await host.run(bindOps(GPU, view.device!, "vfio-pci"));
+            expect(await driver(host, GPU)).toBe("vfio-pci");
+            expect(await driver(host, AUDIO)).toBe("snd_hda_intel");
+            expect((await one(host, { op: "stat", path: `/dev/vfio/${view.group}` })).ok).toBe(true);
+        });
+
+        test.each([
+            ["bind of a device that already has a driver", () => w(`${DRV}/snd_hda_intel/bind`, AUDIO), "EBUSY"],
+            ["bind of an address that does not exist", () => w(`${DRV}/vfio-pci/bind`, "0000:07:00.0"), "ENODEV"],
+            ["unbind from a driver the device is not bound to", () => w(`${DRV}/vfio-pci/unbind`, GPU), "ENODEV"],
+            ["vfio-pci bind with no override and no matching id", () => w(`${DRV}/vfio-pci/bind`, EDU), "ENODEV"],
+            ["a malformed new_id", () => w(`${DRV}/vfio-pci/new_id`, "zzzz"), "EINVAL"],
+            ["remove_id of an id that was never added", () => w(`${DRV}/vfio-pci/remove_id`, "1234 11e8"), "ENODEV"],
+        ])("%s → %s", async (_what, op, errno) => {
+            const r = await one(host, op());
+            expect(r.ok).toBe(false);
+            expect(r.errno).toBe(errno);
+        });
+
+        test("an override naming an unknown driver is accepted and leaves the device unbound after a probe", async () => {
+            expect((await one(host, w(`${DEV}/${EDU}/driver_override`, "no-such-driver"))).ok).toBe(true);
+            await host.run([w("/sys/bus/pci/drivers_probe", EDU)]);
+            expect(await driver(host, EDU)).toBeNull();
+        });
+
+        test("new_id grabs the unbound device with that id at once; a duplicate is EEXIST", async () => {
+            expect((await one(host, w(`${DRV}/vfio-pci/new_id`, "1234 11e8"))).ok).toBe(true);
+            expect(await driver(host, EDU)).toBe("vfio-pci");
+            const dup = await one(host, w(`${DRV}/vfio-pci/new_id`, "1234 11e8"));
+            expect(dup.errno).toBe("EEXIST");
+        });
+
+        test("new_id never takes a bound device", async () => {
+            const r = await one(host, w(`${DRV}/vfio-pci/new_id`, "8086 2668"));
+            expect(r.ok).toBe(true);
+            expect(await driver(host, AUDIO)).toBe("snd_hda_intel");
+            await host.run([w(`${DRV}/vfio-pci/remove_id`, "8086 2668")]);
+        });
+
+        test("driver_override survives an unbind; drivers_probe then binds the override's driver", async () => {
+            await host.run([w(`${DEV}/${EDU}/driver_override`, "vfio-pci")]);
+            await host.run([w("/sys/bus/pci/drivers_probe", EDU)]);
+            expect(await driver(host, EDU)).toBe("vfio-pci");
+            await host.run([w(`${DRV}/vfio-pci/unbind`, EDU)]);
+            expect(await driver(host, EDU)).toBeNull();
+            expect(await override(host, EDU)).toBe("vfio-pci");
+        });
+    });
+}
