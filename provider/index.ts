@@ -8,6 +8,7 @@ export * as pci from "./sysfs/pci";
 export * as iommu from "./sysfs/iommu";
 export { scanHost, resolveSelector, DeviceSelector } from "./sysfs/scan";
 export { iommuBinding } from "./iommuBinding";
+export { getHostInventory, formatInventory, HostInventory } from "./inventory";
 export * as iommuBindingImpl from "./iommuBinding";
 export { UNKNOWN, CheckFailure, CheckResult } from "./check";
 export { SysfsError, PlanError } from "./errors";

@@ -426,7 +426,7 @@ export function formatInventory(inv: HostInventory): string {
     const byAddress = new Map(inv.devices.map((d) => [d.address, d]));
     const grouped = new Set<string>();
     for (const g of inv.groups) {
-        const state = g.viable ? "viable" : `NOT viable: ${g.problems.join("; ")}`;
+        const state = g.viable ? "viable" : `not viable: ${g.problems.join("; ")}`;
         const title = `IOMMU group ${g.number}: ${state}${g.vfioDevice ? `, ${g.vfioDevice}` : ""}`;
         const rows = g.members.map((m) => {
             grouped.add(m);

@@ -7,4 +7,5 @@
  */
 export { IommuBinding, IommuBindingArgs, DeviceSelectorArgs, BindingMember } from "./iommuBinding";
 export { ConnectionArgs } from "./types";
+export { getHost, getHostOutput, GetHostArgs, GetHostOutputArgs, HostInventory, InventoryDevice, InventoryGroup, MdevType, MdevParent, KvmfrDevice as KvmfrDeviceInfo } from "./getHost";
 export { thinProvider } from "./provider";

@@ -8,6 +8,7 @@
  * which we map back to the errno the kernel returned; dash only says "I/O error".
  */
 import { randomBytes } from "crypto";
+import { StringDecoder } from "string_decoder";
 import { Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMessage, isMutation } from "./types";
 
 /**
@@ -118,6 +119,8 @@ export function driveBatch(proc: BatchProcess, boundary: string, ops: Op[], opts
         let timer: NodeJS.Timeout | undefined;
         let done = false;
         const marker = "\n" + boundary + " ";
+        // A multi-byte character can be split across chunks: decode the stream, not each chunk.
+        const decoder = new StringDecoder("utf8");
 
         const finish = (err?: Error) => {
             if (done) return;
@@ -140,7 +143,7 @@ export function driveBatch(proc: BatchProcess, boundary: string, ops: Op[], opts
             }, ms);
         };
         proc.onData((chunk) => {
-            buf += chunk.toString("utf8");
+            buf += decoder.write(chunk);
             for (;;) {
                 const at = buf.indexOf(marker);
                 if (at < 0) break;

@@ -4,10 +4,11 @@
  * string built from input); the lock is a second channel held open while the locked work runs.
  */
 import { createHash } from "crypto";
+import { Duplex } from "stream";
 import { Client, ClientChannel, ConnectConfig } from "ssh2";
 import { BATCH_SCRIPT, BatchProcess, driveBatch, newBoundary, quoteArgv } from "./batch";
 import { LOCK_SCRIPT, LOCK_TIMEOUT_MS } from "./lock";
-import { Host, Op, OpResult, RunOptions } from "./types";
+import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 
 /**
  * How to reach a host over SSH. The same shape as @pulumi/command's `remote.ConnectionArgs`.
@@ -142,8 +143,8 @@ export class SshHost implements Host {
                     } catch (e) {
                         last = e as Error;
                         const msg = last.message ?? "";
-                        // Authentication and host-key failures will not heal by retrying.
-                        if (/authentication|host key|handshake failed|verification/i.test(msg)) break;
+                        // Authentication, key and host-key failures will not heal by retrying.
+                        if (/authentication|host key|handshake failed|verification|privateKey|passphrase|parse/i.test(msg)) break;
                         if (limit < 0 || attempt < limit) await sleep(Math.min(250 * 2 ** (attempt - 1), 3000));
                     }
                 }
@@ -211,6 +212,24 @@ export class SshHost implements Host {
             ch.removeAllListeners("close");
             ch.end();
         }
+    }
+
+    /**
+     * OpenSSH's `direct-streamlocal@openssh.com` channel on the same connection (sshd connects to the socket as the
+     * logged-in user, so a root-owned 0600 QMP socket needs `user: root`; sshd's AllowStreamLocalForwarding must
+     * not be `no`). The error keeps the socket's errno-like code (ENOENT/ECONNREFUSED) when sshd says which.
+     */
+    async openUnixSocket(path: string): Promise<Duplex> {
+        assertSafePath(path);
+        const client = await this.connect();
+        return new Promise((resolve, reject) =>
+            client.openssh_forwardOutStreamLocal(path, (err, ch) => {
+                if (!err) return resolve(ch);
+                const text = err.message ?? String(err);
+                const code = /no such file|not found/i.test(text) ? "ENOENT" : /refused/i.test(text) ? "ECONNREFUSED" : /denied|prohibited/i.test(text) ? "EACCES" : undefined;
+                reject(Object.assign(new Error(`${this.name}: cannot connect to ${path}: ${text}${code === "EACCES" ? " (QMP sockets are root-owned 0600: connect as root, and allow stream-local forwarding in sshd)" : ""}`), { code }));
+            }),
+        );
     }
 
     async close(): Promise<void> {

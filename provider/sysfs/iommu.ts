@@ -48,7 +48,7 @@ export function parseIommuStatus(r: { ok: boolean; data: string }[]): IommuStatu
 /** What to tell a user whose IOMMU is off. */
 export const IOMMU_OFF_FIX =
     "the IOMMU is off on this host (/sys/kernel/iommu_groups is empty): enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup, " +
-    "add `intel_iommu=on iommu=pt` (Intel) or `amd_iommu=on iommu=pt` (AMD) to the kernel command line (GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then update-grub), and reboot";
+    "add `intel_iommu=on iommu=pt` (Intel) or `amd_iommu=on iommu=pt` (AMD) to the kernel command line (GRUB: GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then update-grub; systemd-boot: /etc/kernel/cmdline, then kernel-install or bootctl update), and reboot";
 
 export interface GroupView {
     /** The device asked about, or null when it does not exist. */

@@ -32,6 +32,10 @@ export class FaultyHost implements Host {
         return [...before, failed, ...after];
     }
 
+    openUnixSocket(path: string): Promise<import("stream").Duplex> {
+        return this.inner.openUnixSocket(path);
+    }
+
     withLock<T>(fn: () => Promise<T>, timeoutMs?: number): Promise<T> {
         return this.inner.withLock(fn, timeoutMs);
     }
