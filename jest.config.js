@@ -16,14 +16,14 @@ const common = {
 module.exports = {
   projects: [
     { ...common, displayName: "unit", testMatch: ["<rootDir>/tests/unit/**/*.test.ts", "<rootDir>/tests/contract/**/*.fake.test.ts"] },
-    { ...common, displayName: "engine", testMatch: ["<rootDir>/tests/engine/**/*.test.ts"], testTimeout: 60000 },
+    { ...common, displayName: "engine", testMatch: ["<rootDir>/tests/engine/**/*.test.ts"], setupFilesAfterEnv: ["<rootDir>/tests/setup/engine.ts"] },
     {
       ...common,
       displayName: "lab",
       testMatch: ["<rootDir>/tests/lab/**/*.lab.test.ts", "<rootDir>/tests/contract/**/*.lab.test.ts"],
       globalSetup: "<rootDir>/tests/lab/globalSetup.ts",
       globalTeardown: "<rootDir>/tests/lab/globalTeardown.ts",
-      testTimeout: 300000,
+      setupFilesAfterEnv: ["<rootDir>/tests/setup/lab.ts"],
     },
   ],
 };
