@@ -33,7 +33,7 @@ async function override(host: Host, bdf: string): Promise<string> {
 }
 
 /** Put the GPU pair and edu back as the lab boots: bochs-drm, snd_hda_intel, edu unbound, no overrides. */
-async function reset(host: Host): Promise<void> {
+export async function resetLabDevices(host: Host): Promise<void> {
     for (const [bdf, drv] of [
         [GPU, "bochs-drm"],
         [AUDIO, "snd_hda_intel"],
@@ -53,7 +53,7 @@ export function pciContract(describeFn: jest.Describe, target: () => ContractTar
             const r = await one(host, { op: "exec", argv: ["modprobe", "vfio-pci"] });
             expect(r.ok).toBe(true);
         });
-        afterEach(() => reset(host));
+        afterEach(() => resetLabDevices(host));
 
         test("the GPU and its HDMI audio share one IOMMU group; reading it costs 2 round trips", async () => {
             const before = host.roundTrips;

@@ -5,6 +5,7 @@
  */
 import { SshHost } from "../../provider/host/ssh";
 import { IommuBindingOutputs, check, create, diff, read, remove, update } from "../../provider/iommuBinding";
+import { resetLabDevices } from "../contract/pci.contract";
 import { FaultyHost } from "./faultyHost";
 import { guestCall } from "./guest";
 import type { LabHandle } from "./lab";
@@ -44,6 +45,11 @@ labDescribe("IommuBinding on the lab kernel", () => {
 
     beforeAll(() => {
         host = new SshHost(l.connection);
+    });
+    // Each test starts from the lab's boot state, whatever an earlier test (or file) left behind.
+    beforeEach(async () => {
+        await stopNestedVm(l);
+        await resetLabDevices(host);
     });
     afterAll(async () => {
         await stopNestedVm(l);
