@@ -32,17 +32,26 @@ async function override(host: Host, bdf: string): Promise<string> {
     return (await one(host, { op: "read", path: `${DEV}/${bdf}/driver_override` })).data.trim();
 }
 
-/** Put the GPU pair and edu back as the lab boots: bochs-drm, snd_hda_intel, edu unbound, no overrides. */
+/** Put the GPU pair and edu back as the lab boots (bochs-drm, snd_hda_intel, edu unbound, no overrides): 2 round trips. */
 export async function resetLabDevices(host: Host): Promise<void> {
-    for (const [bdf, drv] of [
+    const boot = [
         [GPU, "bochs-drm"],
         [AUDIO, "snd_hda_intel"],
         [EDU, null],
-    ] as const) {
-        const now = { driver: await driver(host, bdf), override: (await override(host, bdf)) === "(null)" ? null : await override(host, bdf) };
-        await host.run(restoreOps(bdf, now, { driver: drv, override: null }));
-    }
-    await host.run([{ op: "write", path: `${DRV}/vfio-pci/remove_id`, data: "1234 11e8", optional: true }]);
+    ] as const;
+    const r = await host.run(boot.flatMap(([bdf]): Op[] => [{ op: "readlink", path: `${DEV}/${bdf}/driver` }, { op: "read", path: `${DEV}/${bdf}/driver_override` }]));
+    const ops = boot.flatMap(([bdf, drv], i) => {
+        const ov = r[2 * i + 1].data.trim();
+        const now = { driver: r[2 * i].ok ? r[2 * i].data.trim().split("/").pop()! : null, override: ov === "(null)" || ov === "" ? null : ov };
+        return restoreOps(bdf, now, { driver: drv, override: null });
+    });
+    await host.run([...ops, { op: "write", path: `${DRV}/vfio-pci/remove_id`, data: "1234 11e8", optional: true }]);
+}
+
+/** The driver a device is bound to now, or "none": one round trip on the host's open connection. */
+export async function driverNow(host: Host, bdf: string): Promise<string> {
+    const r = await one(host, { op: "readlink", path: `${DEV}/${bdf}/driver` });
+    return r.ok ? r.data.trim().split("/").pop()! : "none";
 }
 
 export function pciContract(describeFn: jest.Describe, target: () => ContractTarget): void {
