@@ -112,7 +112,11 @@ export function validate<T>(schemaFile: string, news: Record<string, unknown>): 
     delete inputs.__provider;
     const v = validator(schemaFile);
     v(inputs);
-    const errors = (v.errors ?? []).filter((e) => e.keyword !== "oneOf" && e.keyword !== "anyOf" && e.keyword !== "if" && !pathHasUnknown(inputs, e.instancePath));
+    // Skip complaints about values not known yet, and a branch's type complaint about an object or list that is
+    // only partly known (its known parts are checked by the other branch; the rest is checked when known).
+    const errors = (v.errors ?? []).filter(
+        (e) => e.keyword !== "oneOf" && e.keyword !== "anyOf" && e.keyword !== "if" && !pathHasUnknown(inputs, e.instancePath) && !(e.keyword === "type" && containsUnknown(at(inputs, e.instancePath))),
+    );
     const failures: CheckFailure[] = [];
     const seen = new Set<string>();
     for (const e of mergeBranchTypeErrors(errors)) {

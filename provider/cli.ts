@@ -13,6 +13,8 @@ import { LocalHost } from "./host/local";
 import { Connection } from "./host/ssh";
 import { Host } from "./host/types";
 import { formatInventory, getHostInventory } from "./inventory";
+import { renderHostYaml } from "./hostInit";
+import { HostDefinitionError, parseHostDefinition } from "../sdk/hostDefinition";
 
 /** Where a command writes, and how it reaches hosts and files: injectable so tests run `main` in-process. */
 export interface CliIO {
@@ -21,7 +23,13 @@ export interface CliIO {
     /** The host for a connection (undefined: this machine). */
     host(connection?: Connection): Host;
     readFile(path: string): string;
+    /** Create a file (0644); `overwrite` false fails with EEXIST when it exists. Default: the local file system. */
+    writeFile?(path: string, text: string, overwrite: boolean): void;
     env: NodeJS.ProcessEnv;
+}
+
+function writeLocalFile(path: string, text: string, overwrite: boolean): void {
+    fs.writeFileSync(path, text, { mode: 0o644, flag: overwrite ? "w" : "wx" });
 }
 
 export function processIO(): CliIO {
@@ -31,6 +39,7 @@ export function processIO(): CliIO {
         // Reading the inventory needs no privilege: locally it runs without sudo, so a plain user can use it.
         host: (c) => (c || process.env[FAKE_KERNEL_ENV] ? hostFor(c) : new LocalHost({ sudo: false })),
         readFile: (p) => fs.readFileSync(p, "utf8"),
+        writeFile: writeLocalFile,
         env: process.env,
     };
 }
@@ -131,6 +140,54 @@ export const COMMANDS: Record<string, Command> = {
         async run(values, io) {
             const inv = await onHost(values, io, getHostInventory);
             io.stdout(values.json ? JSON.stringify(inv, null, 2) + "\n" : formatInventory(inv));
+            return 0;
+        },
+    },
+    init: {
+        summary: "write a starting host.yaml from what the host has (GPUs and their IOMMU groups, SR-IOV, mdev types)",
+        synopsis: "[--ssh [USER@]HOST[:PORT] [-i KEYFILE] [--host-key KEY]] [-o FILE [--force]] [--schema PATH]",
+        help: [
+            ...SSH_HELP,
+            "  -o, --output FILE         write the file there (default: print it); refuses to overwrite without --force",
+            "  --force                   overwrite FILE",
+            "  --schema PATH             the $schema path for editors (default ./node_modules/pulumi-vfio/schema/host.schema.json)",
+        ],
+        options: { ...SSH_OPTIONS, output: { type: "string", short: "o" }, force: { type: "boolean" }, schema: { type: "string" } },
+        async run(values, io) {
+            const output = values.output as string | undefined;
+            if (values.force && output === undefined) throw new UsageError("--force needs -o FILE");
+            const connection = connectionFromOptions(values, io);
+            const inv = await onHost(values, io, getHostInventory);
+            const text = renderHostYaml(inv, {
+                schemaPath: values.schema as string | undefined,
+                connection: connection && {
+                    host: connection.host,
+                    user: connection.user,
+                    port: connection.port,
+                    hostKey: connection.hostKey,
+                    // The path, never the key: the file is meant for git.
+                    privateKeyFile: values.identity as string | undefined,
+                },
+            });
+            try {
+                parseHostDefinition(text, { file: output ?? "host.yaml" });
+            } catch (e) {
+                // A bug of ours, not the user's: say so rather than write a file that fails later.
+                if (e instanceof HostDefinitionError) throw new Error(`internal error: the generated host file is not valid: ${e.message}`);
+                throw e;
+            }
+            if (output === undefined) {
+                io.stdout(text);
+                return 0;
+            }
+            try {
+                (io.writeFile ?? writeLocalFile)(output, text, !!values.force);
+            } catch (e) {
+                const code = (e as NodeJS.ErrnoException).code;
+                if (code === "EEXIST") throw new Error(`${output} exists: pass --force to overwrite it`);
+                throw new Error(`cannot write ${output}${code ? ` (${code})` : ""}`);
+            }
+            io.stderr(`wrote ${output}: uncomment what this host should have, then \`pulumi preview\`\n`);
             return 0;
         },
     },

@@ -3,9 +3,11 @@
  * started in its own process group so a write stuck in the kernel can be abandoned without taking us with it.
  */
 import { ChildProcess, spawn } from "child_process";
+import * as net from "net";
+import { Duplex } from "stream";
 import { BATCH_SCRIPT, BatchProcess, driveBatch, newBoundary } from "./batch";
 import { LOCK_SCRIPT, LOCK_TIMEOUT_MS } from "./lock";
-import { Host, Op, OpResult, RunOptions } from "./types";
+import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 
 export interface LocalHostOptions {
     /** Prefix privileged work with `sudo -n` (default: when not running as root). */
@@ -89,6 +91,25 @@ export class LocalHost implements Host {
             child.removeAllListeners("close");
             child.stdin!.end();
         }
+    }
+
+    /**
+     * Connects as this process's user, not through sudo: a root-owned 0600 socket (QEMU's QMP socket as
+     * pulumi-vfio creates it) needs pulumi to run as root, the same as the sysfs writes without sudo.
+     */
+    openUnixSocket(path: string): Promise<Duplex> {
+        assertSafePath(path);
+        return new Promise((resolve, reject) => {
+            const sock = net.connect(path);
+            sock.once("connect", () => {
+                sock.removeAllListeners("error");
+                resolve(sock);
+            });
+            sock.once("error", (e: NodeJS.ErrnoException) => {
+                const why = e.code === "EACCES" ? `: permission denied; the socket is root-owned mode 0600, so run pulumi as root` : `: ${e.code ?? e.message}`;
+                reject(Object.assign(new Error(`cannot connect to ${path}${why}`), { code: e.code }));
+            });
+        });
     }
 
     async close(): Promise<void> {

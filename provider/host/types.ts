@@ -63,6 +63,12 @@ export interface Host {
     withLock<T>(fn: () => Promise<T>, timeoutMs?: number): Promise<T>;
     /** Round trips made so far (each `run` is one; taking the lock is one). */
     readonly roundTrips: number;
+    /**
+     * A stream connected to a UNIX socket on the host (QEMU's QMP socket). Locally a `net` connection, over SSH an
+     * OpenSSH `direct-streamlocal` channel on the same connection, on the fake kernel an in-memory endpoint. The
+     * socket is opened as the user we log in as (not through sudo): QMP sockets are root-owned 0600, so run as root.
+     */
+    openUnixSocket(path: string): Promise<import("stream").Duplex>;
     close(): Promise<void>;
 }
 

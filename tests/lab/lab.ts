@@ -2,6 +2,15 @@
 // on a q35 machine with an emulated IOMMU, a GPU + HDMI-audio pair sharing one IOMMU group, an edu device and
 // an SR-IOV capable NVMe, and gives ssh/copy/reboot/QMP access to it. Used by jest (globalSetup.ts,
 // labState.ts), by the smoke check (smoke.ts) and by benchmarks.
+//
+// Environment:
+//   PULUMI_VFIO_LAB_CACHE     image cache root (default ~/.cache/pulumi-vfio-lab; same as build.sh)
+//   PULUMI_VFIO_LAB_IMAGE     use this image directory instead of the one for the current recipe hash
+//   PULUMI_VFIO_LAB_RUN_ROOT  where run dirs go (default $TMPDIR/pulumi-vfio-lab); stale ones are reaped here
+//   PULUMI_VFIO_LAB_ACCEL     kvm | tcg, skipping the (cached) KVM probe
+//   PULUMI_VFIO_LAB_CPU       TCG CPU model (default max)
+//   PULUMI_VFIO_LAB_SSH_MUX   0 to give every ssh call its own connection
+//   PULUMI_VFIO_LAB_BOOT_TIMEOUT_S  how long to wait for SSH after starting QEMU (default 240)
 import * as child_process from "child_process";
 import * as crypto from "crypto";
 import * as fs from "fs";
@@ -56,6 +65,12 @@ export interface SshOptions {
     timeoutMs?: number;
 }
 
+export interface RebootOptions {
+    /** Default 420 s. */
+    timeoutMs?: number;
+    force?: boolean;
+}
+
 /** What a test needs to use a running lab VM; works in any process on this machine (see LabState). */
 export interface LabHandle {
     connection: LabConnection;
@@ -70,8 +85,12 @@ export interface LabHandle {
     copyTo(localPath: string, remoteDir: string): Promise<void>;
     /** QMP command on the lab VM's own QEMU. */
     qmp(command: string, args?: object): Promise<unknown>;
-    /** Real guest reboot in the same QEMU (a snapshot=on disk keeps its changes); resolves once SSH is back. */
-    reboot(): Promise<void>;
+    /**
+     * Real guest reboot in the same QEMU (a snapshot=on disk keeps its changes); resolves once SSH is back.
+     * Slow under TCG (60-180 s: a warm-reset boot is slower than a cold one); `force` skips the orderly
+     * service shutdown (`systemctl reboot --force`: processes killed, file systems unmounted).
+     */
+    reboot(opts?: RebootOptions): Promise<void>;
 }
 
 export interface LabVm extends LabHandle {
@@ -85,7 +104,7 @@ export interface LabVm extends LabHandle {
     state(): LabRunState;
 }
 
-/** What globalSetup writes for the jest workers. */
+/** A booted VM's description: what globalSetup writes for the jest workers (see labState.ts). */
 export interface LabRunState {
     connection: LabConnection;
     keyPath: string;
@@ -98,13 +117,16 @@ export interface LabRunState {
     imageDir: string;
     bootMs: number;
 }
-export type LabState = LabRunState | { skip: string };
+/** The jest state file: a running VM, a reason the lab is unavailable, or why booting it failed. */
+export type LabState = LabRunState | { skip: string } | { error: string };
 
 /** MAC of the SSH NIC; build.sh names the interface with this MAC lab0 in a systemd .link file. */
 export const LAB_MAC = "52:54:00:4c:41:42";
 /** QEMU is killed after this long even if every owner crashed. */
 export const MAX_LIFETIME_S = 2 * 60 * 60;
-const SSH_BOOT_TIMEOUT_MS = 240_000;
+/** Cold boot to SSH: ~30 s alone under TCG, several times that when other TCG VMs share the 2 cores. */
+const SSH_BOOT_TIMEOUT_MS = (Number(process.env.PULUMI_VFIO_LAB_BOOT_TIMEOUT_S) || 240) * 1000;
+const REBOOT_TIMEOUT_MS = 420_000;
 const KVM_PROBE_TIMEOUT_MS = 5_000;
 const CONSOLE_TAIL_LINES = 40;
 
@@ -231,6 +253,23 @@ function killQemu(pid: number, runDir: string, signal: NodeJS.Signals = "SIGKILL
     }
 }
 
+/** The ssh multiplexing master of runDir, if it still runs (it would exit by itself once QEMU is gone). */
+function killMuxMaster(runDir: string): void {
+    const pid = readPid(path.join(runDir, "mux.pid"));
+    if (pid && isAlive(pid) && cmdlineOf(pid).includes(runDir)) {
+        try {
+            process.kill(pid, "SIGTERM");
+        } catch {
+            /* gone */
+        }
+    }
+}
+
+/** PULUMI_VFIO_LAB_SSH_MUX=0 turns ssh connection sharing off (every call then does its own key exchange). */
+function muxEnabled(): boolean {
+    return process.env.PULUMI_VFIO_LAB_SSH_MUX !== "0";
+}
+
 export function shellQuote(arg: string): string {
     return `'${arg.replace(/'/g, `'\\''`)}'`;
 }
@@ -312,8 +351,8 @@ export class LabClient implements LabHandle {
         return { ...this.st };
     }
 
-    /** The ssh command line (without the remote command), for tools that shell out themselves. */
-    sshArgs(connectTimeoutS = 10): string[] {
+    /** The ssh options for this VM, without multiplexing and without the destination. */
+    private baseSshOptions(connectTimeoutS = 10): string[] {
         const c = this.connection;
         return [
             "-F", "/dev/null",
@@ -328,8 +367,87 @@ export class LabClient implements LabHandle {
             "-o", `ConnectTimeout=${connectTimeoutS}`,
             "-o", "ServerAliveInterval=10",
             "-o", "ServerAliveCountMax=6",
-            `${c.user}@${c.host}`,
         ];
+    }
+
+    /**
+     * The ssh command line (without the remote command), for tools that shell out themselves. Goes through the
+     * VM's multiplexing master when one runs (a new connection costs ~1 s of key exchange on an emulated CPU,
+     * a multiplexed session ~20 ms); with no master, ssh connects directly.
+     */
+    sshArgs(): string[] {
+        this.clearStaleMux();
+        const c = this.connection;
+        const mux = muxEnabled() ? ["-o", "ControlMaster=no", "-o", `ControlPath=${this.muxSocket}`] : [];
+        return [...this.baseSshOptions(), ...mux, `${c.user}@${c.host}`];
+    }
+
+    private get muxSocket(): string {
+        return path.join(this.runDir, "mux.sock");
+    }
+
+    private get muxPidFile(): string {
+        return path.join(this.runDir, "mux.pid");
+    }
+
+    private muxMasterPid(): number {
+        const pid = readPid(this.muxPidFile);
+        return pid && isAlive(pid) && cmdlineOf(pid).includes(this.muxSocket) ? pid : 0;
+    }
+
+    /** A socket left by a killed master makes every client print "Control socket connect(...)": remove it. */
+    private clearStaleMux(): void {
+        if (fs.existsSync(this.muxSocket) && !this.muxMasterPid()) fs.rmSync(this.muxSocket, { force: true });
+    }
+
+    /** Starts the multiplexing master if none runs (it exits by itself when the guest's sshd or QEMU goes). */
+    async ensureMux(): Promise<void> {
+        if (!muxEnabled() || !isAlive(this.pid)) return;
+        this.clearStaleMux();
+        if (fs.existsSync(this.muxSocket)) return;
+        const lock = path.join(this.runDir, "mux.lock");
+        try {
+            fs.writeFileSync(lock, String(process.pid), { flag: "wx" });
+        } catch {
+            // Another process is starting it; a lock older than the start-up limit is a leftover.
+            try {
+                if (Date.now() - fs.statSync(lock).mtimeMs > 30_000) fs.rmSync(lock, { force: true });
+            } catch {
+                /* gone */
+            }
+            for (let i = 0; i < 150 && !fs.existsSync(this.muxSocket); i++) await sleep(100);
+            return;
+        }
+        try {
+            const c = this.connection;
+            const master = child_process.spawn(
+                "ssh",
+                [...this.baseSshOptions(), "-o", "ControlMaster=yes", "-o", `ControlPath=${this.muxSocket}`,
+                 "-o", "ControlPersist=no", "-N", `${c.user}@${c.host}`],
+                { detached: true, stdio: "ignore" },
+            );
+            master.unref();
+            if (master.pid) fs.writeFileSync(this.muxPidFile, String(master.pid));
+            const deadline = Date.now() + 15_000;
+            while (!fs.existsSync(this.muxSocket) && Date.now() < deadline && master.exitCode === null) await sleep(50);
+            if (!fs.existsSync(this.muxSocket)) this.stopMux();
+        } finally {
+            fs.rmSync(lock, { force: true });
+        }
+    }
+
+    /** Ends the multiplexing master; later ssh calls connect directly until ensureMux(). */
+    stopMux(): void {
+        const pid = this.muxMasterPid();
+        if (pid) {
+            try {
+                process.kill(pid, "SIGTERM");
+            } catch {
+                /* gone */
+            }
+        }
+        fs.rmSync(this.muxSocket, { force: true });
+        fs.rmSync(this.muxPidFile, { force: true });
     }
 
     async ssh(argv: string[], opts: SshOptions = {}): Promise<SshResult> {
@@ -404,19 +522,23 @@ export class LabClient implements LabHandle {
         }
     }
 
-    async reboot(): Promise<void> {
+    async reboot(opts: RebootOptions = {}): Promise<void> {
+        const timeoutMs = opts.timeoutMs ?? REBOOT_TIMEOUT_MS;
         const before = await this.bootId();
         if (!before) throw new Error("reboot: the lab guest does not answer over ssh");
         // sshd dies with the session, so the exit code (often 255) says nothing.
-        await this.ssh(["systemctl", "reboot"], { timeoutMs: 20_000 }).catch(() => undefined);
-        const deadline = Date.now() + SSH_BOOT_TIMEOUT_MS;
+        const cmd = opts.force ? ["systemctl", "reboot", "--force"] : ["systemctl", "reboot"];
+        await this.ssh(cmd, { timeoutMs: 20_000 }).catch(() => undefined);
+        // The master would only notice a dead peer after ServerAlive* (60 s): poll over fresh connections.
+        this.stopMux();
+        const deadline = Date.now() + timeoutMs;
         while (Date.now() < deadline) {
             if (!isAlive(this.pid)) throw new Error(`reboot: QEMU exited\n${tail(this.consoleLog)}`);
             const now = await this.bootId();
-            if (now && now !== before) return;
+            if (now && now !== before) return this.ensureMux();
             await sleep(1000);
         }
-        throw new Error(`reboot: no ssh after ${SSH_BOOT_TIMEOUT_MS / 1000} s; console:\n${tail(this.consoleLog)}`);
+        throw new Error(`reboot: no ssh after ${timeoutMs / 1000} s; console:\n${tail(this.consoleLog)}`);
     }
 }
 
@@ -501,7 +623,7 @@ function probeKey(image: LabImage): string {
     } catch {
         /* none */
     }
-    return [os.release(), qemu, qemuStamp, image.hash].join("|");
+    return [os.release(), qemu, qemuStamp, image.kernelVersion].join("|");
 }
 
 /** Records a probe result (also used when a KVM boot that passed the probe did not reach SSH). */
@@ -518,7 +640,7 @@ function recordProbe(image: LabImage, ok: boolean, detail: string): void {
 /**
  * Boots the lab kernel under KVM with no root device: a working KVM reaches "Kernel panic ... VFS" in about a
  * second; here the host rejects stock kernels (LAB.md: `failed to set MSR 0x10a` with -cpu host) or hangs.
- * At most KVM_PROBE_TIMEOUT_MS, once per host kernel / QEMU binary / image (cached in the cache root).
+ * At most KVM_PROBE_TIMEOUT_MS, once per host kernel / QEMU binary / guest kernel (cached in the cache root).
  */
 async function probeKvm(image: LabImage): Promise<{ ok: boolean; detail: string }> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pulumi-vfio-kvm-probe-"));
@@ -578,6 +700,7 @@ let guardsInstalled = false;
 function killLiveSync(): void {
     for (const [pid, runDir] of live) {
         killQemu(pid, runDir);
+        killMuxMaster(runDir);
         fs.rmSync(runDir, { recursive: true, force: true });
     }
     live.clear();
@@ -629,6 +752,7 @@ export function killStaleLabs(): string[] {
         if (owner?.ownerPid === process.pid && ageS < MAX_LIFETIME_S) continue;
         const pid = readPid(path.join(dir, "qemu.pid"));
         if (pid) killQemu(pid, dir);
+        killMuxMaster(dir);
         fs.rmSync(dir, { recursive: true, force: true });
         killed.push(dir);
     }
@@ -670,7 +794,10 @@ export function qemuArgs(o: {
     port: number;
     runDir: string;
 }): string[] {
-    const accel = o.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg,thread=multi", "-cpu", "max"];
+    const accel =
+        o.accel === "kvm"
+            ? ["-accel", "kvm", "-cpu", "host"]
+            : ["-accel", "tcg,thread=multi", "-cpu", process.env.PULUMI_VFIO_LAB_CPU || "max"];
     return [
         "-name", "pulumi-vfio-lab,process=pulumi-vfio-lab",
         "-M", "q35,kernel-irqchip=split",
@@ -724,6 +851,7 @@ class BootedLab extends LabClient implements LabVm {
             while (isAlive(this.pid) && Date.now() < quitDeadline) await sleep(100);
         }
         killQemu(this.pid, this.runDir);
+        this.stopMux();
         live.delete(this.pid);
         fs.rmSync(this.runDir, { recursive: true, force: true });
     }
@@ -751,6 +879,7 @@ async function startQemu(image: LabImage, accel: Accel, memoryMb: number, runDir
 async function waitForSsh(vm: LabClient, timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let last = "";
+    let refused = 0;
     while (Date.now() < deadline) {
         if (!isAlive(vm.pid)) {
             throw new Error(`lab: QEMU exited during boot\n--- last console lines ---\n${tail(vm.consoleLog)}`);
@@ -759,13 +888,15 @@ async function waitForSsh(vm: LabClient, timeoutMs: number): Promise<void> {
             const r = await vm.ssh(["true"], { timeoutMs: 15_000 });
             if (r.code === 0) return;
             last = r.stderr.trim();
+            // sshd is up and refuses the key: waiting will not help.
+            if (/Permission denied/.test(last) && ++refused >= 3) break;
         } catch (e) {
             last = (e as Error).message;
         }
         await sleep(1000);
     }
     throw new Error(
-        `lab: no ssh on 127.0.0.1:${vm.connection.port} after ${timeoutMs / 1000} s (last: ${last})\n` +
+        `lab: no ssh on 127.0.0.1:${vm.connection.port} after ${Math.round((Date.now() - deadline + timeoutMs) / 1000)} s (last: ${last})\n` +
             `--- last ${CONSOLE_TAIL_LINES} console lines (${vm.consoleLog}) ---\n${tail(vm.consoleLog)}`,
     );
 }
@@ -828,15 +959,26 @@ async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (m
         log(`qemu pid ${pid}, ssh 127.0.0.1:${started.port}, run dir ${runDir}`);
         await waitForSsh(new LabClient(st), SSH_BOOT_TIMEOUT_MS);
         st.bootMs = Date.now() - t0;
-        return new BootedLab(st, image, st.bootMs);
+        const vm = new BootedLab(st, image, st.bootMs);
+        await vm.ensureMux();
+        return vm;
     } catch (e) {
         if (pid) {
             killQemu(pid, runDir);
+            killMuxMaster(runDir);
             live.delete(pid);
         }
         fs.rmSync(runDir, { recursive: true, force: true });
         throw e;
     }
+}
+
+/** Kills a lab VM from its state, without asking the guest (teardown when the LabVm object is out of reach). */
+export function killLab(st: LabRunState): void {
+    killQemu(st.pid, st.runDir);
+    killMuxMaster(st.runDir);
+    live.delete(st.pid);
+    fs.rmSync(st.runDir, { recursive: true, force: true });
 }
 
 /** A handle on a VM booted by another process (jest globalSetup), from its state. */

@@ -3,6 +3,7 @@
  * drivers, against the fake lab kernel; the CLI through its exported `main`.
  */
 import { execFileSync } from "child_process";
+import { addMdevParent, mdev } from "../../provider/host/fake/mdev";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -50,18 +51,12 @@ function withPciIds(k: FakeKernel): FakeKernel {
 
 /** mdev parents as sysfs shows them: the sample `mtty` driver and a PCI parent (the edu device at 02:00.0). */
 function withMdev(k: FakeKernel): FakeKernel {
-    const put = (p: string, data: string) => (k.state.files[p] = { data, mode: 0o444 });
-    const t = "/sys/class/mdev_bus/mtty/mdev_supported_types";
-    put(`${t}/mtty-1/name`, "Single port serial\n");
-    put(`${t}/mtty-1/description`, "This is a single port serial\n");
-    put(`${t}/mtty-1/available_instances`, "24\n");
-    put(`${t}/mtty-1/device_api`, "vfio-pci\n");
-    put(`${t}/mtty-2/name`, "Dual port serial\n");
-    put(`${t}/mtty-2/available_instances`, "12\n");
-    put(`${t}/mtty-2/device_api`, "vfio-pci\n");
-    const p = "/sys/class/mdev_bus/0000:02:00.0/mdev_supported_types";
-    put(`${p}/edu-4/name`, "quarter\n");
-    put(`${p}/edu-4/available_instances`, "4\n");
+    // The fake lab machine has the lab's mdev parents (provider/host/fake/mdev.ts); shape them as this test wants:
+    // mtty only (with a description, which the real mtty lacks), plus a PCI parent.
+    const s = mdev(k);
+    delete s.parents.mbochs;
+    s.parents.mtty.types[0].description = "This is a single port serial";
+    addMdevParent(k, { name: "0000:02:00.0", driver: "edu-mdev", capacity: 4, types: [{ id: "edu-4", name: "quarter", deviceApi: "vfio-pci", cost: 1 }] });
     return k;
 }
 

@@ -7,6 +7,7 @@
  * kernel object, so concurrent resources see each other's changes as on a real machine.
  */
 import * as fs from "fs";
+import { Duplex } from "stream";
 import { FakeErrno, FakeHang, FakeKernel, FakeState } from "./kernel";
 import { Host, Op, OpResult, RunOptions, assertSafePath, isMutation, strerror } from "../types";
 
@@ -97,6 +98,17 @@ export class FakeHost implements Host {
             return await fn();
         } finally {
             release();
+        }
+    }
+
+    /** The fake QEMU's in-memory QMP endpoint (a PassThrough pair); state it changes is saved like a batch's. */
+    async openUnixSocket(path: string): Promise<Duplex> {
+        assertSafePath(path);
+        try {
+            return this.kernel.connect(path, { kernel: () => this.kernel, commit: (k) => this.persist?.(k) });
+        } catch (e) {
+            if (e instanceof FakeErrno) throw Object.assign(new Error(`cannot connect to ${path}: ${e.errno}`), { code: e.errno });
+            throw e;
         }
     }
 

@@ -8,6 +8,7 @@
  * QEMU) owns its part of the tree. State can be saved to a file so a provider running in another process (the
  * dynamic-provider plugin driven by the engine-boundary tests) sees and changes the same fake machine.
  */
+import { Duplex } from "stream";
 import { strerror } from "../types";
 
 /** A kernel refusal: the errno a write(2) or open(2) would return. */
@@ -25,7 +26,7 @@ export class FakeHang extends Error {
 }
 
 export type FakeNode =
-    | { kind: "file"; read?: () => string; write?: (data: string) => void; mode?: number; uid?: number; gid?: number }
+    | { kind: "file"; read?: () => string; write?: (data: string) => void; mode?: number; uid?: number; gid?: number; size?: number }
     | { kind: "dir"; list: () => string[] }
     | { kind: "link"; target: string }
     | { kind: "char"; major: number; minor: number; mode: number; uid?: number; gid?: number };
@@ -43,6 +44,17 @@ export interface FakeSubsystem {
     extraEntries?(k: FakeKernel, dir: string): string[];
     /** Handle a program, or return undefined when it is not this subsystem's. */
     exec?(k: FakeKernel, argv: string[]): ExecResult | undefined;
+    /** Accept a connection to a UNIX socket this subsystem serves (the fake QEMU's QMP), or undefined. */
+    connect?(k: FakeKernel, path: string, session: FakeSession): Duplex | undefined;
+}
+
+/**
+ * What a socket endpoint needs from the host that opened it: the machine as it is now (a file-backed fake
+ * reloads it when another process changed it) and a way to save what the endpoint changed.
+ */
+export interface FakeSession {
+    kernel(): FakeKernel;
+    commit(k: FakeKernel): void;
 }
 
 export interface FakeFile {
@@ -70,8 +82,10 @@ export class FakeKernel {
 
     constructor(public state: FakeState = { files: {}, dirs: [], openers: {}, processes: {}, faults: [], execLog: [], ext: {} }) {}
 
-    use(s: FakeSubsystem): this {
-        this.subsystems.push(s);
+    /** Attach a subsystem; `first` puts it before the others (it answers a program, e.g. modprobe of its own module, first). */
+    use(s: FakeSubsystem, opts: { first?: boolean } = {}): this {
+        if (opts.first) this.subsystems.unshift(s);
+        else this.subsystems.push(s);
         return this;
     }
 
@@ -162,7 +176,7 @@ export class FakeKernel {
             case "char":
                 return `character special file ${n.mode.toString(8)} ${n.uid ?? 0} ${n.gid ?? 0} 0 ${n.major.toString(16)}:${n.minor.toString(16)}`;
             case "file": {
-                const size = n.read ? Buffer.byteLength(safeRead(n)) : 4096;
+                const size = n.size ?? (n.read ? Buffer.byteLength(safeRead(n)) : 4096);
                 return `regular file ${(n.mode ?? 0o644).toString(8)} ${n.uid ?? 0} ${n.gid ?? 0} ${size} 0:0`;
             }
             default:
@@ -235,11 +249,21 @@ export class FakeKernel {
         return { code: 127, stderr: `${argv[0]}: command not found` };
     }
 
+    /** Connect to the UNIX socket at `path`; ENOENT when nothing is there, ECONNREFUSED when nobody listens. */
+    connect(path: string, session: FakeSession): Duplex {
+        for (const s of this.subsystems) {
+            const d = s.connect?.(this, path, session);
+            if (d) return d;
+        }
+        throw new FakeErrno(this.node(path) ? "ECONNREFUSED" : "ENOENT", `cannot connect to ${path}`);
+    }
+
     // ---------------------------------------------------------------- test controls
 
     /** A process (a VM) opens `path`; returns its PID. */
     hold(path: string, comm = "qemu-system-x86"): number {
-        const pid = 1000 + Object.keys(this.state.processes).length + 1;
+        // PIDs are never reused within a machine's life, as on Linux until the counter wraps.
+        const pid = (this.state.ext.nextPid = ((this.state.ext.nextPid as number | undefined) ?? 1000) + 1);
         this.state.processes[String(pid)] = comm;
         (this.state.openers[path] ??= []).push(pid);
         return pid;

@@ -2,13 +2,18 @@
  * A fake machine shaped like the lab host (tests/lab): QEMU q35 with an emulated intel-iommu, a console GPU at
  * 00:01.0, a secondary GPU (01:00.0, bochs-drm) with its HD audio function (01:00.1, snd_hda_intel) in one IOMMU
  * group, the edu device, an SR-IOV capable NVMe and the ICH9 functions that share a group. Addresses, ids and
- * drivers are the ones the lab kernel shows, so one contract test can run on both.
+ * drivers are the ones the lab kernel shows, so one contract test can run on both. (Group numbers differ: the
+ * lab kernel numbers the GPU pair's group 8; nothing may depend on a group's number.)
  */
 import { FakeKernel, FakeState } from "./kernel";
 import { FakePciDevice, FakePciDriver, pci, pciSubsystem } from "./pci";
+import { addKvmfr } from "./kvmfr";
+import { addQemu } from "./qemu";
+import { addMdev } from "./mdev";
 
 /** Subsystems beyond PCI (mdev, kvmfr, QEMU) register here so every fake machine has them. */
 export const extraSubsystems: ((k: FakeKernel) => void)[] = [];
+extraSubsystems.push(addKvmfr, addQemu, addMdev);
 
 function dev(address: string, ids: string, cls: string, group: number, driver: string | null, extra: Partial<FakePciDevice> = {}): FakePciDevice {
     const [vendor, device] = ids.split(":");
@@ -37,7 +42,7 @@ export function labPciState(): ReturnType<typeof pci> {
     const devices = [
         dev("0000:00:00.0", "8086:29c0", "0x060000", 0, null),
         dev("0000:00:01.0", "1234:1111", "0x030000", 1, "bochs-drm", { bootVga: true }),
-        dev("0000:00:02.0", "1af4:1000", "0x020000", 2, "virtio-pci", { resetMethods: ["bus"] }),
+        dev("0000:00:02.0", "1af4:1000", "0x020000", 2, "virtio-pci"),
         dev("0000:00:10.0", "1b36:000c", "0x060400", 3, "pcieport"),
         dev("0000:00:10.1", "1b36:000c", "0x060400", 4, "pcieport"),
         dev("0000:00:10.2", "1b36:000c", "0x060400", 5, "pcieport"),
@@ -45,8 +50,8 @@ export function labPciState(): ReturnType<typeof pci> {
         dev("0000:00:1f.2", "8086:2922", "0x010601", 6, "ahci"),
         dev("0000:00:1f.3", "8086:2930", "0x0c0500", 6, "i801_smbus"),
         dev("0000:01:00.0", "1234:1111", "0x030000", 7, "bochs-drm", { bootVga: false, resetMethods: ["bus"] }),
-        dev("0000:01:00.1", "8086:2668", "0x040300", 7, "snd_hda_intel", { resetMethods: ["bus"] }),
-        dev("0000:02:00.0", "1234:11e8", "0x00ff00", 8, null, { resetMethods: ["flr", "bus"] }),
+        dev("0000:01:00.1", "8086:2668", "0x040300", 7, "snd_hda_intel"),
+        dev("0000:02:00.0", "1234:11e8", "0x00ff00", 8, null, { resetMethods: ["bus"] }),
         dev("0000:03:00.0", "1b36:0010", "0x010802", 9, "nvme", {
             subsystemVendor: "0x1af4",
             resetMethods: ["flr", "bus"],

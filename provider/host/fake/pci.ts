@@ -60,6 +60,13 @@ export interface FakePciState {
 }
 
 const DEV = "/sys/devices/pci0000:00";
+
+/**
+ * IOMMU groups owned by other subsystems (an mdev gets its own group): listed under /sys/kernel/iommu_groups and
+ * /dev/vfio next to the PCI ones. Their nodes are resolved by the subsystem that owns them.
+ */
+export const extraGroups: ((k: FakeKernel) => number[])[] = [];
+const otherGroups = (k: FakeKernel): number[] => extraGroups.flatMap((f) => f(k));
 const VFIO_MAJOR = 244;
 
 export function pci(k: FakeKernel): FakePciState {
@@ -222,9 +229,10 @@ function deviceNode(k: FakeKernel, d: FakePciDevice, rest: string[]): FakeNode |
                           const sr = d.sriov!;
                           const drv = d.driver ? s.drivers[d.driver] : undefined;
                           const capable = drv && (drv.sriov || (isVfioDriver(drv.name) && s.vfioEnableSriov));
+                          // sriov_numvfs_store's order (drivers/pci/iov.c): range, same count, driver, busy.
+                          if (n > sr.totalVfs) throw new FakeErrno("ERANGE");
                           if (n === sr.numVfs) return;
                           if (!capable) throw new FakeErrno("ENOENT");
-                          if (n > sr.totalVfs) throw new FakeErrno("ERANGE");
                           if (n !== 0 && sr.numVfs !== 0) throw new FakeErrno("EBUSY");
                           setNumVfs(k, d, n);
                       },
@@ -346,7 +354,7 @@ export const pciSubsystem: FakeSubsystem = {
             if (!s.iommu) return path === "/sys/kernel/iommu_groups" ? dir(() => []) : undefined;
             const groups = [...new Set(Object.values(s.devices).map((d) => d.group))].sort((a, b) => a - b);
             const rest = p.slice(3);
-            if (rest.length === 0) return dir(() => groups.map(String));
+            if (rest.length === 0) return dir(() => [...groups, ...otherGroups(k)].map(String));
             const g = Number(rest[0]);
             if (!groups.includes(g) || String(g) !== rest[0]) return undefined;
             if (rest.length === 1) return dir(() => ["devices", "type", "reserved_regions"]);
@@ -375,7 +383,7 @@ export const pciSubsystem: FakeSubsystem = {
             return undefined;
         }
         if (path === "/dev/vfio") {
-            return dir(() => ["vfio", ...[...new Set(Object.values(s.devices).map((d) => d.group))].filter((g) => vfioGroupPresent(s, g)).map(String)]);
+            return dir(() => ["vfio", ...[...new Set(Object.values(s.devices).map((d) => d.group))].filter((g) => vfioGroupPresent(s, g)).map(String), ...otherGroups(k).map(String)]);
         }
         if (path === "/dev/vfio/vfio" && s.loaded.includes("vfio")) return { kind: "char", major: 10, minor: 196, mode: 0o666 };
         const vg = /^\/dev\/vfio\/(\d+)$/.exec(path);

@@ -1,0 +1,335 @@
+/**
+ * VirtualFunctions: what happens on `pulumi preview` / `up` / `refresh` / `destroy` for "this PF has N SR-IOV
+ * virtual functions".
+ *
+ * - check: validate the inputs, read the PF (nothing changes), refuse a device without SR-IOV, a count above
+ *   `sriov_totalvfs` (naming the maximum), a PF whose driver cannot create VFs, and a change while a VM holds one
+ *   of the VFs; the plan (`plan`) lists the writes and the VF addresses that will appear.
+ * - create/update: under the host lock, `sriov_drivers_autoprobe` first (0 by default, so no host driver takes the
+ *   new VFs and they stay free for vfio-pci), then `sriov_numvfs` through 0 when the count changes (the kernel
+ *   answers EBUSY to a direct change), and the `virtfnN` links read back in the same batch; on failure the old
+ *   count and autoprobe are put back.
+ * - read: gone when the PF is gone; the real count, autoprobe and VFs otherwise (drift for `up` to repair).
+ * - delete: refuse while a VM holds a VF; otherwise 0 VFs and autoprobe as it was before us.
+ */
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { PlanError, SysfsError } from "./errors";
+import { withHost } from "./host";
+import { Connection } from "./host/ssh";
+import { Host, Op, OpResult } from "./host/types";
+import { isVfioDriver } from "./sysfs/iommu";
+import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, parseAddress, parseDevice } from "./sysfs/pci";
+import { SRIOV_READ_OPS, SriovState, VF_READ_OPS, VfView, numVfsOps, parseSriov, parseVfs, sriovReadOps, vfAddress, vfReadOps, virtfnCount } from "./sysfs/sriov";
+
+export interface VirtualFunctionsInputs {
+    /** The PF's PCI address (`0000:03:00.0` or `03:00.0`). */
+    physicalFunction: string;
+    /** How many VFs, 0..`sriov_totalvfs`. */
+    count: number;
+    /** Let host drivers probe the new VFs. Default false: the VFs stay unbound, for vfio-pci. */
+    autoprobe?: boolean;
+    connection?: Connection;
+    /** Set by check: what `up` will do. */
+    plan?: string[];
+}
+
+export interface VirtualFunction {
+    /** N of `virtfnN`. */
+    index: number;
+    address: string;
+    driver: string | null;
+    group: number | null;
+}
+
+export interface VirtualFunctionsOutputs extends VirtualFunctionsInputs {
+    /** The PF address, normalized. */
+    physicalFunction: string;
+    autoprobe: boolean;
+    /** `sriov_totalvfs`: the most VFs this PF can have. */
+    totalVfs: number;
+    /** VF addresses in `virtfnN` order; one can be an IommuBinding's `device`. */
+    addresses: string[];
+    /** IOMMU group of each VF, in the same order. */
+    groups: (number | null)[];
+    virtualFunctions: VirtualFunction[];
+    /** `sriov_drivers_autoprobe` before the first create, restored by delete. */
+    previousAutoprobe: boolean;
+}
+
+const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? false });
+
+// ------------------------------------------------------------------------------------------------ host facts
+
+export interface VfFacts {
+    pf: PciDevice | null;
+    sriov: SriovState | null;
+    /** VFs that exist now (`virtfnN`), with driver and group. */
+    vfs: VfView[];
+    /** PIDs holding each VF's /dev/vfio/<group>, by VF address. */
+    openers: Record<string, number[]>;
+    /** vfio-pci's `enable_sriov` parameter (a PF on vfio-pci creates VFs only with it). */
+    vfioEnableSriov: boolean;
+}
+
+/**
+ * Two round trips: (1) the PF's attributes, SR-IOV state and directory listing (how many `virtfnN`), and the vfio
+ * groups that exist; (2) every VF's link, driver and group, and who holds each vfio group (the group numbers of the
+ * VFs are not known before trip 2, so every /dev/vfio/<n> is asked; there are few).
+ */
+export async function readVfFacts(host: Host, pf: string): Promise<VfFacts> {
+    const r1 = await host.run([
+        ...deviceReadOps(pf),
+        ...sriovReadOps(pf),
+        { op: "list", path: `${PCI_DEVICES}/${pf}` },
+        { op: "read", path: "/sys/module/vfio_pci/parameters/enable_sriov" },
+        { op: "list", path: "/dev/vfio" },
+    ]);
+    const at = DEVICE_READ_OPS + SRIOV_READ_OPS;
+    const dev = parseDevice(pf, r1.slice(0, DEVICE_READ_OPS));
+    const sriov = dev ? parseSriov(r1.slice(DEVICE_READ_OPS, at)) : null;
+    const n = r1[at]?.ok ? virtfnCount(r1[at].data.split("\n")) : 0;
+    const vfioEnableSriov = !!r1[at + 1]?.ok && /^[Y1]/.test(r1[at + 1].data.trim());
+    const groups = r1[at + 2]?.ok ? r1[at + 2].data.split("\n").map((g) => g.trim()).filter((g) => /^\d+$/.test(g)) : [];
+    if (!dev || n === 0) return { pf: dev, sriov, vfs: [], openers: {}, vfioEnableSriov };
+    const r2 = await host.run([...vfReadOps(pf, n), ...groups.map((g): Op => ({ op: "openers", path: `/dev/vfio/${g}` }))]);
+    const vfs = parseVfs(n, r2.slice(0, n * VF_READ_OPS));
+    const byGroup = new Map(groups.map((g, i) => [Number(g), r2[n * VF_READ_OPS + i]?.ok ? r2[n * VF_READ_OPS + i].data.split("\n").filter(Boolean).map(Number) : []]));
+    const openers: Record<string, number[]> = {};
+    for (const v of vfs) if (v.group !== null && (byGroup.get(v.group) ?? []).length) openers[v.address] = byGroup.get(v.group)!;
+    return { pf: dev, sriov, vfs, openers, vfioEnableSriov };
+}
+
+// ------------------------------------------------------------------------------------------------ planning
+
+export interface VfPlan {
+    problems: CheckFailure[];
+    lines: string[];
+    ops: Op[];
+    /** VF addresses expected after the change (from offset and stride). */
+    expected: string[];
+}
+
+/** Decide the writes for a PF and what makes them impossible. Pure, shared by check, apply and unit tests. */
+export function planVfs(inputs: VirtualFunctionsInputs & { physicalFunction: string }, facts: VfFacts): VfPlan {
+    const { autoprobe } = defaults(inputs);
+    const problems: CheckFailure[] = [];
+    const fail = (property: string, reason: string) => problems.push({ property, reason });
+    const plan: VfPlan = { problems, lines: [], ops: [], expected: [] };
+    const pfAddr = inputs.physicalFunction;
+    const { pf, sriov } = facts;
+    if (!pf) {
+        fail("physicalFunction", `no PCI device ${pfAddr} on this host; \`pulumi-vfio inventory\` lists the devices and which have SR-IOV`);
+        return plan;
+    }
+    const what = `${pfAddr} (${classLabel(pf.class)} ${pf.vendor}:${pf.device})`;
+    if (!sriov) {
+        fail("physicalFunction", `${what} has no SR-IOV capability (no sriov_totalvfs): it cannot have virtual functions. Use a device that lists sriov_totalvfs, or bind this one whole with an IommuBinding`);
+        return plan;
+    }
+    if (pf.physfn) {
+        fail("physicalFunction", `${pfAddr} is itself a virtual function of ${pf.physfn}; give the physical function`);
+        return plan;
+    }
+    if (sriov.totalVfs === 0) {
+        fail("physicalFunction", `${what} reports sriov_totalvfs 0: SR-IOV is disabled (enable it in the firmware setup, or in the device's own configuration)`);
+        return plan;
+    }
+    if (inputs.count > sriov.totalVfs) {
+        fail("count", `count ${inputs.count} is above sriov_totalvfs of ${pfAddr}: the maximum is ${sriov.totalVfs}`);
+        return plan;
+    }
+    const changing = inputs.count !== sriov.numVfs;
+    if (changing && inputs.count > 0) {
+        if (!pf.driver) {
+            fail("physicalFunction", `${what} has no driver: the kernel creates VFs through the PF's driver (sriov_numvfs answers ENOENT). Bind its driver first (e.g. nvme, ixgbe, nvidia)`);
+        } else if (isVfioDriver(pf.driver) && !facts.vfioEnableSriov) {
+            fail("physicalFunction", `${what} is bound to ${pf.driver}, which creates VFs only with \`modprobe vfio-pci enable_sriov=1\` (/sys/module/vfio_pci/parameters/enable_sriov is N); set that option, or give the PF back to its own driver`);
+        }
+    }
+    if (changing && sriov.numVfs > 0) {
+        const held = facts.vfs.filter((v) => (facts.openers[v.address] ?? []).length > 0);
+        if (held.length) {
+            fail(
+                "count",
+                `changing the VFs of ${pfAddr} removes the current ones, but ${held.map((v) => `${v.address} (bound to ${v.driver}) is held open by PID ${facts.openers[v.address].join(", ")}`).join("; ")}; stop the VM first (the kernel would block until it exits)`,
+            );
+        }
+    }
+    if (problems.length) return plan;
+
+    plan.ops = numVfsOps(pfAddr, sriov, { count: inputs.count, autoprobe });
+    plan.expected = Array.from({ length: inputs.count }, (_, i) => vfAddress(pfAddr, sriov.offset, sriov.stride, i));
+    if (sriov.autoprobe !== autoprobe) plan.lines.push(`${pfAddr} sriov_drivers_autoprobe: ${sriov.autoprobe ? 1 : 0} → ${autoprobe ? 1 : 0}${autoprobe ? "" : " (new VFs stay without a host driver)"}`);
+    if (changing) {
+        const via = sriov.numVfs !== 0 && inputs.count !== 0 ? " → 0" : "";
+        const gone = sriov.numVfs !== 0 ? `; removes ${facts.vfs.map((v) => `${v.address}${v.driver ? ` (${v.driver})` : ""}`).join(", ")}` : "";
+        const appear = inputs.count ? `; VFs ${plan.expected.join(", ")} appear` : "";
+        plan.lines.push(`${pfAddr} sriov_numvfs: ${sriov.numVfs}${via} → ${inputs.count}${gone}${appear}`);
+    } else {
+        plan.lines.push(`${pfAddr} has ${sriov.numVfs} VF(s)${sriov.numVfs ? `: ${facts.vfs.map((v) => v.address).join(", ")}` : ""}, no change`);
+    }
+    return plan;
+}
+
+// ------------------------------------------------------------------------------------------------ check / diff
+
+export async function check(olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<VirtualFunctionsInputs>> {
+    const { inputs, failures: schemaFailures } = validate<VirtualFunctionsInputs>("virtual-functions.schema.json", news);
+    delete inputs.plan;
+    let addressFailure: string | undefined;
+    if (typeof inputs.physicalFunction === "string" && !isUnknown(inputs.physicalFunction)) {
+        try {
+            inputs.physicalFunction = parseAddress(inputs.physicalFunction);
+        } catch (e) {
+            addressFailure = (e as Error).message;
+        }
+    }
+    const failures = schemaFailures.filter((f) => !(addressFailure && f.property === "physicalFunction"));
+    if (addressFailure) failures.unshift({ property: "physicalFunction", reason: `physicalFunction: ${addressFailure}` });
+    if (failures.length) return { inputs, failures };
+    if ([inputs.physicalFunction, inputs.count, inputs.autoprobe, inputs.connection].some(containsUnknown)) return { inputs, failures: [] };
+    try {
+        await withHost(
+            inputs.connection,
+            async (host) => {
+                const facts = await readVfFacts(host, inputs.physicalFunction);
+                const plan = planVfs(inputs, facts);
+                failures.push(...plan.problems);
+                inputs.plan = plan.lines;
+            },
+            onHost,
+        );
+    } catch (e) {
+        const err = e as Error;
+        failures.push({ property: err.name === "ConnectionError" ? "connection" : "physicalFunction", reason: err.message });
+    }
+    return { inputs, failures };
+}
+
+const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
+
+/** Another PF or host → replace; count or autoprobe (asked for, or drifted) → update in place. */
+export function diff(_id: string, olds: VirtualFunctionsOutputs, news: VirtualFunctionsInputs): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
+    const replaces: string[] = [];
+    let pf: string | undefined;
+    try {
+        pf = isUnknown(news.physicalFunction) ? undefined : parseAddress(news.physicalFunction);
+    } catch {
+        pf = undefined;
+    }
+    if (pf === undefined || pf !== olds.physicalFunction) replaces.push("physicalFunction");
+    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    let changes = replaces.length > 0;
+    if (isUnknown(news.count) || news.count !== olds.count || olds.addresses.length !== olds.count) changes = true;
+    if (isUnknown(news.autoprobe) || defaults(news).autoprobe !== olds.autoprobe) changes = true;
+    return { changes, replaces, deleteBeforeReplace: true };
+}
+
+// ------------------------------------------------------------------------------------------------ apply
+
+function firstError(ops: Op[], r: OpResult[]): SysfsError | undefined {
+    for (let i = 0; i < ops.length; i++) if (r[i] && !r[i].ok && !r[i].skipped) return SysfsError.from(ops[i], r[i]);
+    return undefined;
+}
+
+function outputsOf(inputs: VirtualFunctionsInputs & { physicalFunction: string }, sriov: SriovState, vfs: VfView[], previousAutoprobe: boolean, lines: string[]): VirtualFunctionsOutputs {
+    const list = vfs.map((v) => ({ index: v.index, address: v.address, driver: v.driver, group: v.group }));
+    return {
+        ...withoutProvider(inputs),
+        count: sriov.numVfs,
+        autoprobe: sriov.autoprobe,
+        totalVfs: sriov.totalVfs,
+        addresses: list.map((v) => v.address),
+        groups: list.map((v) => v.group),
+        virtualFunctions: list,
+        previousAutoprobe,
+        plan: lines,
+    };
+}
+
+async function converge(host: Host, inputs: VirtualFunctionsInputs, previousAutoprobe?: boolean): Promise<VirtualFunctionsOutputs> {
+    const pf = parseAddress(inputs.physicalFunction);
+    const withPf = { ...inputs, physicalFunction: pf };
+    const { autoprobe } = defaults(inputs);
+    return host.withLock(async () => {
+        const facts = await readVfFacts(host, pf);
+        const plan = planVfs(withPf, facts);
+        if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
+        const before = facts.sriov!;
+        const ops = plan.ops;
+        const readBack = [...sriovReadOps(pf), ...vfReadOps(pf, inputs.count)];
+        const r = await host.run([...ops, ...readBack], { stopOnError: true });
+        const failure = firstError(ops, r);
+        if (failure) {
+            // Put back what the PF had: count (through 0) and autoprobe, from whatever it is now.
+            const now = parseSriov((await host.run(sriovReadOps(pf))).slice(0, SRIOV_READ_OPS)) ?? before;
+            const undo = numVfsOps(pf, now, { count: before.numVfs, autoprobe: before.autoprobe });
+            const ur = undo.length ? await host.run(undo, { stopOnError: true }) : [];
+            const undoFailure = firstError(undo, ur);
+            const note = undoFailure ? ` Rollback failed too: ${undoFailure.message}.` : ` ${pf} is back to ${before.numVfs} VF(s), autoprobe ${before.autoprobe ? 1 : 0}.`;
+            throw new Error(`setting ${inputs.count} VF(s) on ${pf} failed: ${failure.message}.${note}`);
+        }
+        const after = parseSriov(r.slice(ops.length, ops.length + SRIOV_READ_OPS))!;
+        const vfs = parseVfs(inputs.count, r.slice(ops.length + SRIOV_READ_OPS));
+        if (after.numVfs !== inputs.count || vfs.length !== inputs.count || after.autoprobe !== autoprobe) {
+            throw new Error(`${pf} reads sriov_numvfs ${after.numVfs} with ${vfs.length} virtfn link(s) and autoprobe ${after.autoprobe ? 1 : 0} after the writes, not ${inputs.count} and ${autoprobe ? 1 : 0}; check dmesg`);
+        }
+        return outputsOf(withPf, after, vfs, previousAutoprobe ?? before.autoprobe, plan.lines);
+    });
+}
+
+export async function create(inputs: VirtualFunctionsInputs, onHost?: Host): Promise<{ id: string; outs: VirtualFunctionsOutputs }> {
+    const outs = await withHost(inputs.connection, (host) => converge(host, inputs), onHost);
+    return { id: outs.physicalFunction, outs };
+}
+
+export async function update(_id: string, olds: VirtualFunctionsOutputs, news: VirtualFunctionsInputs, onHost?: Host): Promise<{ outs: VirtualFunctionsOutputs }> {
+    const outs = await withHost(news.connection, (host) => converge(host, news, olds.previousAutoprobe), onHost);
+    return { outs };
+}
+
+/** The PF's real count, autoprobe and VFs in at most two round trips; a vanished PF → gone. */
+export async function read(id: string, props: VirtualFunctionsOutputs, onHost?: Host): Promise<{ id: string; props?: VirtualFunctionsOutputs }> {
+    return withHost(
+        props.connection,
+        async (host) => {
+            const pf = props.physicalFunction ?? id;
+            const r1 = await host.run([...sriovReadOps(pf), { op: "list", path: `${PCI_DEVICES}/${pf}` }]);
+            const sriov = parseSriov(r1.slice(0, SRIOV_READ_OPS));
+            if (!sriov || !r1[SRIOV_READ_OPS].ok) return { id: "" };
+            const n = virtfnCount(r1[SRIOV_READ_OPS].data.split("\n"));
+            const vfs = n ? parseVfs(n, await host.run(vfReadOps(pf, n))) : [];
+            const outs = outputsOf({ ...props, physicalFunction: pf }, sriov, vfs, props.previousAutoprobe, props.plan ?? []);
+            return { id, props: outs };
+        },
+        onHost,
+    );
+}
+
+/** 0 VFs and autoprobe as before us; refused while a VM holds one of the VFs. */
+export async function remove(id: string, props: VirtualFunctionsOutputs, onHost?: Host): Promise<void> {
+    await withHost(
+        props.connection,
+        (host) =>
+            host.withLock(async () => {
+                const pf = props.physicalFunction ?? id;
+                const facts = await readVfFacts(host, pf);
+                if (!facts.pf || !facts.sriov) return;
+                const held = facts.vfs.filter((v) => (facts.openers[v.address] ?? []).length > 0);
+                if (held.length) {
+                    throw new Error(
+                        `refusing to remove the VFs of ${pf}: ${held.map((v) => `${v.address} (${v.driver}, /dev/vfio/${v.group}) is held open by PID ${facts.openers[v.address].join(", ")}`).join("; ")}. Stop the VM first; removing VFs now would block in the kernel until it exits`,
+                    );
+                }
+                const ops = numVfsOps(pf, facts.sriov, { count: 0, autoprobe: props.previousAutoprobe ?? true });
+                const r = await host.run([...ops, ...sriovReadOps(pf)], { stopOnError: true });
+                const failure = firstError(ops, r);
+                if (failure) throw new Error(`removing the VFs of ${pf} failed: ${failure.message}`);
+                const after = parseSriov(r.slice(ops.length));
+                if (after && after.numVfs !== 0) throw new Error(`${pf} still has ${after.numVfs} VF(s) after writing 0 to sriov_numvfs; check dmesg`);
+            }),
+        onHost,
+    );
+}
+
+export const virtualFunctions = { check, diff, create, read, update, delete: remove };

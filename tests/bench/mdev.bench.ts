@@ -1,0 +1,101 @@
+/**
+ * MdevInstance create+delete of one mtty-1 instance, interleaved in one run with `mdevctl start`/`stop` and with a
+ * plain shell script doing the same sysfs writes: locally inside the guest (the provider on its local host) and over
+ * SSH (the provider through one ssh2 connection vs the script through the same connection).
+ */
+import { SshHost } from "../../provider/host/ssh";
+import { check, create, remove } from "../../provider/mdevInstance";
+import { GUEST_DIR, installProvider } from "../lab/guest";
+import type { LabHandle } from "../lab/lab";
+import { BenchRow, median } from "./types";
+
+const U_PROVIDER = "be0c4000-0000-4000-8000-000000000001";
+const U_SCRIPT = "be0c4000-0000-4000-8000-000000000002";
+const U_MDEVCTL = "be0c4000-0000-4000-8000-000000000003";
+const TYPE_DIR = "/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1";
+
+/** What a careful wiki reader types: create, then remove. */
+export const SHELL_SCRIPT = `#!/bin/bash
+set -e
+echo "$1" > ${TYPE_DIR}/create
+echo 1 > /sys/bus/mdev/devices/$1/remove
+`;
+
+/** Runs in the guest (Node 18): the three contenders interleaved, times in ms as JSON. */
+const GUEST_BENCH = (iterations: number) => `
+const { execFileSync } = require("child_process");
+const p = require("${GUEST_DIR}/dist/provider").mdevInstance;
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+(async () => {
+  const checked = await p.check({}, { parent: "mtty", type: "mtty-1", uuid: "${U_PROVIDER}" });
+  if (checked.failures.length) throw new Error(JSON.stringify(checked.failures));
+  const t = { provider: [], script: [], mdevctl: [] };
+  for (let i = 0; i < ${iterations}; i++) {
+    let s = now();
+    const { outs } = await p.create(checked.inputs);
+    await p.delete(outs.uuid, outs);
+    t.provider.push(now() - s);
+    s = now();
+    execFileSync("bash", ["${GUEST_DIR}/bench-mdev.sh", "${U_SCRIPT}"]);
+    t.script.push(now() - s);
+    s = now();
+    execFileSync("mdevctl", ["start", "-u", "${U_MDEVCTL}", "-p", "mtty", "-t", "mtty-1"]);
+    execFileSync("mdevctl", ["stop", "-u", "${U_MDEVCTL}"]);
+    t.mdevctl.push(now() - s);
+  }
+  process.stdout.write(JSON.stringify(t));
+})().catch((e) => { console.error(e); process.exit(1); });
+`;
+
+async function leftovers(lab: LabHandle): Promise<string> {
+    const r = await lab.ssh(["ls", "/sys/bus/mdev/devices"]);
+    return r.stdout.split("\n").filter((u) => u.startsWith("be0c4000")).join(" ");
+}
+
+export async function benchMdev(lab: LabHandle, iterations = 7): Promise<BenchRow[]> {
+    await installProvider(lab);
+    const put = await lab.ssh(["sh", "-c", `cat > ${GUEST_DIR}/bench-mdev.sh`], { input: SHELL_SCRIPT });
+    if (put.code !== 0) throw new Error(put.stderr);
+
+    // Locally in the guest.
+    const r = await lab.ssh(["node", "-e", GUEST_BENCH(iterations)], { timeoutMs: 600_000 });
+    if (r.code !== 0) throw new Error(`guest bench failed: ${r.stderr}`);
+    const local = JSON.parse(r.stdout) as Record<"provider" | "script" | "mdevctl", number[]>;
+    const script = median(local.script);
+    const rows: BenchRow[] = [
+        { name: "MdevInstance create+delete, provider (local in guest)", medianMs: median(local.provider), ratio: median(local.provider) / script, baseline: "shell script", target: 1.2 },
+        { name: "same sysfs writes, plain shell script (local in guest)", medianMs: script },
+        { name: "mdevctl start + stop (local in guest)", medianMs: median(local.mdevctl), ratio: median(local.mdevctl) / script, baseline: "shell script" },
+    ];
+
+    // Over SSH: one ssh2 connection, opened before timing, used by both contenders.
+    const host = new SshHost(lab.connection);
+    try {
+        const checked = await check({}, { parent: "mtty", type: "mtty-1", uuid: U_PROVIDER }, host);
+        if (checked.failures.length) throw new Error(JSON.stringify(checked.failures));
+        const prov: number[] = [];
+        const scr: number[] = [];
+        let trips = 0;
+        for (let i = 0; i < iterations; i++) {
+            const t0 = host.roundTrips;
+            let s = performance.now();
+            const { outs } = await create(checked.inputs, host);
+            await remove(outs.uuid, outs, host);
+            prov.push(performance.now() - s);
+            trips = host.roundTrips - t0;
+            s = performance.now();
+            const [x] = await host.run([{ op: "exec", argv: ["bash", `${GUEST_DIR}/bench-mdev.sh`, U_SCRIPT] }]);
+            if (!x.ok) throw new Error(`script failed: ${x.message}`);
+            scr.push(performance.now() - s);
+        }
+        rows.push(
+            { name: "MdevInstance create+delete, provider (over SSH)", medianMs: median(prov), ratio: median(prov) / median(scr), baseline: "shell script over the same connection", roundTrips: trips, target: 1.5 },
+            { name: "same sysfs writes, plain shell script (over SSH)", medianMs: median(scr), roundTrips: 1 },
+        );
+    } finally {
+        await host.close();
+    }
+    const left = await leftovers(lab);
+    if (left) throw new Error(`the bench left mdevs behind: ${left}`);
+    return rows;
+}
