@@ -89,6 +89,12 @@ export class IommuBinding extends pulumi.dynamic.Resource {
             name,
             {
                 ...args,
+                // Optional inputs are outputs too: list them so their Output exists even when unset.
+                device: args.device,
+                driver: args.driver,
+                wholeGroup: args.wholeGroup,
+                allowBootVga: args.allowBootVga,
+                persistent: args.persistent,
                 connection: secretConnection(args.connection),
                 address: undefined,
                 group: undefined,

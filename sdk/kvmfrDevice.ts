@@ -74,6 +74,12 @@ export class KvmfrDevice extends pulumi.dynamic.Resource {
             name,
             {
                 ...args,
+                // Optional inputs are outputs too: list them so their Output exists even when unset.
+                index: args.index,
+                sizeMb: args.sizeMb,
+                owner: args.owner,
+                group: args.group,
+                mode: args.mode,
                 connection: secretConnection(args.connection),
                 path: undefined,
                 sizeBytes: undefined,

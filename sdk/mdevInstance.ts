@@ -115,6 +115,10 @@ export class MdevInstance extends pulumi.dynamic.Resource {
             name,
             {
                 ...args,
+                // Optional inputs are outputs too: list them so their Output exists even when unset.
+                parent: args.parent,
+                attrs: args.attrs,
+                persistent: args.persistent,
                 uuid: args.uuid ?? defaultMdevUuid(pulumi.getProject(), pulumi.getStack(), name),
                 connection: secretConnection(args.connection),
                 parentDevice: undefined,

@@ -202,6 +202,10 @@ export class PassthroughVm extends pulumi.dynamic.Resource {
             name,
             {
                 ...args,
+                // Optional inputs are outputs too: list them so their Output exists even when unset.
+                name: args.name,
+                running: args.running,
+                autostart: args.autostart,
                 devices,
                 mdevs,
                 sharedMemory,

@@ -63,6 +63,10 @@ export class VirtualFunctions extends pulumi.dynamic.Resource {
             name,
             {
                 ...args,
+                // Optional inputs are outputs too: list them so their Output exists even when unset.
+                physicalFunction: args.physicalFunction,
+                count: args.count,
+                autoprobe: args.autoprobe,
                 connection: secretConnection(args.connection),
                 totalVfs: undefined,
                 addresses: undefined,

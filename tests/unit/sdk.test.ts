@@ -46,3 +46,21 @@ test("the connection (private key, password) is a secret output", async () => {
     expect(r.inputs.connection[pulumi.runtime.specialSigKey]).toBe(pulumi.runtime.specialSecretSig);
     expect(r.inputs.connection.value.host).toBe("gpu-box");
 });
+
+test("every declared output of every resource is an Output, also for optional inputs left unset", async () => {
+    const made = [
+        new vfio.IommuBinding("o1", { device: "01:00.0" }),
+        new vfio.KvmfrDevice("o2", { index: 0, width: 1920, height: 1080 }),
+        new vfio.VirtualFunctions("o3", { physicalFunction: "03:00.0", count: 2 }),
+        new vfio.MdevInstance("o4", { parent: "mtty", type: "mtty-1" }),
+    ] as any[];
+    const outputs: Record<string, string[]> = {
+        o1: ["driver", "wholeGroup", "allowBootVga", "persistent"],
+        o2: ["sizeMb", "owner", "group", "mode"],
+        o3: ["autoprobe"],
+        o4: ["attrs", "persistent"],
+    };
+    made.forEach((r, i) => outputs[`o${i + 1}`].forEach((k) => expect(pulumi.Output.isInstance(r[k])).toBe(true)));
+    // Let registration (which serializes each provider) finish before the test ends.
+    await Promise.all(made.map((r) => value(r.urn)));
+});
