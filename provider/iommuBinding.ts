@@ -203,13 +203,18 @@ function factOps(driver: string): Op[] {
     ];
 }
 
-async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[]): Promise<PlanFacts> {
-    const view = await readGroup(host, address, factOps(driver));
+/**
+ * The host facts a plan needs. `probe` asks modprobe whether an unregistered driver exists and looks for driverctl
+ * (check does; create/update need not: modprobe itself fails clearly, and check already vetted persistence). Both
+ * fork processes, which is most of the cost of a batch on a busy host.
+ */
+async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true): Promise<PlanFacts> {
+    const view = await readGroup(host, address, probe ? factOps(driver) : []);
     const [modprobe, ...driverctl] = view.extra;
     return {
         view,
-        driverKnown: view.drivers.includes(driver) || modprobe.ok,
-        driverctlInstalled: driverctl.some((r) => r.ok),
+        driverKnown: view.drivers.includes(driver) || !probe || !!modprobe?.ok,
+        driverctlInstalled: !probe || driverctl.some((r) => r.ok),
         previous,
     };
 }
@@ -339,20 +344,24 @@ function persistenceOps(plan: BindingPlan, persistent: boolean, driver: string):
 }
 
 /**
- * Put every member back as it was in `before`, from whatever it is now. Returns the members that did not come back.
+ * Put every member back as it was in `before`, from whatever it is now (read first unless the caller knows it),
+ * with `extra` ops (persistence cleanup) in the same batch. Returns the members that did not come back.
  */
-async function restore(host: Host, before: { address: string; state: DeviceState }[]): Promise<string[]> {
-    if (before.length === 0) return [];
-    const now = await host.run(before.flatMap((b) => [driverLinkOp(b.address), { op: "read", path: `/sys/bus/pci/devices/${b.address}/driver_override` } as Op]));
-    const ops: Op[] = [];
-    before.forEach((b, i) => {
-        const cur: DeviceState = { driver: driverFromLink(now[2 * i]), override: overrideFrom(now[2 * i + 1]) };
-        ops.push(...restoreOps(b.address, cur, b.state));
-    });
+async function restore(host: Host, before: { address: string; state: DeviceState; now?: DeviceState }[], extra: Op[] = []): Promise<string[]> {
+    if (before.length === 0 && extra.length === 0) return [];
+    const unknown = before.filter((b) => !b.now);
+    if (unknown.length) {
+        const r = await host.run(unknown.flatMap((b) => [driverLinkOp(b.address), { op: "read", path: `/sys/bus/pci/devices/${b.address}/driver_override` } as Op]));
+        unknown.forEach((b, i) => (b.now = { driver: driverFromLink(r[2 * i]), override: overrideFrom(r[2 * i + 1]) }));
+    }
+    const ops: Op[] = before.flatMap((b) => restoreOps(b.address, b.now!, b.state));
     const verify = before.map((b) => driverLinkOp(b.address));
-    const r = await host.run([...ops, ...verify]);
-    const after = r.slice(ops.length);
-    return before.filter((b, i) => driverFromLink(after[i]) !== b.state.driver).map((b) => `${b.address} is on ${driverFromLink(after[before.indexOf(b)]) ?? "no driver"}, not ${b.state.driver ?? "no driver"}`);
+    const r = await host.run([...ops, ...extra, ...verify]);
+    const after = r.slice(ops.length + extra.length);
+    return before.flatMap((b, i) => {
+        const d = driverFromLink(after[i]);
+        return d === b.state.driver ? [] : [`${b.address} is on ${d ?? "no driver"}, not ${b.state.driver ?? "no driver"}`];
+    });
 }
 
 function overrideFrom(r: { ok: boolean; data: string } | undefined): string | null {
@@ -369,7 +378,7 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
     assertDriverName(driver);
     return host.withLock(async () => {
         const address = await resolveAddress(host, inputs.device);
-        const facts = await readFacts(host, address, driver, previous);
+        const facts = await readFacts(host, address, driver, previous, false);
         const plan = planBinding({ ...inputs, address }, facts);
         if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
 
@@ -470,9 +479,12 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
                 );
             }
             const managed = (props.members ?? []).filter((m) => m.managed && view.members.some((d) => d.address === m.address));
-            const undo = managed.map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride } }));
-            const left = await restore(host, undo);
-            await host.run(managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })));
+            // The group was just read: restore from that state, and drop persistence in the same batch.
+            const undo = managed.map((m) => {
+                const d = view.members.find((x) => x.address === m.address)!;
+                return { address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: { driver: d.driver, override: d.override } };
+            });
+            const left = await restore(host, undo, managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })));
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
         }),
         onHost,

@@ -19,6 +19,9 @@ export const BATCH_SCRIPT = String.raw`
 set -u
 shopt -s nullglob dotglob
 B=$1; STOP=$2; n=0
+# Errors of builtin writes go to a per-batch file, so a write costs no fork (forks are what is slow on a busy host).
+EF=\${TMPDIR:-/tmp}/pulumi-vfio-batch.$$.err; trap '[ -e "$EF" ] && rm -f "$EF"' EXIT
+umask 077
 exec 3>&1
 t() { local m=\${2-}; m=\${m//$'\n'/ | }; printf '\n%s %d %d %s\n' "$B" "$n" "$1" "$m"; n=$((n+1)); }
 d() { printf -v "$1" '%b' "$2"; }
@@ -34,12 +37,14 @@ while IFS=' ' read -r -a f; do
   l) if x=$(readlink -- "$p" 2>/dev/null); then printf '%s' "$x"; t 0; else t 1 "not a link"; fi ;;
   d) if [ -d "$p" ]; then for e in "$p"/*; do printf '%s\n' "\${e##*/}"; done; t 0; else t 1 "No such file or directory"; fi ;;
   s) if x=$(stat -L -c '%F %a %u %g %s %t:%T' -- "$p" 2>&1 </dev/null); then printf '%s' "$x"; t 0; else t 1 "$x"; fi ;;
-  w) if e=$( { printf '%b' "\${f[3]-}" > "$p"; } 2>&1 </dev/null ); then t 0; else fail 1 "$e" "$opt"; fi ;;
+  w) if { printf '%b' "\${f[3]-}" > "$p"; } 2>"$EF"; then t 0; else e=''; IFS= read -r e < "$EF"; fail 1 "$e" "$opt"; fi ;;
   p) d m "\${f[3]}"; tmp="$p.pulumi-vfio.$$"
      if e=$( { umask 077; printf '%b' "\${f[4]-}" > "$tmp" && chmod "$m" "$tmp" && mv -f -- "$tmp" "$p"; } 2>&1 </dev/null ); then t 0; else rm -f -- "$tmp"; fail 1 "$e" "$opt"; fi ;;
   m) d m "\${f[3]}"; if e=$(mkdir -p -m "$m" -- "$p" 2>&1 </dev/null); then t 0; else fail 1 "$e" "$opt"; fi ;;
-  u) if e=$(rm -f -- "$p" 2>&1 </dev/null); then t 0; else fail 1 "$e" "$opt"; fi ;;
-  o) find /proc/[0-9]*/fd -maxdepth 1 -lname "$p" 2>/dev/null </dev/null | while IFS=/ read -r _ _ pid _; do printf '%s\n' "$pid"; done | sort -un; t 0 ;;
+  u) if [ ! -e "$p" ] && [ ! -L "$p" ]; then t 0
+     elif e=$(rm -f -- "$p" 2>&1 </dev/null); then t 0; else fail 1 "$e" "$opt"; fi ;;
+  o) x=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$p" 2>/dev/null </dev/null); unset seen; declare -A seen
+     while IFS=/ read -r _ _ pid _; do [ -n "$pid" ] && [ -z "\${seen[$pid]-}" ] && { seen[$pid]=1; printf '%s\n' "$pid"; }; done <<< "$x"; t 0 ;;
   x) a=(); for v in "\${f[@]:3}"; do d x "$v"; a+=("$x"); done
      e=$("\${a[@]}" 2>&1 >&3 3>&- </dev/null); rc=$?
      if [ $rc -eq 0 ]; then t 0 "$e"; else fail $rc "$e" "$opt"; fi ;;

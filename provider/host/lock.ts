@@ -8,10 +8,11 @@ export const LOCK_TIMEOUT_MS = 120_000;
 /** $1: seconds to wait for the lock. */
 export const LOCK_SCRIPT = `
 set -u
-mkdir -p /run/lock
+[ -d /run/lock ] || mkdir -p /run/lock
 umask 077
 exec 9>>${LOCK_PATH}
 flock -w "$1" 9 || { echo "timed out after $1 s waiting for ${LOCK_PATH}" >&2; exit 1; }
 echo locked
-cat >/dev/null
+# Held until our stdin closes; \`read\` is a builtin, so holding costs no extra process.
+while IFS= read -r _; do :; done
 `;
