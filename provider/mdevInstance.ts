@@ -290,7 +290,12 @@ function parentList(parents: string[]): string {
  * beforehand, so check, create, update and the unit tests share it. `olds` are the outputs in the state (absent on
  * create), which is how an instance we made is told apart from someone else's with the same UUID.
  */
-export function planMdev(inputs: MdevInstanceInputs & { uuid: string }, facts: MdevFacts, olds?: Partial<MdevInstanceOutputs>): MdevPlan {
+/**
+ * `atCheck`: planning for `pulumi preview`. A type change is a replacement, and Pulumi stops the VM that holds the mdev
+ * first (VMs declare `replaceWith` on their mdevs), so a held mdev is only a refusal when the apply itself would
+ * remove it (the kernel's remove would block until the VM lets go).
+ */
+export function planMdev(inputs: MdevInstanceInputs & { uuid: string }, facts: MdevFacts, olds?: Partial<MdevInstanceOutputs>, atCheck = false): MdevPlan {
     const { persistent, attrs } = defaults(inputs);
     const problems: CheckFailure[] = [];
     const fail = (property: string, reason: string) => problems.push({ property, reason });
@@ -374,7 +379,7 @@ export function planMdev(inputs: MdevInstanceInputs & { uuid: string }, facts: M
             fail("uuid", `UUID ${uuid} is already an mdev of type ${e.typeId} on ${facts.parent}, not ${chosen.id}; choose another uuid, or remove that mdev first`);
             return plan;
         }
-        if (plan.action === "recreate" && facts.openers.length) {
+        if (plan.action === "recreate" && facts.openers.length && !atCheck) {
             fail("type", `the mdev ${uuid} must be recreated as ${chosen.id} (it is ${e!.typeId} now), but /dev/vfio/${e!.group} is held open by PID ${facts.openers.join(", ")}; stop the VM first`);
         }
     } else {
@@ -438,13 +443,13 @@ export function planMdev(inputs: MdevInstanceInputs & { uuid: string }, facts: M
 }
 
 /** Read and plan; a refusal planned on the fast path's partial facts is planned again on full facts, for its message. */
-async function factsAndPlan(host: Host, inputs: MdevInstanceInputs & { uuid: string }, typeHint: string | undefined, olds?: Partial<MdevInstanceOutputs>): Promise<{ facts: MdevFacts; plan: MdevPlan }> {
+async function factsAndPlan(host: Host, inputs: MdevInstanceInputs & { uuid: string }, typeHint: string | undefined, olds?: Partial<MdevInstanceOutputs>, atCheck = false): Promise<{ facts: MdevFacts; plan: MdevPlan }> {
     const persistent = defaults(inputs).persistent;
     let facts = await readMdevFacts(host, inputs.parent, inputs.uuid, { typeHint, persistent });
-    let plan = planMdev(inputs, facts, olds);
+    let plan = planMdev(inputs, facts, olds, atCheck);
     if (plan.problems.length && facts.partial) {
         facts = await readMdevFacts(host, inputs.parent, inputs.uuid, { persistent });
-        plan = planMdev(inputs, facts, olds);
+        plan = planMdev(inputs, facts, olds, atCheck);
     }
     return { facts, plan };
 }
@@ -505,7 +510,7 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
             inputs.connection,
             async (host) => {
                 const prev = olds?.uuid === inputs.uuid && olds?.parent === inputs.parent ? (olds.typeId as string | undefined) : undefined;
-                const { plan } = await factsAndPlan(host, inputs as MdevInstanceInputs & { uuid: string }, inputs.type ?? prev, olds as Partial<MdevInstanceOutputs>);
+                const { plan } = await factsAndPlan(host, inputs as MdevInstanceInputs & { uuid: string }, inputs.type ?? prev, olds as Partial<MdevInstanceOutputs>, true);
                 failures.push(...plan.problems);
                 if (plan.parent) inputs.parentDevice = plan.parent;
                 if (plan.type) inputs.typeId = plan.type.id;

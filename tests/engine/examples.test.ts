@@ -213,11 +213,9 @@ test("fleet-over-ssh: each host file converges its own machine", async () => {
     }
 });
 
-// KNOWN FAILING until MdevInstance's check stops refusing a type change while a VM holds the mdev
-// (provider/mdevInstance.ts, "must be recreated ... stop the VM first"): Pulumi runs that check before it deletes
-// the VM that `replaceWith`s the mdev, so the refusal blocks the very ordering that makes the change safe (delete
-// still refuses while the device is held). Turn `test.failing` back into `test` with that fix.
-test.failing("changing an mdev's type stops its VM first, recreates the mdev, and starts the VM on the new one", async () => {
+// A type change is a replacement: Pulumi stops the VM that holds the mdev (replaceWith) before the mdev is replaced,
+// so check must not refuse it; delete still refuses while the device is held.
+test("changing an mdev's type stops its VM first, recreates the mdev, and starts the VM on the new one", async () => {
     const text = (type: string, memoryMb: number) =>
         `mdevs:\n  serial: { parent: mtty, type: ${type} }\nvms:\n  vm1: { accel: tcg, memoryMb: ${memoryMb}, network: { mode: none }, shutdownTimeoutSeconds: 0, mdevs: [serial] }\n`;
     const plan = (t: string) => {
