@@ -4,6 +4,7 @@
  */
 import { bootLab } from "../lab/lab";
 import { benchIommu } from "./iommu.bench";
+import { benchMdev } from "./mdev.bench";
 import { benchVm } from "./vm.bench";
 import { BenchRow } from "./types";
 
@@ -23,6 +24,7 @@ async function main(): Promise<void> {
         console.error(`[bench] lab up (${vm.accel}); ${iterations} interleaved iterations per contender`);
         const rows: BenchRow[] = [];
         rows.push(...(await benchIommu(vm, iterations)));
+        rows.push(...(await benchMdev(vm, iterations)));
         rows.push(...(await benchVm(vm, Math.min(iterations, 5))));
         if (process.argv.includes("--json")) console.log(JSON.stringify(rows, null, 2));
         else console.log(table(rows));
