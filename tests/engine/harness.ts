@@ -13,6 +13,7 @@ import * as os from "os";
 import * as path from "path";
 import * as grpc from "@grpc/grpc-js";
 import * as pulumi from "@pulumi/pulumi";
+import { FAKE_KERNEL_ENV, FakeKernel, fakeLabKernel } from "../../provider/host";
 import { ImplementationName, thinProvider } from "../../sdk/provider";
 
 /* eslint-disable @typescript-eslint/no-var-requires */
@@ -149,6 +150,49 @@ export class PluginProcess {
         }
         fs.rmSync(this.programDir, { recursive: true, force: true });
     }
+}
+
+// ------------------------------------------------------------------------------------------------ fake machine
+
+/**
+ * For a test file: before each test a fresh fake lab machine in a state file and the plugin started against it
+ * (the plugin and the test see the same machine); after each, both are gone.
+ */
+export function fakeMachineSuite(initial: () => FakeKernel = fakeLabKernel): {
+    readonly plugin: PluginProcess;
+    readonly stateFile: string;
+    /** The machine as it is now in the state file. */
+    machine(): FakeKernel;
+    /** Change the machine behind the plugin's back (a user at the console). */
+    edit(f: (k: FakeKernel) => void): void;
+} {
+    let dir = "";
+    let plugin: PluginProcess | undefined;
+    const stateFile = () => path.join(dir, "machine.json");
+    beforeEach(async () => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
+        fs.writeFileSync(stateFile(), JSON.stringify(initial().state));
+        plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile() });
+    });
+    afterEach(async () => {
+        await plugin?.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const machine = () => fakeLabKernel(JSON.parse(fs.readFileSync(stateFile(), "utf8")));
+    return {
+        get plugin() {
+            return plugin!;
+        },
+        get stateFile() {
+            return stateFile();
+        },
+        machine,
+        edit(f) {
+            const k = machine();
+            f(k);
+            fs.writeFileSync(stateFile(), JSON.stringify(k.state));
+        },
+    };
 }
 
 // ------------------------------------------------------------------------------------------------ engine

@@ -2,38 +2,17 @@
  * IommuBinding through the real dynamic-provider plugin, as the Pulumi engine drives it, against a fake lab
  * machine kept in a state file (the plugin and the test see the same machine).
  */
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { FAKE_KERNEL_ENV, fakeLabKernel } from "../../provider/host";
 import { pci } from "../../provider/host/fake/pci";
-import { CheckFailedError, Engine, PluginProcess, ResourceDecl, UNKNOWN, serializedProvider } from "./harness";
+import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:IommuBinding";
-let dir: string;
-let stateFile: string;
-let plugin: PluginProcess;
+const fake = fakeMachineSuite();
 
-const machine = () => fakeLabKernel(JSON.parse(fs.readFileSync(stateFile, "utf8")));
+const machine = fake.machine;
 const driverOf = (addr: string) => pci(machine()).devices[addr].driver;
-const editMachine = (f: (k: ReturnType<typeof fakeLabKernel>) => void) => {
-    const k = machine();
-    f(k);
-    fs.writeFileSync(stateFile, JSON.stringify(k.state));
-};
+const editMachine = fake.edit;
 const gpu = (inputs: Record<string, unknown> = {}): ResourceDecl => ({ name: "gpu", kind: "iommuBinding", type: TYPE, inputs: { device: "01:00.0", ...inputs } });
 
-beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
-    stateFile = path.join(dir, "machine.json");
-    fs.writeFileSync(stateFile, JSON.stringify(fakeLabKernel().state));
-    plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile });
-});
-
-afterEach(async () => {
-    await plugin.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-});
 
 test("the stored provider is a thin closure that requires the package by name and captures no secrets", async () => {
     const text = await serializedProvider("iommuBinding");
@@ -44,7 +23,7 @@ test("the stored provider is a thin closure that requires the package by name an
 });
 
 test("preview names every device that will change driver, and changes nothing", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     const steps = await engine.preview([gpu()]);
     expect(steps).toHaveLength(1);
     expect(steps[0].op).toBe("create");
@@ -58,7 +37,7 @@ test("preview names every device that will change driver, and changes nothing", 
 });
 
 test("up binds the group, refresh sees drift, the next up repairs it, destroy restores the host drivers", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     expect((await engine.up([gpu()])).map((s) => s.op)).toEqual(["create"]);
     expect(driverOf("0000:01:00.0")).toBe("vfio-pci");
     expect(driverOf("0000:01:00.1")).toBe("vfio-pci");
@@ -92,7 +71,7 @@ test("up binds the group, refresh sees drift, the next up repairs it, destroy re
 });
 
 test("changing the driver updates in place; another device replaces (old group released first)", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     await engine.up([gpu()]);
     expect((await engine.up([gpu({ driver: "pci-stub" })])).map((s) => s.op)).toEqual(["update"]);
     expect(driverOf("0000:01:00.0")).toBe("pci-stub");
@@ -108,7 +87,7 @@ test("changing the driver updates in place; another device replaces (old group r
 });
 
 test("bad input fails at preview with the field named, and nothing changes", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     const cases: [Record<string, unknown>, string, RegExp][] = [
         [{ device: "../../etc" }, "device", /not a PCI address/],
         [{ device: "0000:07:00.0" }, "device", /no PCI device 0000:07:00.0/],
@@ -129,7 +108,7 @@ test("bad input fails at preview with the field named, and nothing changes", asy
 });
 
 test("a selector with an index resolves to one address, shown in preview", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     const steps = await engine.up([{ name: "gpu", kind: "iommuBinding", type: TYPE, inputs: { device: { vendor: "0x1234", device: "1111", index: 1 } } }]);
     expect(steps[0].inputs!.address).toBe("0000:01:00.0");
     expect(driverOf("0000:01:00.0")).toBe("vfio-pci");
@@ -139,13 +118,13 @@ test("a selector with an index resolves to one address, shown in preview", async
 test("preview tolerates unknown inputs (values computed during the update)", async () => {
     const urn = "urn:pulumi:dev::harness::" + TYPE + "::gpu";
     const news = { device: UNKNOWN, connection: UNKNOWN, __provider: await serializedProvider("iommuBinding") };
-    const checked = await plugin.check(urn, {}, news);
+    const checked = await fake.plugin.check(urn, {}, news);
     expect(checked.failures).toEqual([]);
     expect(checked.inputs.device).toBe(UNKNOWN);
 });
 
 test("destroy refuses while a VM holds the group, and succeeds once it has stopped", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     await engine.up([gpu()]);
     let pid = 0;
     editMachine((k) => (pid = k.hold("/dev/vfio/7", "qemu-system-x86")));

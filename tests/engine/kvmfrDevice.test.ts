@@ -2,47 +2,26 @@
  * KvmfrDevice through the real dynamic-provider plugin, as the Pulumi engine drives it, against a fake machine in
  * a state file (the plugin and the test see the same machine and its kvmfr module).
  */
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { FAKE_KERNEL_ENV, fakeLabKernel } from "../../provider/host";
 import { installKvmfr, kvmfr } from "../../provider/host/fake/kvmfr";
-import { CheckFailedError, Engine, PluginProcess, ResourceDecl, UNKNOWN, serializedProvider } from "./harness";
+import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:KvmfrDevice";
-let dir: string;
-let stateFile: string;
-let plugin: PluginProcess;
+const fake = fakeMachineSuite();
 
-const machine = () => fakeLabKernel(JSON.parse(fs.readFileSync(stateFile, "utf8")));
-const editMachine = (f: (k: ReturnType<typeof fakeLabKernel>) => void) => {
-    const k = machine();
-    f(k);
-    fs.writeFileSync(stateFile, JSON.stringify(k.state));
-};
+const machine = fake.machine;
+const editMachine = fake.edit;
 const lg = (name: string, inputs: Record<string, unknown>): ResourceDecl => ({ name, kind: "kvmfrDevice", type: TYPE, inputs });
 
-beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
-    stateFile = path.join(dir, "machine.json");
-    fs.writeFileSync(stateFile, JSON.stringify(fakeLabKernel().state));
-    plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile });
-});
-
-afterEach(async () => {
-    await plugin.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-});
 
 test("a host without the kvmfr module fails at preview with how to install Looking Glass's DKMS module", async () => {
-    const err = await new Engine(plugin).preview([lg("lg", { index: 0, sizeMb: 32 })]).catch((e) => e);
+    const err = await new Engine(fake.plugin).preview([lg("lg", { index: 0, sizeMb: 32 })]).catch((e) => e);
     expect(err).toBeInstanceOf(CheckFailedError);
     expect(err.failures[0].reason).toMatch(/the kvmfr kernel module is not installed on fake.*dkms install \./);
 });
 
 test("preview shows the computed size and the planned file and module changes; up makes both devices; destroy undoes", async () => {
     editMachine(installKvmfr);
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     const decls = [lg("lg0", { index: 0, width: 1920, height: 1080 }), lg("lg1", { index: 1, sizeMb: 64, owner: "alice" })];
     const [p0] = await engine.preview(decls.slice(0, 1));
     expect(p0.inputs!.sizeMb).toBe(32);
@@ -71,7 +50,7 @@ test("preview shows the computed size and the planned file and module changes; u
 
 test("resizing while a VM holds the device is refused at preview, naming the holder; after it stops, up reloads", async () => {
     editMachine(installKvmfr);
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     await engine.up([lg("lg0", { index: 0, sizeMb: 32 })]);
     let pid = 0;
     editMachine((k) => (pid = k.hold("/dev/kvmfr0", "qemu-system-x86")));
@@ -85,6 +64,6 @@ test("resizing while a VM holds the device is refused at preview, naming the hol
 
 test("preview tolerates unknown inputs", async () => {
     const urn = "urn:pulumi:dev::harness::" + TYPE + "::lg";
-    const checked = await plugin.check(urn, {}, { index: UNKNOWN, sizeMb: UNKNOWN, __provider: await serializedProvider("kvmfrDevice") });
+    const checked = await fake.plugin.check(urn, {}, { index: UNKNOWN, sizeMb: UNKNOWN, __provider: await serializedProvider("kvmfrDevice") });
     expect(checked.failures).toEqual([]);
 });

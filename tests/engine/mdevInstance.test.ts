@@ -2,39 +2,18 @@
  * MdevInstance through the real dynamic-provider plugin, as the Pulumi engine drives it, against a fake lab machine
  * in a state file (mtty and mbochs as the lab loads them; the plugin and the test see the same machine).
  */
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { FAKE_KERNEL_ENV, fakeLabKernel } from "../../provider/host";
 import { mdev } from "../../provider/host/fake/mdev";
-import { CheckFailedError, Engine, PluginProcess, ResourceDecl, UNKNOWN, serializedProvider } from "./harness";
+import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:MdevInstance";
 const U = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
-let dir: string;
-let stateFile: string;
-let plugin: PluginProcess;
+const fake = fakeMachineSuite();
 
-const machine = () => fakeLabKernel(JSON.parse(fs.readFileSync(stateFile, "utf8")));
-const editMachine = (f: (k: ReturnType<typeof fakeLabKernel>) => void) => {
-    const k = machine();
-    f(k);
-    fs.writeFileSync(stateFile, JSON.stringify(k.state));
-};
+const machine = fake.machine;
+const editMachine = fake.edit;
 const mdevs = () => Object.values(mdev(machine()).devices).map((d) => `${d.uuid}:${d.type}`);
 const vgpu = (inputs: Record<string, unknown> = {}): ResourceDecl => ({ name: "vgpu", kind: "mdevInstance", type: TYPE, inputs: { parent: "mtty", type: "mtty-2", uuid: U, ...inputs } });
 
-beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
-    stateFile = path.join(dir, "machine.json");
-    fs.writeFileSync(stateFile, JSON.stringify(fakeLabKernel().state));
-    plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile });
-});
-
-afterEach(async () => {
-    await plugin.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-});
 
 test("the stored provider is a thin closure naming mdevInstance", async () => {
     const text = await serializedProvider("mdevInstance");
@@ -44,7 +23,7 @@ test("the stored provider is a thin closure naming mdevInstance", async () => {
 });
 
 test("preview shows the chosen type and capacity and changes nothing; up creates; a second up is a no-op", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     const [step] = await engine.preview([{ ...vgpu(), inputs: { parent: "mbochs", vram: { min: 10 }, uuid: U } }]);
     expect(step.op).toBe("create");
     expect(step.inputs).toMatchObject({ parentDevice: "mbochs", typeId: "mbochs-medium", plan: [`create mdev ${U} of type mbochs-medium on mbochs; 15 more can be created after it`] });
@@ -59,7 +38,7 @@ test("preview shows the chosen type and capacity and changes nothing; up creates
 });
 
 test("refresh: a removed mdev leaves the state and up makes it again; a changed type is replaced (old one removed first)", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     await engine.up([vgpu()]);
     editMachine((k) => k.write(`/sys/bus/mdev/devices/${U}/remove`, "1"));
     expect((await engine.refresh()).map((s) => s.op)).toEqual(["refresh-gone"]);
@@ -93,7 +72,7 @@ test("bad input fails at preview with the field named, and nothing changes", asy
         [{ uuid: "00000000-0000-4000-8000-000000000001" }, "uuid", /already an mdev of type mbochs-small on parent mbochs/],
     ];
     for (const [inputs, property, reason] of cases) {
-        const err = await new Engine(plugin).preview([vgpu(inputs)]).catch((e) => e);
+        const err = await new Engine(fake.plugin).preview([vgpu(inputs)]).catch((e) => e);
         expect(err).toBeInstanceOf(CheckFailedError);
         expect((err as CheckFailedError).failures.find((f) => f.property === property)?.reason).toMatch(reason);
     }
@@ -102,13 +81,13 @@ test("bad input fails at preview with the field named, and nothing changes", asy
 
 test("preview tolerates unknown inputs", async () => {
     const urn = "urn:pulumi:dev::harness::" + TYPE + "::vgpu";
-    const checked = await plugin.check(urn, {}, { parent: UNKNOWN, type: "mtty-1", uuid: UNKNOWN, __provider: await serializedProvider("mdevInstance") });
+    const checked = await fake.plugin.check(urn, {}, { parent: UNKNOWN, type: "mtty-1", uuid: UNKNOWN, __provider: await serializedProvider("mdevInstance") });
     expect(checked.failures).toEqual([]);
     expect(checked.inputs.parent).toBe(UNKNOWN);
 });
 
 test("destroy refuses while a VM holds the mdev's group, and succeeds once it has stopped", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     await engine.up([vgpu()]);
     const group = engine.get("vgpu")!.outputs.iommuGroup;
     let pid = 0;

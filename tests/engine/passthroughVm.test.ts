@@ -2,26 +2,16 @@
  * PassthroughVm through the real dynamic-provider plugin against a fake machine in a state file: the fake QEMU's
  * QMP endpoint lives in the plugin process, its effects (processes, held devices) in the shared state.
  */
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { FAKE_KERNEL_ENV, fakeLabKernel } from "../../provider/host";
 import { pci } from "../../provider/host/fake/pci";
 import { crashVm, qemu } from "../../provider/host/fake/qemu";
-import { CheckFailedError, Engine, PluginProcess, ResourceDecl, UNKNOWN, serializedProvider } from "./harness";
+import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const VM = "pulumi-nodejs:dynamic/vfio:PassthroughVm";
 const BINDING = "pulumi-nodejs:dynamic/vfio:IommuBinding";
-let dir: string;
-let stateFile: string;
-let plugin: PluginProcess;
+const fake = fakeMachineSuite();
 
-const machine = () => fakeLabKernel(JSON.parse(fs.readFileSync(stateFile, "utf8")));
-const editMachine = (f: (k: ReturnType<typeof fakeLabKernel>) => void) => {
-    const k = machine();
-    f(k);
-    fs.writeFileSync(stateFile, JSON.stringify(k.state));
-};
+const machine = fake.machine;
+const editMachine = fake.edit;
 const gpu: ResourceDecl = { name: "gpu", kind: "iommuBinding", type: BINDING, inputs: { device: "01:00.0" } };
 const vm = (inputs: Record<string, unknown> = {}): ResourceDecl => ({
     name: "vm",
@@ -30,20 +20,9 @@ const vm = (inputs: Record<string, unknown> = {}): ResourceDecl => ({
     inputs: { name: "gpu-vm", accel: "tcg", memoryMb: 256, network: { mode: "none" }, shutdownTimeoutSeconds: 0, devices: ["01:00.0"], sharedMemory: { path: "/dev/shm/looking-glass", sizeMb: 32 }, ...inputs },
 });
 
-beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
-    stateFile = path.join(dir, "machine.json");
-    fs.writeFileSync(stateFile, JSON.stringify(fakeLabKernel().state));
-    plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile });
-});
-
-afterEach(async () => {
-    await plugin.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-});
 
 test("preview of binding + VM shows the VM's exact QEMU command line and starts nothing", async () => {
-    const steps = await new Engine(plugin).preview([gpu, vm()]);
+    const steps = await new Engine(fake.plugin).preview([gpu, vm()]);
     expect(steps.map((s) => s.op)).toEqual(["create", "create"]);
     const argv: string[] = steps[1].inputs!.commandLine;
     expect(argv[0]).toBe("qemu-system-x86_64");
@@ -54,7 +33,7 @@ test("preview of binding + VM shows the VM's exact QEMU command line and starts 
 });
 
 test("up runs the VM on the bound group; a crash is drift up repairs; destroy stops the VM before releasing the group", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     expect((await engine.up([gpu, vm()])).map((s) => s.op)).toEqual(["create", "create"]);
     const out = engine.get("vm")!.outputs;
     expect(out).toMatchObject({ status: "running", missingDevices: [] });
@@ -63,7 +42,7 @@ test("up runs the VM on the bound group; a crash is drift up repairs; destroy st
 
     // While the VM runs, the binding cannot be released (the kernel would block in unbind).
     const b = engine.get("gpu")!;
-    await expect(plugin.delete(b.urn, b.id, { ...b.outputs, __provider: await serializedProvider("iommuBinding") })).rejects.toThrow(/held open by PID \d+ \(qemu-system-x86\)/);
+    await expect(fake.plugin.delete(b.urn, b.id, { ...b.outputs, __provider: await serializedProvider("iommuBinding") })).rejects.toThrow(/held open by PID \d+ \(qemu-system-x86\)/);
 
     editMachine((k) => crashVm(k, out.pid));
     expect((await engine.refresh()).map((s) => s.op)).toEqual(["refresh-drift"]);
@@ -88,7 +67,7 @@ test("up runs the VM on the bound group; a crash is drift up repairs; destroy st
 });
 
 test("running: false stops the VM gracefully and keeps the resource", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     await engine.up([gpu, vm()]);
     expect((await engine.up([gpu, vm({ running: false })])).map((s) => s.op)).toEqual(["same", "update"]);
     expect(engine.get("vm")!.outputs).toMatchObject({ status: "stopped", pid: null });
@@ -106,14 +85,14 @@ test("bad input fails at preview with the field named", async () => {
         [{ colour: "red" }, "colour", /not a known property/],
     ];
     for (const [inputs, property, reason] of cases) {
-        const err = await new Engine(plugin).preview([vm(inputs)]).catch((e) => e);
+        const err = await new Engine(fake.plugin).preview([vm(inputs)]).catch((e) => e);
         expect(err).toBeInstanceOf(CheckFailedError);
         expect((err as CheckFailedError).failures.find((f) => f.property === property)?.reason).toMatch(reason);
     }
 });
 
 test("up refuses to start on a group that is not bound, with every problem named, and leaves nothing running", async () => {
-    const err = await new Engine(plugin).up([vm()]).catch((e) => e);
+    const err = await new Engine(fake.plugin).up([vm()]).catch((e) => e);
     expect(err.message).toMatch(/VM gpu-vm cannot start: 0000:01:00.0 is bound to bochs-drm, not vfio-pci/);
     expect(qemu(machine()).started).toEqual([]);
 });
@@ -121,7 +100,7 @@ test("up refuses to start on a group that is not bound, with every problem named
 test("preview tolerates unknown inputs (device addresses from a binding created in the same up)", async () => {
     const urn = "urn:pulumi:dev::harness::" + VM + "::vm";
     const news = { ...vm().inputs, devices: [UNKNOWN], sharedMemory: UNKNOWN, __provider: await serializedProvider("passthroughVm") };
-    const checked = await plugin.check(urn, {}, news);
+    const checked = await fake.plugin.check(urn, {}, news);
     expect(checked.failures).toEqual([]);
     expect(checked.inputs.commandLine).toBeUndefined();
 });

@@ -2,40 +2,19 @@
  * VirtualFunctions (and an IommuBinding taking one of its VFs) through the real dynamic-provider plugin, against a
  * fake lab machine in a state file: the NVMe at 03:00.0 with sriov_totalvfs 4.
  */
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { FAKE_KERNEL_ENV, fakeLabKernel } from "../../provider/host";
 import { pci } from "../../provider/host/fake/pci";
-import { CheckFailedError, Engine, PluginProcess, ResourceDecl, serializedProvider } from "./harness";
+import { CheckFailedError, Engine, ResourceDecl, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:VirtualFunctions";
 const PF = "0000:03:00.0";
-let dir: string;
-let stateFile: string;
-let plugin: PluginProcess;
+const fake = fakeMachineSuite();
 
-const machine = () => fakeLabKernel(JSON.parse(fs.readFileSync(stateFile, "utf8")));
-const editMachine = (f: (k: ReturnType<typeof fakeLabKernel>) => void) => {
-    const k = machine();
-    f(k);
-    fs.writeFileSync(stateFile, JSON.stringify(k.state));
-};
+const machine = fake.machine;
+const editMachine = fake.edit;
 const sriov = () => pci(machine()).devices[PF].sriov!;
 const vfs = (inputs: Record<string, unknown> = {}): ResourceDecl => ({ name: "nvme-vfs", kind: "virtualFunctions", type: TYPE, inputs: { physicalFunction: "03:00.0", count: 2, ...inputs } });
 const bindVf = (device: string): ResourceDecl => ({ name: "vf0", kind: "iommuBinding", type: "pulumi-nodejs:dynamic/vfio:IommuBinding", inputs: { device } });
 
-beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
-    stateFile = path.join(dir, "machine.json");
-    fs.writeFileSync(stateFile, JSON.stringify(fakeLabKernel().state));
-    plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile });
-});
-
-afterEach(async () => {
-    await plugin.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-});
 
 test("the stored provider is a thin closure naming virtualFunctions", async () => {
     const text = await serializedProvider("virtualFunctions");
@@ -44,7 +23,7 @@ test("the stored provider is a thin closure naming virtualFunctions", async () =
 });
 
 test("preview names the VFs; up creates them; a VF goes to vfio-pci by IommuBinding; a count change updates; destroy undoes both", async () => {
-    const engine = new Engine(plugin);
+    const engine = new Engine(fake.plugin);
     const [p] = await engine.preview([vfs()]);
     expect(p.inputs!.plan).toEqual([`${PF} sriov_drivers_autoprobe: 1 → 0 (new VFs stay without a host driver)`, `${PF} sriov_numvfs: 0 → 2; VFs 0000:03:00.1, 0000:03:00.2 appear`]);
     expect(sriov().numVfs).toBe(0);
@@ -81,7 +60,7 @@ test("bad input fails at preview with the field named, and nothing changes", asy
         [{ count: -2 }, "count", /count must be >= 0/],
     ];
     for (const [inputs, property, reason] of cases) {
-        const err = await new Engine(plugin).preview([vfs(inputs)]).catch((e) => e);
+        const err = await new Engine(fake.plugin).preview([vfs(inputs)]).catch((e) => e);
         expect(err).toBeInstanceOf(CheckFailedError);
         expect((err as CheckFailedError).failures.find((f) => f.property === property)?.reason).toMatch(reason);
     }
