@@ -20,6 +20,13 @@ export interface CheckResult<T> {
     failures: CheckFailure[];
 }
 
+/** What every resource's diff answers (the dynamic provider passes these three on; `stables` are dropped). */
+export interface DiffResult {
+    changes: boolean;
+    replaces: string[];
+    deleteBeforeReplace: boolean;
+}
+
 export function isUnknown(v: unknown): boolean {
     return v === UNKNOWN;
 }

@@ -15,9 +15,9 @@
  * Each function takes an optional last `onHost`: the dynamic provider passes none (the host comes from
  * `connection`); tests pass a fake or the lab's kernel.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider, DiffResult } from "./check";
 import { PlanError, SysfsError } from "./errors";
-import { Connection } from "./host/ssh";
+import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
 import { withHost } from "./host";
 import { GroupView, IOMMU_OFF_FIX, isVfioDriver, readGroup, viabilityProblems } from "./sysfs/iommu";
@@ -271,13 +271,8 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
     return { inputs, failures };
 }
 
-const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
 
-export interface DiffResult {
-    changes: boolean;
-    replaces: string[];
-    deleteBeforeReplace: boolean;
-}
+export type { DiffResult };
 
 /**
  * Another device or host → replace (the old binding is released first); driver, persistence or group handling →
@@ -288,7 +283,7 @@ export function diff(_id: string, olds: IommuBindingOutputs, news: IommuBindingI
     const n = defaults(news);
     const newAddress = news.address ?? (typeof news.device === "string" && !isUnknown(news.device) ? safeAddress(news.device) : undefined);
     if (containsUnknown(news.device) || newAddress === undefined || newAddress !== olds.address) replaces.push("device");
-    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    if (containsUnknown(news.connection) || hostIdentity(news.connection) !== hostIdentity(olds.connection)) replaces.push("connection");
     let changes = replaces.length > 0;
     for (const k of ["driver", "wholeGroup", "allowBootVga", "persistent"] as const) if (n[k] !== (olds as any)[k]) changes = true;
     if (JSON.stringify(news.device) !== JSON.stringify(olds.device)) changes = true;

@@ -16,7 +16,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
-import { Connection } from "./host/ssh";
+import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import { firstFailure } from "./sysfs/pci";
 import {
@@ -306,13 +306,12 @@ export async function check(_olds: Record<string, any>, news: Record<string, any
     return { inputs, failures };
 }
 
-const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
 
 /** Another index or host → replace; size and permissions → update in place; drift found by refresh → update. */
 export function diff(_id: string, olds: KvmfrDeviceOutputs, news: KvmfrDeviceInputs): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
     const replaces: string[] = [];
     if (isUnknown(news.index) || news.index !== olds.index) replaces.push("index");
-    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    if (containsUnknown(news.connection) || hostIdentity(news.connection) !== hostIdentity(olds.connection)) replaces.push("connection");
     const n = defaults(news);
     let changes = replaces.length > 0;
     if (isUnknown(news.sizeMb) || news.sizeMb !== olds.sizeMb) changes = true;

@@ -15,10 +15,10 @@
  * - delete: refuse while a process holds /dev/vfio/<group> (the kernel's `remove` would block until it exits);
  *   otherwise write `remove`, check it is gone, and delete the mdevctl config.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider, DiffResult } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
-import { Connection } from "./host/ssh";
+import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import {
     BOOT_HOOK_OPS,
@@ -525,13 +525,8 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
     return { inputs, failures };
 }
 
-const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
 
-export interface DiffResult {
-    changes: boolean;
-    replaces: string[];
-    deleteBeforeReplace: boolean;
-}
+export type { DiffResult };
 
 /**
  * Another parent, type, UUID, attrs or host → replace, the old mdev removed first (the same UUID is reused);
@@ -550,7 +545,7 @@ export function diff(_id: string, olds: MdevInstanceOutputs, news: MdevInstanceI
         replaces.push("type");
     }
     if (containsUnknown(news.attrs) || JSON.stringify(news.attrs ?? []) !== JSON.stringify(olds.attrs ?? [])) replaces.push("attrs");
-    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    if (containsUnknown(news.connection) || hostIdentity(news.connection) !== hostIdentity(olds.connection)) replaces.push("connection");
     let changes = replaces.length > 0;
     if (defaults(news).persistent !== olds.persistent) changes = true;
     if (JSON.stringify(news.type) !== JSON.stringify(olds.type) || JSON.stringify(news.vram) !== JSON.stringify(olds.vram)) changes = true;

@@ -19,7 +19,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError } from "./errors";
 import { withHost } from "./host";
-import { Connection } from "./host/ssh";
+import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import {
     DiskSpec,
@@ -732,7 +732,6 @@ export async function check(_olds: Record<string, any>, news: Record<string, any
     return { inputs, failures };
 }
 
-const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
 
 /** The inputs that matter to the VM, canonical, for change detection. */
 function canonical(i: PassthroughVmInputs): string {
@@ -756,7 +755,7 @@ function normalizeForDiff(i: PassthroughVmInputs): unknown {
 export function diff(_id: string, olds: PassthroughVmOutputs, news: PassthroughVmInputs): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
     const replaces: string[] = [];
     if (isUnknown(news.name) || news.name !== olds.name) replaces.push("name");
-    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    if (containsUnknown(news.connection) || hostIdentity(news.connection) !== hostIdentity(olds.connection)) replaces.push("connection");
     let changes = replaces.length > 0 || containsUnknown(news);
     if (!changes && canonical(news) !== canonical(olds)) changes = true;
     if (news.commandLine === undefined || JSON.stringify(news.commandLine) !== JSON.stringify(olds.commandLine)) changes = true;

@@ -15,7 +15,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
-import { Connection } from "./host/ssh";
+import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
 import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, parseAddress, parseDevice } from "./sysfs/pci";
@@ -206,7 +206,6 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
     return { inputs, failures };
 }
 
-const connKey = (c?: Connection) => (c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}` : "local");
 
 /** Another PF or host → replace; count or autoprobe (asked for, or drifted) → update in place. */
 export function diff(_id: string, olds: VirtualFunctionsOutputs, news: VirtualFunctionsInputs): { changes: boolean; replaces: string[]; deleteBeforeReplace: boolean } {
@@ -218,7 +217,7 @@ export function diff(_id: string, olds: VirtualFunctionsOutputs, news: VirtualFu
         pf = undefined;
     }
     if (pf === undefined || pf !== olds.physicalFunction) replaces.push("physicalFunction");
-    if (containsUnknown(news.connection) || connKey(news.connection) !== connKey(olds.connection)) replaces.push("connection");
+    if (containsUnknown(news.connection) || hostIdentity(news.connection) !== hostIdentity(olds.connection)) replaces.push("connection");
     let changes = replaces.length > 0;
     if (isUnknown(news.count) || news.count !== olds.count || olds.addresses.length !== olds.count) changes = true;
     if (isUnknown(news.autoprobe) || defaults(news).autoprobe !== olds.autoprobe) changes = true;

@@ -49,6 +49,11 @@ export function connectionLabel(c: Connection): string {
     return `${c.user ?? "root"}@${c.host}:${c.port ?? 22}`;
 }
 
+/** Which machine a connection reaches, for diff: another host means another resource. Absent: `local`. */
+export function hostIdentity(c?: Connection | null): string {
+    return c && c.host ? connectionLabel(c) : "local";
+}
+
 function hostKeyMatches(expected: string, key: Buffer): boolean {
     const e = expected.trim();
     if (e.startsWith("SHA256:")) {
