@@ -5,9 +5,9 @@
  */
 import { SshHost } from "../../provider/host/ssh";
 import { check, create, remove } from "../../provider/iommuBinding";
-import { GUEST_DIR, installProvider } from "../lab/guest";
+import { GUEST_DIR } from "../lab/guest";
 import type { LabHandle } from "../lab/lab";
-import { BenchRow, median } from "./types";
+import { BenchRow, median, runGuestBench } from "./types";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -62,14 +62,8 @@ async function driverOf(lab: LabHandle, bdf: string): Promise<string> {
 }
 
 export async function benchIommu(lab: LabHandle, iterations = 7): Promise<BenchRow[]> {
-    await installProvider(lab);
-    const put = await lab.ssh(["sh", "-c", `cat > ${GUEST_DIR}/bench-bind.sh`], { input: SHELL_SCRIPT });
-    if (put.code !== 0) throw new Error(put.stderr);
-
     // Locally in the guest.
-    const r = await lab.ssh(["node", "-e", GUEST_BENCH(iterations)], { timeoutMs: 600_000 });
-    if (r.code !== 0) throw new Error(`guest bench failed: ${r.stderr}`);
-    const local = JSON.parse(r.stdout) as Record<"provider" | "script" | "driverctl", number[]>;
+    const local = await runGuestBench<"provider" | "script" | "driverctl">(lab, "bench-bind.sh", SHELL_SCRIPT, GUEST_BENCH(iterations));
     const script = median(local.script);
     const rows: BenchRow[] = [
         { name: "IommuBinding create+delete, provider (local in guest)", medianMs: median(local.provider), ratio: median(local.provider) / script, baseline: "shell script", target: 1.2 },
