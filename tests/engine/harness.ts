@@ -256,14 +256,20 @@ export class Engine {
         return { ...d.inputs, __provider: await serializedProvider(d.kind) };
     }
 
+    /** The engine's first step for a declared resource: Check against its stored inputs; failures stop the run. */
+    private async checkStep(d: ResourceDecl): Promise<{ urn: string; old: ResourceState | undefined; checked: CheckReply }> {
+        const urn = this.urn(d);
+        const old = this.state.find((s) => s.urn === urn);
+        const checked = await this.plugin.check(urn, old?.inputs ?? {}, await this.news(d));
+        if (checked.failures.length) throw new CheckFailedError(urn, checked.failures);
+        return { urn, old, checked };
+    }
+
     /** Check and diff every resource, changing nothing. Throws {@link CheckFailedError} like `pulumi preview`. */
     async preview(decls: ResourceDecl[]): Promise<Step[]> {
         const steps: Step[] = [];
         for (const d of decls) {
-            const urn = this.urn(d);
-            const old = this.state.find((s) => s.urn === urn);
-            const checked = await this.plugin.check(urn, old?.inputs ?? {}, await this.news(d));
-            if (checked.failures.length) throw new CheckFailedError(urn, checked.failures);
+            const { urn, old, checked } = await this.checkStep(d);
             if (!old) {
                 steps.push({ op: "create", urn, inputs: checked.inputs });
                 continue;
@@ -288,10 +294,7 @@ export class Engine {
             steps.push({ op: "delete", urn: s.urn });
         }
         for (const d of decls) {
-            const urn = this.urn(d);
-            const old = this.state.find((s) => s.urn === urn);
-            const checked = await this.plugin.check(urn, old?.inputs ?? {}, await this.news(d));
-            if (checked.failures.length) throw new CheckFailedError(urn, checked.failures);
+            const { urn, old, checked } = await this.checkStep(d);
             if (!old) {
                 const r = await this.plugin.create(urn, checked.inputs);
                 this.state.push({ urn, kind: d.kind, type: d.type, id: r.id, inputs: checked.inputs, outputs: r.props });
