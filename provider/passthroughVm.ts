@@ -22,10 +22,7 @@ import { withHost } from "./host";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import {
-    DiskSpec,
     HostDevice,
-    MdevDevice,
-    NetworkSpec,
     VM_NAME,
     VmPaths,
     VmSpec,
@@ -121,28 +118,17 @@ export interface PassthroughVmOutputs extends PassthroughVmInputs {
 
 export const DEFAULT_SHUTDOWN_TIMEOUT_S = 60;
 
-interface Normalized {
-    name: string;
-    machine: string;
-    accel: "kvm" | "tcg";
-    cpu: { model: string; sockets: number; cores: number; threads: number; pinning?: number[] };
-    memoryMb: number;
-    hugepages: boolean;
-    firmware?: { code: string; vars: string };
-    disks: DiskSpec[];
-    cdrom?: string;
-    network: NetworkSpec;
+/**
+ * The inputs with defaults applied: the QEMU builder's VmSpec before devices are resolved and paths chosen, plus
+ * pinning and the lifecycle fields the builder does not see.
+ */
+type Normalized = Omit<VmSpec, "hostDevices" | "paths" | "cpu"> & {
+    cpu: VmSpec["cpu"] & { pinning?: number[] };
     devices: PassthroughDeviceInput[];
-    mdevs: MdevDevice[];
-    sharedMemory?: { path: string; sizeMb: number };
-    hideHypervisor: boolean;
-    hvVendorId: string;
-    uuid?: string;
     running: boolean;
     autostart: boolean;
     shutdownTimeoutSeconds: number;
-    extraArgs: string[];
-}
+};
 
 /** Defaults applied, shorthand forms expanded. Pure. */
 export function normalize(i: PassthroughVmInputs): Normalized {
