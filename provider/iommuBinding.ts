@@ -20,7 +20,7 @@ import { PlanError, SysfsError } from "./errors";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
 import { withHost } from "./host";
-import { GroupView, IOMMU_OFF_FIX, isVfioDriver, readGroup, viabilityProblems } from "./sysfs/iommu";
+import { GroupView, IOMMU_OFF_FIX, isVfioDriver, readGroup, readGroupState, viabilityProblems } from "./sysfs/iommu";
 import {
     DeviceState,
     PCI_DRIVERS,
@@ -33,6 +33,7 @@ import {
     firstFailure,
     isBridge,
     moduleOf,
+    overrideOf,
     parseAddress,
     restoreOps,
 } from "./sysfs/pci";
@@ -209,7 +210,8 @@ function factOps(driver: string): Op[] {
  * fork processes, which is most of the cost of a batch on a busy host.
  */
 async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true): Promise<PlanFacts> {
-    const view = await readGroup(host, address, probe ? factOps(driver) : []);
+    // check (probe) shows the whole picture; create and update, under the lock, read only what binding needs.
+    const view = await readGroup(host, address, probe ? factOps(driver) : [], probe ? "full" : "binding");
     const [modprobe, ...driverctl] = view.extra;
     return {
         view,
@@ -360,8 +362,7 @@ async function restore(host: Host, before: { address: string; state: DeviceState
 }
 
 function overrideFrom(r: { ok: boolean; data: string } | undefined): string | null {
-    const v = r?.ok ? r.data.trim() : "";
-    return v === "" || v === "(null)" ? null : v;
+    return r?.ok ? overrideOf(r.data) : null;
 }
 
 /**
@@ -464,8 +465,9 @@ export async function read(id: string, props: IommuBindingOutputs, onHost?: Host
 export async function remove(_id: string, props: IommuBindingOutputs, onHost?: Host): Promise<void> {
     await withHost(props.connection, (host) =>
         host.withLock(async () => {
-            const view = await readGroup(host, props.address);
-            if (!view.device) return;
+            const members = props.members ?? [];
+            const view = await readGroupState(host, props.address, members.map((m) => m.address));
+            if (!view.exists) return;
             if (view.openers.length) {
                 const comm = await host.run(view.openers.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
                 const who = view.openers.map((p, i) => `PID ${p}${comm[i].ok ? ` (${comm[i].data.trim()})` : ""}`).join(", ");
@@ -473,12 +475,9 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
                     `refusing to release IOMMU group ${view.group}: /dev/vfio/${view.group} is held open by ${who}. Stop the VM first; unbinding now would block in the kernel until it exits`,
                 );
             }
-            const managed = (props.members ?? []).filter((m) => m.managed && view.members.some((d) => d.address === m.address));
+            const managed = members.filter((m) => m.managed && view.members.get(m.address));
             // The group was just read: restore from that state, and drop persistence in the same batch.
-            const undo = managed.map((m) => {
-                const d = view.members.find((x) => x.address === m.address)!;
-                return { address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: { driver: d.driver, override: d.override } };
-            });
+            const undo = managed.map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: view.members.get(m.address)! }));
             const left = await restore(host, undo, managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })));
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
         }),

@@ -761,22 +761,6 @@ export async function read(id: string, props: MdevInstanceOutputs, onHost?: Host
     );
 }
 
-/**
- * Run in the same batch as `remove`, before it, to stop the batch while a process holds the mdev's group (the write
- * would block in the kernel until that process exits). A constant program with the device directory as its only
- * argument: the group comes from the device's own `iommu_group` link (`cd -P`, no fork), holders from
- * /proc/PID/fd entries that are that node (`-ef`, a builtin). Exits 0 when free or gone; 3 with the PIDs when held.
- */
-export const MDEV_GUARD = [
-    "cd -P \"$1/iommu_group\" 2>/dev/null || exit 0",
-    "g=/dev/vfio/${PWD##*/}; held=",
-    'for f in /proc/[0-9]*/fd/*; do [ "$f" -ef "$g" ] && { p=${f#/proc/}; held="$held ${p%%/*}"; }; done',
-    '[ -z "$held" ] && exit 0',
-    'echo $held; echo "$g" >&2; exit 3',
-].join("\n");
-export const MDEV_GUARD_NAME = "pulumi-vfio-mdev-guard";
-export const guardOp = (devDir: string): Op => ({ op: "exec", argv: ["sh", "-c", MDEV_GUARD, MDEV_GUARD_NAME, devDir] });
-
 /** Remove the mdev: refuse while a VM holds its group; otherwise `remove`, verify, and delete mdevctl's config. */
 export async function remove(id: string, props: MdevInstanceOutputs, onHost?: Host): Promise<void> {
     await withHost(
@@ -789,11 +773,13 @@ export async function remove(id: string, props: MdevInstanceOutputs, onHost?: Ho
                 // removal leaves both in place.
                 const dev = `${MDEV_BUS}/${props.parentDevice}/${uuid}`;
                 const cfg: Op[] = props.persistent || props.mdevctlConfig ? [{ op: "remove", path: mdevctlConfigPath(props.parentDevice, uuid) }] : [];
-                const ops: Op[] = [guardOp(dev), ...cfg, { op: "write", path: `${dev}/remove`, data: "1", optional: true }, { op: "read", path: `${dev}/uevent` }];
+                // The guard stops the batch while a process holds the mdev's group (the write would block in the kernel
+                // until that process exits).
+                const ops: Op[] = [{ op: "groupHolders", path: dev, guard: true }, ...cfg, { op: "write", path: `${dev}/remove`, data: "1", optional: true }, { op: "read", path: `${dev}/uevent` }];
                 const r = await host.run(ops, { stopOnError: true });
-                if (!r[0].ok && r[0].code === 3) {
-                    const pids = r[0].data.split(/\s+/).filter(Boolean).map(Number);
-                    const node = (r[0].message ?? "").trim() || `/dev/vfio/${props.iommuGroup}`;
+                if (!r[0].ok && r[0].errno === "EBUSY") {
+                    const pids = r[0].data.split("\n").filter(Boolean).map(Number);
+                    const node = /\/dev\/vfio\/\d+/.exec(r[0].message ?? "")?.[0] ?? `/dev/vfio/${props.iommuGroup}`;
                     throw new Error(`refusing to remove mdev ${uuid}: ${node} is held open by ${await holders(host, pids)}. Stop the VM first; the kernel's remove would block until it exits`);
                 }
                 if (!r[0].ok) throw new Error(`checking who holds mdev ${uuid} failed: ${SysfsError.from(ops[0], r[0]).message}`);

@@ -9,45 +9,93 @@
  */
 import { randomBytes } from "crypto";
 import { StringDecoder } from "string_decoder";
+import { LOCK_PATH } from "./lock";
 import { Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMessage, isMutation } from "./types";
 
 /**
- * Trailer: `\n<boundary> <index> <status> <message>\n` after each operation's output. The boundary is 32 random
- * hex characters per batch, so no file content can forge one.
+ * The interpreter runs for as long as its host object is in use and executes any number of batches, one after the
+ * other. A batch on stdin is `B <boundary> <stop>`, one line per operation, then `E`. Each operation's output is
+ * followed by a trailer `\n<boundary> <index> <status> <message>\n`; the batch's end by `\n<boundary> E\n`. The
+ * boundary is 32 random hex characters per batch, so no file content can forge one. With `<stop>` = 1 the first
+ * failed change makes the interpreter skip the batch's remaining operations (they get no trailer).
+ *
+ * `K <seconds>` takes the host-wide lock (util-linux flock(1) on fd 9 of the interpreter itself, so holding it costs
+ * no process; 0 seconds means try once) and `U`, a line outside any batch that gets no answer, drops it. No external
+ * program inherits fd 9: a daemon started by an `exec` operation must never keep the host locked.
+ *
+ * Forks and small writes are what is slow on a busy or emulated host. Everything that can is a bash builtin: reads,
+ * lists, sysfs writes (their errors go to a per-interpreter file, not a subshell), readlink of a link to a directory
+ * (`cd -P`; every sysfs link we read is one), and "who holds this VFIO group" when nobody does. Absent paths are
+ * answered without starting a program. Answers to reads are collected and sent in one write, before the next
+ * operation that may block (so each time limit still starts when its operation does) or at the batch's end.
  */
 export const BATCH_SCRIPT = String.raw`
 set -u
-shopt -s nullglob dotglob
-B=$1; STOP=$2; n=0
-# Errors of builtin writes go to a per-batch file, so a write costs no fork (forks are what is slow on a busy host).
+shopt -s nullglob dotglob extglob
+unset CDPATH; cd /
+B=-; STOP=0; SKIP=0; n=0; OUT=
 EF=\${TMPDIR:-/tmp}/pulumi-vfio-batch.$$.err; trap '[ -e "$EF" ] && rm -f "$EF"' EXIT
 umask 077
-exec 3>&1
-t() { local m=\${2-}; m=\${m//$'\n'/ | }; printf '\n%s %d %d %s\n' "$B" "$n" "$1" "$m"; n=$((n+1)); }
+# fd 3: our stdout, for exec'd programs. fd 4: errors of builtins, appended to $EF (a dup costs less than an open).
+exec 3>&1 4>>"$EF"
+t() { local m=\${2-}; m=\${m//$'\n'/ | }; printf -v m '\n%s %d %d %s\n' "$B" "$n" "$1" "$m"; OUT+=$m; n=$((n+1)); }
+ok() { OUT+=$'\n'"$B $n 0 "$'\n'; n=$((n+1)); }
+flush() { [ -n "$OUT" ] && printf '%s' "$OUT"; OUT=; }
 d() { printf -v "$1" '%b' "$2"; }
-fail() { t "$1" "$2"; if [ "$STOP" = 1 ] && [ "$3" != o ]; then exit 0; fi; }
+fail() { t "$1" "$2"; if [ "$STOP" = 1 ] && [ "$3" != o ]; then SKIP=1; fi; }
+err() { e=''; IFS= read -r e < "$EF"; : > "$EF"; e=\${e#*: line +([0-9]): }; }
+# PIDs holding $1 open, one per line, in $held. A VFIO group can be open only once (drivers/vfio/group.c: a second
+# open fails with EBUSY), so a group we can open and close again has no holder and costs no walk of /proc/*/fd.
+holders() {
+  held=
+  [ -e "$1" ] || return 0
+  if [[ $1 =~ ^/dev/vfio/[0-9]+$ ]] && { exec 8<"$1"; } 2>/dev/null; then exec 8<&-; return 0; fi
+  local x pid; local -A seen
+  x=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$1" 2>/dev/null </dev/null 9>&-)
+  while IFS=/ read -r _ _ pid _; do [ -n "$pid" ] && [ -z "\${seen[$pid]-}" ] && { seen[$pid]=1; held+=$pid$'\n'; }; done <<< "$x"
+}
 while IFS=' ' read -r -a f; do
   [ \${#f[@]} -eq 0 ] && continue
-  op=\${f[0]}; opt=\${f[1]}; p=''
-  [ \${#f[@]} -gt 2 ] && d p "\${f[2]}"
+  op=\${f[0]}
   case $op in
-  r) if [ ! -e "$p" ]; then t 1 "No such file or directory"
-     elif { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$p"; } 2>/dev/null; then t 0
-     else t 1 "Input/output error"; fi ;;
-  l) if x=$(readlink -- "$p" 2>/dev/null); then printf '%s' "$x"; t 0; else t 1 "not a link"; fi ;;
-  d) if [ -d "$p" ]; then for e in "$p"/*; do printf '%s\n' "\${e##*/}"; done; t 0; else t 1 "No such file or directory"; fi ;;
-  s) if x=$(stat -L -c '%F %a %u %g %s %t:%T' -- "$p" 2>&1 </dev/null); then printf '%s' "$x"; t 0; else t 1 "$x"; fi ;;
-  w) if { printf '%b' "\${f[3]-}" > "$p"; } 2>"$EF"; then t 0; else e=''; IFS= read -r e < "$EF"; fail 1 "$e" "$opt"; fi ;;
+  B) B=\${f[1]}; STOP=\${f[2]}; SKIP=0; n=0; continue ;;
+  E) OUT+=$'\n'"$B E"$'\n'; flush; continue ;;
+  U) exec 9>&-; continue ;;
+  esac
+  [ $SKIP = 1 ] && continue
+  opt=\${f[1]-}; p=\${f[2]-}
+  [[ $p == *\\* ]] && d p "$p"
+  # Answers of reads wait in OUT; anything that may block first sends them, so the caller's clock moves to it.
+  case $op in r|l|d|s) ;; *) flush ;; esac
+  case $op in
+  r) x=''; IFS= read -r -d '' x 2>&4 < "$p"
+     if [ -s "$EF" ]; then err; t 1 "$e"; else OUT+=$x; ok; fi ;;
+  l) if [ ! -L "$p" ]; then t 1 "not a link"
+     elif cd -P -- "$p" 2>/dev/null; then OUT+=$PWD; cd /; ok
+     elif x=$(readlink -m -- "$p" 2>/dev/null </dev/null 9>&-); then OUT+=$x; ok; else t 1 "not a link"; fi ;;
+  d) if [ -d "$p" ]; then for e in "$p"/*; do OUT+=\${e##*/}$'\n'; done; ok; else t 1 "No such file or directory"; fi ;;
+  s) if [ ! -e "$p" ]; then t 1 "No such file or directory"
+     elif x=$(stat -L -c '%F %a %u %g %s %t:%T' -- "$p" 2>&1 </dev/null 9>&-); then OUT+=$x; t 0; else t 1 "$x"; fi ;;
+  w) if printf '%b' "\${f[3]-}" 2>&4 > "$p"; then ok; else err; fail 1 "$e" "$opt"; fi ;;
   p) d m "\${f[3]}"; tmp="$p.pulumi-vfio.$$"
-     if e=$( { umask 077; printf '%b' "\${f[4]-}" > "$tmp" && chmod "$m" "$tmp" && mv -f -- "$tmp" "$p"; } 2>&1 </dev/null ); then t 0; else rm -f -- "$tmp"; fail 1 "$e" "$opt"; fi ;;
-  m) d m "\${f[3]}"; if e=$(mkdir -p -m "$m" -- "$p" 2>&1 </dev/null); then t 0; else fail 1 "$e" "$opt"; fi ;;
+     if e=$( { umask 077; printf '%b' "\${f[4]-}" > "$tmp" && chmod "$m" "$tmp" && mv -f -- "$tmp" "$p"; } 2>&1 </dev/null 9>&- ); then t 0; else rm -f -- "$tmp" 9>&-; fail 1 "$e" "$opt"; fi ;;
+  m) d m "\${f[3]}"; if [ -d "$p" ]; then t 0
+     elif e=$(mkdir -p -m "$m" -- "$p" 2>&1 </dev/null 9>&-); then t 0; else fail 1 "$e" "$opt"; fi ;;
   u) if [ ! -e "$p" ] && [ ! -L "$p" ]; then t 0
-     elif e=$(rm -f -- "$p" 2>&1 </dev/null); then t 0; else fail 1 "$e" "$opt"; fi ;;
-  o) x=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$p" 2>/dev/null </dev/null); unset seen; declare -A seen
-     while IFS=/ read -r _ _ pid _; do [ -n "$pid" ] && [ -z "\${seen[$pid]-}" ] && { seen[$pid]=1; printf '%s\n' "$pid"; }; done <<< "$x"; t 0 ;;
+     elif e=$(rm -f -- "$p" 2>&1 </dev/null 9>&-); then t 0; else fail 1 "$e" "$opt"; fi ;;
+  o) holders "$p"; OUT+=$held; ok ;;
+  g) grp=; held=
+     if cd -P -- "$p/iommu_group" 2>/dev/null; then grp=/dev/vfio/\${PWD##*/}; cd /; holders "$grp"; fi
+     OUT+=$held
+     if [ -n "$held" ] && [ "$opt" = g ]; then fail 3 "$grp: Device or resource busy" -; else ok; fi ;;
   x) a=(); for v in "\${f[@]:3}"; do d x "$v"; a+=("$x"); done
-     e=$("\${a[@]}" 2>&1 >&3 3>&- </dev/null); rc=$?
+     e=$("\${a[@]}" 2>&1 >&3 3>&- </dev/null 9>&-); rc=$?
      if [ $rc -eq 0 ]; then t 0 "$e"; else fail $rc "$e" "$opt"; fi ;;
+  K) [ -d /run/lock ] || mkdir -p /run/lock 9>&-
+     if ! { exec 9>>${LOCK_PATH}; } 2>&4; then err; t 1 "cannot open ${LOCK_PATH}: $e"
+     elif [ "$opt" = 0 ] && flock -n 9 </dev/null; then t 0
+     elif [ "$opt" != 0 ] && flock -w "$opt" 9 </dev/null; then t 0
+     else exec 9>&-; t 1 "timed out after $opt s waiting for ${LOCK_PATH}: another pulumi-vfio operation holds it"; fi ;;
   *) t 2 "unknown op $op" ;;
   esac
 done
@@ -63,6 +111,7 @@ const OP_CODE: Record<Op["op"], string> = {
     mkdir: "m",
     remove: "u",
     openers: "o",
+    groupHolders: "g",
     exec: "x",
 };
 
@@ -83,7 +132,7 @@ function field(value: string): string {
 
 /** The stdin line for one operation. */
 export function encodeOp(op: Op): string {
-    const opt = "optional" in op && op.optional ? "o" : "-";
+    const opt = "optional" in op && op.optional ? "o" : op.op === "groupHolders" && op.guard ? "g" : "-";
     const code = OP_CODE[op.op];
     if (op.op === "exec") {
         if (op.argv.length === 0) throw new Error("exec needs a program");
@@ -97,97 +146,257 @@ export function encodeOp(op: Op): string {
     return parts.join(" ");
 }
 
-export interface BatchProcess {
-    /** Feed stdin (all at once) and close it. */
+/** One running interpreter process, as the local or SSH host started it. */
+export interface InterpreterProcess {
+    /** Append to the interpreter's stdin. */
     write(input: string): void;
     onData(cb: (chunk: Buffer) => void): void;
+    /** Called once when the process has gone (with an error when it did not end normally). */
     onExit(cb: (err?: Error) => void): void;
-    /** Kill the process (group) and stop listening; a write stuck in the kernel stays stuck, abandoned. */
+    /** Kill it and stop listening; a write stuck in the kernel stays stuck, abandoned. */
     abandon(): void;
+    /** Close stdin: the interpreter exits after its current operation. */
+    end(): void;
     /** Whatever the process wrote on stderr, for errors. */
     stderr(): string;
+    /** Whether this process may keep Node's event loop alive: true while a batch runs, false while idle, so a
+     *  program whose work is done exits even though its hosts are still open. */
+    keepAlive(active: boolean): void;
 }
 
 export function newBoundary(): string {
     return randomBytes(16).toString("hex");
 }
 
-/**
- * Drive one batch over a started interpreter process: send the ops, parse trailers as they stream in, and enforce
- * each op's time limit from the moment the previous one finished. A timed-out op is reported as ETIMEDOUT and the
- * process is abandoned (a writer blocked in the kernel cannot be killed, only left behind).
- */
-export function driveBatch(proc: BatchProcess, boundary: string, ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
-    return new Promise((resolve, reject) => {
-        const results: OpResult[] = [];
-        let buf = "";
-        let timer: NodeJS.Timeout | undefined;
-        let done = false;
-        const marker = "\n" + boundary + " ";
-        // A multi-byte character can be split across chunks: decode the stream, not each chunk.
-        const decoder = new StringDecoder("utf8");
+/** A batch as sent: its ops (for results, time limits and messages) and the stdin lines that encode them. The lock
+ *  lines `K`/`U` are the interpreter's own and have no {@link Op}; a stand-in op carries their limit. */
+type Line = { ops: Op[]; lines: string[] };
 
-        const finish = (err?: Error) => {
-            if (done) return;
-            done = true;
-            if (timer) clearTimeout(timer);
-            if (err) return reject(err);
-            while (results.length < ops.length) results.push({ ok: false, data: "", skipped: true });
-            resolve(results);
-        };
-        const arm = () => {
-            if (timer) clearTimeout(timer);
-            const i = results.length;
-            if (i >= ops.length) return;
-            const ms = defaultTimeout(ops[i]);
-            timer = setTimeout(() => {
-                const what = describeOp(ops[i]);
-                results.push({ ok: false, data: "", errno: "ETIMEDOUT", message: `${what} did not finish within ${ms} ms` });
-                proc.abandon();
-                finish();
-            }, ms);
-        };
-        proc.onData((chunk) => {
-            buf += decoder.write(chunk);
-            for (;;) {
-                const at = buf.indexOf(marker);
-                if (at < 0) break;
-                const eol = buf.indexOf("\n", at + marker.length);
-                if (eol < 0) break;
-                const content = buf.slice(0, at);
-                const [idx, status, ...msg] = buf.slice(at + marker.length, eol).split(" ");
-                buf = buf.slice(eol + 1);
-                const i = Number(idx);
-                const op = ops[i];
-                const code = Number(status);
-                const message = msg.join(" ").trim();
-                const r: OpResult = { ok: code === 0, data: content };
-                if (op?.op === "exec") r.code = code;
-                if (code !== 0) {
-                    r.data = op?.op === "exec" ? content : "";
-                    r.message = message;
-                    r.errno = op?.op === "exec" ? undefined : errnoFromMessage(message) ?? (message === "not a link" ? "EINVAL" : undefined);
-                } else if (op?.op === "exec" && message) {
-                    r.message = message;
+/**
+ * Drives one long-lived interpreter process: batches are queued and run one at a time over the same process, which
+ * is started on first use and again after it was abandoned (an operation over its time limit) or went away. The
+ * host-wide lock is held by the interpreter; when a new process has to be started while the lock is held, it tries
+ * once to take it again (a process abandoned in the middle of a kernel write may still hold it, which is as good).
+ */
+export class Interpreter {
+    private proc?: InterpreterProcess;
+    private starting?: Promise<InterpreterProcess>;
+    private tail: Promise<unknown> = Promise.resolve();
+    /** Whether the current process holds the flock, and whether a locked section is running. */
+    private held = false;
+    private inSection = false;
+    /** Drops a lock nobody uses any more; see {@link LOCK_LINGER_MS}. */
+    private linger?: NodeJS.Timeout;
+    /** In-process mutual exclusion for {@link withLock}: flock does not exclude a second holder of the same fd. */
+    private mutex: Promise<void> = Promise.resolve();
+    /** Called for every data chunk and for the process's exit, by whichever batch is running. */
+    private sink?: { data(text: string): void; exit(err?: Error): void };
+
+    /** Batches exchanged so far, the lock's included (dropping it is a line without an answer). */
+    roundTrips = 0;
+
+    constructor(private readonly spawn: () => Promise<InterpreterProcess>) {}
+
+    /** Run a batch of operations (queued behind any batch already running). */
+    run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
+        if (ops.length === 0) return Promise.resolve([]);
+        const batch: Line = { ops, lines: ops.map(encodeOp) };
+        return this.enqueue(() => this.drive(batch, opts));
+    }
+
+    /** Take the host-wide lock, waiting at most `timeoutMs`. Throws with flock's reason when it cannot. */
+    private async lock(timeoutMs: number): Promise<void> {
+        const secs = Math.max(1, Math.ceil(timeoutMs / 1000));
+        const [r] = await this.enqueue(() => this.drive({ ops: [lockOp(timeoutMs + 10_000)], lines: [`K ${secs}`] }, {}));
+        if (!r.ok) throw new Error(`could not take the host lock ${LOCK_PATH}: ${r.message ?? "the interpreter went away"}`);
+        this.held = true;
+    }
+
+    /** Drop the lock: one line, queued behind the batches before it, answered by nothing (so it costs no round
+     *  trip). Never fails: a process that went away released the lock with its file descriptor. */
+    private unlock(): Promise<void> {
+        if (!this.held) return Promise.resolve();
+        this.held = false;
+        return this.enqueue(async () => this.proc?.write("U\n")).catch(() => undefined);
+    }
+
+    /**
+     * Run `fn` holding the host-wide lock: first against other work of this program on the same interpreter, then
+     * against every other process (flock). Throws when the lock is not free within `timeoutMs`.
+     */
+    async withLock<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
+        const prev = this.mutex;
+        let release!: () => void;
+        const mine = new Promise<void>((r) => (release = r));
+        // The next waiter waits for the previous holder too, even if we give up waiting for it.
+        this.mutex = prev.then(() => mine);
+        try {
+            let timer: NodeJS.Timeout | undefined;
+            const waited = await Promise.race([prev.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)))]);
+            clearTimeout(timer);
+            if (!waited) throw new Error(`could not take the host lock ${LOCK_PATH}: another operation of this program held it for ${timeoutMs} ms`);
+            if (this.linger) clearTimeout(this.linger);
+            this.linger = undefined;
+            // `held` may describe a process that has gone since; a fresh one waits for the lock like anyone else.
+            if (!this.held || !this.proc) await this.lock(timeoutMs);
+            this.inSection = true;
+            try {
+                return await fn();
+            } finally {
+                this.inSection = false;
+                this.linger = setTimeout(() => {
+                    this.linger = undefined;
+                    if (!this.inSection) void this.unlock();
+                }, LOCK_LINGER_MS);
+                this.linger.unref();
+            }
+        } finally {
+            release();
+        }
+    }
+
+    /** Wait for queued work, then let the interpreter exit (which also releases the lock). */
+    async close(): Promise<void> {
+        if (this.linger) clearTimeout(this.linger);
+        this.linger = undefined;
+        await this.tail.catch(() => undefined);
+        const p = this.proc;
+        this.proc = undefined;
+        p?.end();
+    }
+
+    private enqueue<T>(fn: () => Promise<T>): Promise<T> {
+        const next = this.tail.then(fn, fn);
+        this.tail = next.catch(() => undefined);
+        return next;
+    }
+
+    private async process(): Promise<InterpreterProcess> {
+        if (this.proc) return this.proc;
+        if (!this.starting) {
+            this.starting = (async () => {
+                const p = await this.spawn();
+                p.onData((chunk) => this.sink?.data(decoders.get(p)!.write(chunk)));
+                p.onExit((err) => {
+                    if (this.proc === p) this.proc = undefined;
+                    this.sink?.exit(err ?? new Error(`the batch interpreter exited: ${p.stderr().trim() || "no message"}`));
+                });
+                decoders.set(p, new StringDecoder("utf8"));
+                this.proc = p;
+                this.held = false;
+                if (this.inSection) {
+                    // A fresh process inside a locked section: take the lock again without waiting (see the class comment).
+                    const [r] = await this.exchange(p, { ops: [lockOp(SHORT_STEP_MS)], lines: ["K 0"] }, {}).catch(() => [{ ok: false } as OpResult]);
+                    this.held = r.ok;
                 }
-                results.push(r);
-                if (!r.ok && opts.stopOnError && op && isMutation(op) && !("optional" in op && op.optional)) {
+                return p;
+            })().finally(() => (this.starting = undefined));
+        }
+        const p = await this.starting;
+        return p;
+    }
+
+    private async drive(batch: Line, opts: RunOptions): Promise<OpResult[]> {
+        const p = await this.process();
+        return this.exchange(p, batch, opts);
+    }
+
+    /**
+     * Send one batch and parse trailers as they stream in, enforcing each op's time limit from the moment the
+     * previous one finished. A timed-out op is reported as ETIMEDOUT and the process is abandoned.
+     */
+    private exchange(p: InterpreterProcess, batch: Line, opts: RunOptions): Promise<OpResult[]> {
+        const { ops } = batch;
+        const boundary = newBoundary();
+        this.roundTrips++;
+        return new Promise((resolve, reject) => {
+            const results: OpResult[] = [];
+            let buf = "";
+            let timer: NodeJS.Timeout | undefined;
+            let done = false;
+            let stopped = false;
+            const marker = "\n" + boundary + " ";
+
+            const finish = (err?: Error) => {
+                if (done) return;
+                done = true;
+                if (timer) clearTimeout(timer);
+                this.sink = undefined;
+                p.keepAlive(false);
+                if (err) return reject(err);
+                while (results.length < ops.length) results.push({ ok: false, data: "", skipped: true });
+                resolve(results);
+            };
+            const arm = () => {
+                if (timer) clearTimeout(timer);
+                const i = results.length;
+                // After a stop, the interpreter only skips lines up to the batch's end: the read limit is plenty.
+                const op = stopped || i >= ops.length ? undefined : ops[i];
+                const ms = op ? defaultTimeout(op) : SHORT_STEP_MS;
+                timer = setTimeout(() => {
+                    if (op) results.push({ ok: false, data: "", errno: "ETIMEDOUT", message: `${describeOp(op)} did not finish within ${ms} ms` });
+                    if (this.proc === p) this.proc = undefined;
                     finish();
-                    return;
-                }
-                arm();
-            }
+                    p.abandon();
+                }, ms);
+            };
+            this.sink = {
+                data: (text) => {
+                    buf += text;
+                    for (;;) {
+                        const at = buf.indexOf(marker);
+                        if (at < 0) break;
+                        const eol = buf.indexOf("\n", at + marker.length);
+                        if (eol < 0) break;
+                        const content = buf.slice(0, at);
+                        const [idx, status, ...msg] = buf.slice(at + marker.length, eol).split(" ");
+                        buf = buf.slice(eol + 1);
+                        if (idx === "E") return finish();
+                        const op = ops[Number(idx)];
+                        const r = toResult(op, Number(status), content, msg.join(" ").trim());
+                        results.push(r);
+                        if (!r.ok && opts.stopOnError && op && isMutation(op) && !("optional" in op && op.optional)) stopped = true;
+                        arm();
+                    }
+                },
+                exit: (err) => finish(new Error(`${err?.message ?? "the batch interpreter exited"} (after ${results.length} of ${ops.length} operations)`)),
+            };
+            p.keepAlive(true);
+            arm();
+            p.write([`B ${boundary} ${opts.stopOnError ? 1 : 0}`, ...batch.lines, "E"].join("\n") + "\n");
         });
-        proc.onExit((err) => {
-            if (done) return;
-            if (results.length < ops.length && !opts.stopOnError) {
-                return finish(err ?? new Error(`the batch interpreter exited after ${results.length} of ${ops.length} operations: ${proc.stderr().trim()}`));
-            }
-            finish();
-        });
-        arm();
-        proc.write(ops.map(encodeOp).join("\n") + "\n");
-    });
+    }
+}
+
+const decoders = new WeakMap<InterpreterProcess, StringDecoder>();
+
+/**
+ * How long the lock stays held after a locked section ends, in milliseconds. Taking it starts a process (flock), the
+ * one process a resource operation would otherwise need, so a program that changes a host several times in a row
+ * (create then delete, or the resources of one `pulumi up`) takes it once; another program waits at most this much
+ * longer. The lock is never dropped inside a section, and always with the interpreter (when the program ends).
+ */
+export const LOCK_LINGER_MS = 2_000;
+
+/** Time allowed for the interpreter's own short steps (drop the lock, skip to a batch's end). */
+const SHORT_STEP_MS = 10_000;
+
+/** A stand-in op for the lock lines, so time limits and messages work as for any other op. */
+function lockOp(timeoutMs: number): Op {
+    return { op: "exec", argv: ["flock", LOCK_PATH], timeoutMs };
+}
+
+function toResult(op: Op | undefined, code: number, content: string, message: string): OpResult {
+    const r: OpResult = { ok: code === 0, data: content };
+    if (op?.op === "exec") r.code = code;
+    if (code !== 0) {
+        r.data = op?.op === "exec" || op?.op === "groupHolders" ? content : "";
+        r.message = message;
+        r.errno = op?.op === "exec" ? undefined : errnoFromMessage(message) ?? (message === "not a link" ? "EINVAL" : undefined);
+    } else if (op?.op === "exec" && message) {
+        r.message = message;
+    }
+    return r;
 }
 
 export function describeOp(op: Op): string {

@@ -1,12 +1,13 @@
 /**
- * The local machine as a {@link Host}: each batch is one bash process (through `sudo -n` when we are not root),
- * started in its own process group so a write stuck in the kernel can be abandoned without taking us with it.
+ * The local machine as a {@link Host}: one bash interpreter process (through `sudo -n` when we are not root) runs
+ * every batch of this host object, in its own process group so a write stuck in the kernel can be abandoned
+ * without taking us with it. While idle it does not keep Node alive; when Node exits, its stdin closes and it ends.
  */
-import { ChildProcess, spawn } from "child_process";
+import { spawn } from "child_process";
 import * as net from "net";
 import { Duplex } from "stream";
-import { BATCH_SCRIPT, BatchProcess, driveBatch, newBoundary } from "./batch";
-import { LOCK_SCRIPT, LOCK_TIMEOUT_MS } from "./lock";
+import { BATCH_SCRIPT, Interpreter, InterpreterProcess } from "./batch";
+import { LOCK_TIMEOUT_MS } from "./lock";
 import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 
 export interface LocalHostOptions {
@@ -16,37 +17,36 @@ export interface LocalHostOptions {
 
 export class LocalHost implements Host {
     readonly name = "local";
-    private trips = 0;
     private readonly prefix: string[];
+    private readonly interpreter: Interpreter;
 
     constructor(opts: LocalHostOptions = {}) {
         const sudo = opts.sudo ?? (typeof process.getuid === "function" && process.getuid() !== 0);
         this.prefix = sudo ? ["sudo", "-n", "--"] : [];
+        this.interpreter = new Interpreter(async () => this.start());
     }
 
     get roundTrips(): number {
-        return this.trips;
+        return this.interpreter.roundTrips;
     }
 
-    private start(argv: string[]): { child: ChildProcess; proc: BatchProcess } {
-        const [cmd, ...args] = [...this.prefix, ...argv];
+    private start(): InterpreterProcess {
+        const [cmd, ...args] = [...this.prefix, "bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch"];
         const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], detached: true });
         let err = "";
         child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+        child.stdin!.on("error", () => undefined);
         // A failed spawn (no bash, no sudo) must surface as an error, not an unhandled event.
         const spawnError: Error[] = [];
         child.on("error", (e) => spawnError.push(e));
-        const proc: BatchProcess = {
-            write: (input) => {
-                child.stdin!.on("error", () => undefined);
-                child.stdin!.end(input);
-            },
+        const handles = [child.stdin, child.stdout, child.stderr] as unknown as net.Socket[];
+        return {
+            write: (input) => child.stdin!.write(input),
             onData: (cb) => child.stdout!.on("data", cb),
             onExit: (cb) =>
                 child.on("close", (code) => {
                     if (spawnError.length) return cb(new Error(`cannot start ${cmd}: ${spawnError[0].message}`));
-                    if (code !== 0 && code !== null) return cb(new Error(`${cmd} exited with status ${code}: ${err.trim()}`));
-                    cb();
+                    cb(new Error(`${cmd} exited${code !== null ? ` with status ${code}` : ""}: ${err.trim() || "no message"}`));
                 }),
             abandon: () => {
                 try {
@@ -54,43 +54,29 @@ export class LocalHost implements Host {
                 } catch {
                     /* already gone */
                 }
+                child.removeAllListeners("close");
                 child.stdout!.destroy();
                 child.stderr!.destroy();
+                child.stdin!.destroy();
                 child.unref();
             },
+            end: () => child.stdin!.end(),
             stderr: () => err,
+            keepAlive: (active) => {
+                for (const h of handles) (active ? h.ref : h.unref)?.call(h);
+                if (active) child.ref();
+                else child.unref();
+            },
         };
-        return { child, proc };
     }
 
     run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
         if (ops.length === 0) return Promise.resolve([]);
-        this.trips++;
-        const boundary = newBoundary();
-        const { proc } = this.start(["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch", boundary, opts.stopOnError ? "1" : "0"]);
-        return driveBatch(proc, boundary, ops, opts);
+        return this.interpreter.run(ops, opts);
     }
 
-    async withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
-        this.trips++;
-        const { child } = this.start(["bash", "-c", LOCK_SCRIPT, "pulumi-vfio-lock", String(Math.ceil(timeoutMs / 1000))]);
-        await new Promise<void>((resolve, reject) => {
-            let out = "";
-            let err = "";
-            child.stdout!.on("data", (d: Buffer) => {
-                out += d.toString();
-                if (out.includes("locked")) resolve();
-            });
-            child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
-            child.on("error", reject);
-            child.on("close", (code) => reject(new Error(`could not take the host lock /run/lock/pulumi-vfio.lock (status ${code}): ${err.trim() || "another pulumi-vfio operation holds it"}`)));
-        });
-        try {
-            return await fn();
-        } finally {
-            child.removeAllListeners("close");
-            child.stdin!.end();
-        }
+    withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
+        return this.interpreter.withLock(fn, timeoutMs);
     }
 
     /**
@@ -112,7 +98,7 @@ export class LocalHost implements Host {
         });
     }
 
-    async close(): Promise<void> {
-        /* nothing held between batches */
+    close(): Promise<void> {
+        return this.interpreter.close();
     }
 }

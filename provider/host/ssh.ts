@@ -1,13 +1,15 @@
 /**
- * A machine over SSH as a {@link Host}, with the `ssh2` library. One connection per host object; each batch is one
- * exec channel running the same constant interpreter as the local host (argv quoted word by word, never a shell
- * string built from input); the lock is a second channel held open while the locked work runs.
+ * A machine over SSH as a {@link Host}, with the `ssh2` library. One connection per host object, and on it one exec
+ * channel running the same constant interpreter as the local host (argv quoted word by word, never a shell string
+ * built from input) for every batch, so a batch costs one network round trip and no new process. While idle the
+ * connection does not keep Node alive (its socket is unreferenced; TCP keepalive instead of an SSH-level timer).
  */
 import { createHash } from "crypto";
+import * as net from "net";
 import { Duplex } from "stream";
 import { Client, ClientChannel, ConnectConfig } from "ssh2";
-import { BATCH_SCRIPT, BatchProcess, driveBatch, newBoundary, quoteArgv } from "./batch";
-import { LOCK_SCRIPT, LOCK_TIMEOUT_MS } from "./lock";
+import { BATCH_SCRIPT, Interpreter, InterpreterProcess, quoteArgv } from "./batch";
+import { LOCK_TIMEOUT_MS } from "./lock";
 import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 
 /**
@@ -71,16 +73,27 @@ export class SshHost implements Host {
     readonly name: string;
     private client?: Client;
     private connecting?: Promise<Client>;
-    private trips = 0;
     private readonly sudo: boolean;
+    private readonly interpreter: Interpreter;
+    /** The TCP socket under the current client, and how many users (a running batch, an open QMP stream) need it
+     *  to keep Node alive. */
+    private socket?: net.Socket;
+    private holds = 0;
 
     constructor(private readonly conn: Connection) {
         this.name = connectionLabel(conn);
         this.sudo = (conn.user ?? "root") !== "root";
+        this.interpreter = new Interpreter(() => this.startInterpreter());
+    }
+
+    private hold(delta: number): void {
+        this.holds = Math.max(0, this.holds + delta);
+        if (this.holds > 0) this.socket?.ref();
+        else this.socket?.unref();
     }
 
     get roundTrips(): number {
-        return this.trips;
+        return this.interpreter.roundTrips;
     }
 
     private config(): ConnectConfig {
@@ -90,7 +103,6 @@ export class SshHost implements Host {
             port: c.port ?? 22,
             username: c.user ?? "root",
             readyTimeout: (c.perDialTimeout ?? 15) === 0 ? 2 ** 31 - 1 : (c.perDialTimeout ?? 15) * 1000,
-            keepaliveInterval: 10_000,
         };
         if (c.privateKey) {
             cfg.privateKey = c.privateKey;
@@ -110,9 +122,15 @@ export class SshHost implements Host {
     private dialOnce(): Promise<Client> {
         return new Promise((resolve, reject) => {
             const client = new Client();
+            // Our own socket, so an idle connection can be unreferenced; TCP keepalive finds a dead peer.
+            const sock = net.connect({ host: this.conn.host, port: this.conn.port ?? 22 });
+            sock.setKeepAlive(true, 10_000);
+            sock.setNoDelay(true);
             let settled = false;
             client.once("ready", () => {
                 settled = true;
+                this.socket = sock;
+                this.hold(0);
                 resolve(client);
             });
             client.once("error", (e: Error & { level?: string }) => {
@@ -122,7 +140,7 @@ export class SshHost implements Host {
                 reject(e);
             });
             try {
-                client.connect(this.config());
+                client.connect({ ...this.config(), sock });
             } catch (e) {
                 reject(e);
             }
@@ -168,24 +186,24 @@ export class SshHost implements Host {
         return new Promise((resolve, reject) => client.exec(cmd, (err, ch) => (err ? reject(new ConnectionError(`${this.name}: ${err.message}`)) : resolve(ch))));
     }
 
-    async run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
-        if (ops.length === 0) return [];
-        const boundary = newBoundary();
-        const ch = await this.exec(["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch", boundary, opts.stopOnError ? "1" : "0"]);
-        this.trips++;
+    /** The interpreter: one exec channel, kept open; closing its stdin (or the connection) ends it. */
+    private async startInterpreter(): Promise<InterpreterProcess> {
+        const ch = await this.exec(["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch"]);
         let err = "";
         ch.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        // A write to a channel the server already closed: its close event reports the end.
+        ch.on("error", () => undefined);
         let exitCode: number | undefined;
         ch.on("exit", (code: number) => (exitCode = code));
-        const proc: BatchProcess = {
-            write: (input) => ch.end(input),
+        return {
+            write: (input) => ch.write(input),
             onData: (cb) => ch.on("data", cb),
             onExit: (cb) =>
                 ch.on("close", () => {
-                    if (exitCode !== undefined && exitCode !== 0) return cb(new Error(`${this.name}: the batch interpreter exited with status ${exitCode}: ${err.trim()}`));
-                    cb();
+                    cb(new Error(`${this.name}: the batch interpreter exited${exitCode !== undefined ? ` with status ${exitCode}` : ""}: ${err.trim() || "the channel closed"}`));
                 }),
             abandon: () => {
+                ch.removeAllListeners("close");
                 try {
                     ch.signal("KILL");
                 } catch {
@@ -193,30 +211,30 @@ export class SshHost implements Host {
                 }
                 ch.close();
             },
+            end: () => ch.end(),
             stderr: () => err,
+            // The host holds the connection for the whole of each run (see `held`), channel opening included.
+            keepAlive: () => undefined,
         };
-        return driveBatch(proc, boundary, ops, opts);
     }
 
-    async withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
-        const ch = await this.exec(["bash", "-c", LOCK_SCRIPT, "pulumi-vfio-lock", String(Math.ceil(timeoutMs / 1000))]);
-        this.trips++;
-        await new Promise<void>((resolve, reject) => {
-            let out = "";
-            let err = "";
-            ch.on("data", (d: Buffer) => {
-                out += d.toString();
-                if (out.includes("locked")) resolve();
-            });
-            ch.stderr.on("data", (d: Buffer) => (err += d.toString()));
-            ch.on("close", () => reject(new Error(`${this.name}: could not take the host lock: ${err.trim() || "the lock holder went away"}`)));
-        });
+    /** Keep Node alive while `fn` runs: connecting, opening channels and waiting for answers all count. */
+    private async held<T>(fn: () => Promise<T>): Promise<T> {
+        this.hold(1);
         try {
             return await fn();
         } finally {
-            ch.removeAllListeners("close");
-            ch.end();
+            this.hold(-1);
         }
+    }
+
+    async run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
+        if (ops.length === 0) return [];
+        return this.held(() => this.interpreter.run(ops, opts));
+    }
+
+    withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
+        return this.held(() => this.interpreter.withLock(fn, timeoutMs));
     }
 
     /**
@@ -226,10 +244,19 @@ export class SshHost implements Host {
      */
     async openUnixSocket(path: string): Promise<Duplex> {
         assertSafePath(path);
+        return this.held(() => this.forwardStreamLocal(path));
+    }
+
+    private async forwardStreamLocal(path: string): Promise<Duplex> {
         const client = await this.connect();
         return new Promise((resolve, reject) =>
             client.openssh_forwardOutStreamLocal(path, (err, ch) => {
-                if (!err) return resolve(ch);
+                if (!err) {
+                    // An open QMP stream keeps Node alive until it is closed, like a local socket would.
+                    this.hold(1);
+                    ch.once("close", () => this.hold(-1));
+                    return resolve(ch);
+                }
                 const text = err.message ?? String(err);
                 const code = /no such file|not found/i.test(text) ? "ENOENT" : /refused/i.test(text) ? "ECONNREFUSED" : /denied|prohibited/i.test(text) ? "EACCES" : undefined;
                 reject(Object.assign(new Error(`${this.name}: cannot connect to ${path}: ${text}${code === "EACCES" ? " (QMP sockets are root-owned 0600: connect as root, and allow stream-local forwarding in sshd)" : ""}`), { code }));
@@ -238,9 +265,12 @@ export class SshHost implements Host {
     }
 
     async close(): Promise<void> {
+        await this.interpreter.close();
         const c = this.client;
         this.client = undefined;
         this.connecting = undefined;
+        this.socket = undefined;
+        this.holds = 0;
         c?.end();
     }
 }

@@ -2,8 +2,8 @@
  * The Host seam: every touch of a machine (sysfs, files, processes) goes through this interface, so the same
  * provider code runs against the local machine, a machine over SSH, or the in-memory fake kernel of the tests.
  *
- * Work is expressed as a batch of operations that a host executes in one round trip (one process locally, one
- * SSH channel remotely). A batch runs its operations in order; with `stopOnError` it stops at the first failed
+ * Work is expressed as a batch of operations that a host executes in one round trip (one message to a long-lived
+ * interpreter process, locally or over one SSH channel). A batch runs its operations in order; with `stopOnError` it stops at the first failed
  * write, put or exec, so a kernel sequence (unbind, override, probe) never continues past a refusal.
  */
 
@@ -11,7 +11,9 @@
 export type Op =
     /** Read a file's whole text. Fails with ENOENT when absent. */
     | { op: "read"; path: string; timeoutMs?: number }
-    /** The target of a symbolic link, as stored (sysfs links are relative). Fails when not a link. */
+    /** Where a symbolic link leads, as a canonical absolute path (`readlink -m`; for a link to a directory, the
+     *  directory's physical path, which costs no process). Callers use its last components (`.../drivers/vfio-pci`,
+     *  `.../iommu_groups/8`). Fails with EINVAL when the path is not a link. */
     | { op: "readlink"; path: string; timeoutMs?: number }
     /** Names in a directory (following links), one per line, sorted. Fails with ENOENT when absent. */
     | { op: "list"; path: string; timeoutMs?: number }
@@ -28,6 +30,13 @@ export type Op =
     | { op: "remove"; path: string; timeoutMs?: number; optional?: boolean }
     /** PIDs of the processes that hold `path` open (from /proc/PID/fd links), one per line. */
     | { op: "openers"; path: string; timeoutMs?: number }
+    /**
+     * PIDs of the processes that hold the VFIO group of the device at `path` (a sysfs device directory) open: the
+     * group is the device's `iommu_group` link, its node `/dev/vfio/<N>`. Empty when the device or node is absent or
+     * nobody holds it. With `guard`, a held group fails the op (EBUSY, message `/dev/vfio/<N>: ...`, the PIDs
+     * still in `data`), which stops a `stopOnError` batch before a write that would block while a VM holds it.
+     */
+    | { op: "groupHolders"; path: string; guard?: boolean; timeoutMs?: number }
     /** Run a program with an argument vector (never a shell string); stdout is the result's data. */
     | { op: "exec"; argv: string[]; timeoutMs?: number; optional?: boolean };
 
@@ -61,7 +70,8 @@ export interface Host {
      * two resources (or two `pulumi up`s) never interleave their sysfs sequences on one host.
      */
     withLock<T>(fn: () => Promise<T>, timeoutMs?: number): Promise<T>;
-    /** Round trips made so far (each `run` is one; taking the lock is one). */
+    /** Round trips made so far: each `run` is one; taking the lock is one (none while this program still holds it,
+     *  see `LOCK_LINGER_MS`); dropping it is a message without an answer. */
     readonly roundTrips: number;
     /**
      * A stream connected to a UNIX socket on the host (QEMU's QMP socket). Locally a `net` connection, over SSH an
@@ -149,7 +159,7 @@ export function defaultTimeout(op: Op): number {
     }
 }
 
-/** True for operations that change the host (and so stop a `stopOnError` batch when they fail). */
+/** True for operations whose failure stops a `stopOnError` batch: those that change the host, and guards. */
 export function isMutation(op: Op): boolean {
-    return op.op === "write" || op.op === "put" || op.op === "mkdir" || op.op === "remove" || op.op === "exec";
+    return op.op === "write" || op.op === "put" || op.op === "mkdir" || op.op === "remove" || op.op === "exec" || (op.op === "groupHolders" && !!op.guard);
 }

@@ -4,7 +4,7 @@
  * "group N is not viable". The kernel does not refuse a non-viable bind (LAB.md), so the check is ours.
  */
 import { Host, Op } from "../host/types";
-import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, deviceReadOps, parseDevice } from "./pci";
+import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
 
 export const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
 
@@ -65,35 +65,96 @@ export interface GroupView {
 }
 
 /**
- * Read a device, its whole IOMMU group, the IOMMU status and the registered drivers in two round trips: the
- * first learns the group's member list along with the device itself, the second reads the other members.
+ * The other members and the group number last seen for a device, per host. Groups are fixed at boot, so the next
+ * read of the same device (check, then create, in one program) asks for them in its first batch. Only a hint:
+ * the same batch lists the group, and a member the hint missed is read in a second round trip.
  */
-export async function readGroup(host: Host, address: string, extra: Op[] = []): Promise<GroupView & { extra: { ok: boolean; data: string }[] }> {
+const groupHints = new WeakMap<Host, Map<string, { others: string[]; group: number | null }>>();
+
+/**
+ * Read a device, its whole IOMMU group, the IOMMU status and the registered drivers: one round trip when the
+ * group was seen before by this program (see `groupHints`), else two (the first learns the member list). The
+ * `binding` view reads only what binding needs (see `bindingReadOps`), for the reads made under the host lock.
+ */
+export async function readGroup(host: Host, address: string, extra: Op[] = [], view: "full" | "binding" = "full"): Promise<GroupView & { extra: { ok: boolean; data: string }[] }> {
+    const [readOps, count, parse] = view === "full" ? [deviceReadOps, DEVICE_READ_OPS, parseDevice] : [bindingReadOps, BINDING_READ_OPS, parseBindingDevice];
+    let hints = groupHints.get(host);
+    if (!hints) groupHints.set(host, (hints = new Map()));
+    const hint = hints.get(address) ?? { others: [], group: null };
+    // The binding view learns whether the IOMMU is on from the device's group link alone.
+    const statusOps = view === "full" ? iommuStatusOps() : [];
     const first: Op[] = [
-        ...deviceReadOps(address),
+        ...readOps(address),
         { op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices` },
-        ...iommuStatusOps(),
         { op: "list", path: "/sys/bus/pci/drivers" },
+        ...statusOps,
         ...extra,
+        ...hint.others.flatMap((a) => readOps(a)),
     ];
+    if (hint.group !== null) first.push({ op: "openers", path: `/dev/vfio/${hint.group}` });
     const r1 = await host.run(first);
-    const device = parseDevice(address, r1.slice(0, DEVICE_READ_OPS));
-    const membersListed = r1[DEVICE_READ_OPS].ok ? r1[DEVICE_READ_OPS].data.split("\n").filter(Boolean) : [];
-    const iommu = parseIommuStatus(r1.slice(DEVICE_READ_OPS + 1, DEVICE_READ_OPS + 3));
-    const drivers = r1[DEVICE_READ_OPS + 3].ok ? r1[DEVICE_READ_OPS + 3].data.split("\n").filter(Boolean) : [];
-    const extraResults = r1.slice(DEVICE_READ_OPS + 4);
+    let at = 0;
+    const take = (n: number) => r1.slice(at, (at += n));
+    const device = parse(address, take(count));
+    const [listed, driverList] = take(2);
+    const status = take(statusOps.length);
+    const extraResults = take(extra.length);
+    const hinted = new Map(hint.others.map((a) => [a, take(count)]));
+    const membersListed = listed.ok ? listed.data.split("\n").filter(Boolean) : [];
+    const drivers = driverList.ok ? driverList.data.split("\n").filter(Boolean) : [];
     const group = device?.group ?? null;
+    const iommu = view === "full" ? parseIommuStatus(status) : { enabled: group !== null, groups: group === null ? [] : [group] };
     const others = membersListed.filter((a) => a !== address).sort();
-    const second: Op[] = others.flatMap(deviceReadOps);
-    if (group !== null) second.push({ op: "openers", path: `/dev/vfio/${group}` });
+
+    const missing = others.filter((a) => !hinted.has(a));
+    const second: Op[] = missing.flatMap((a) => readOps(a));
+    const openersKnown = group !== null && group === hint.group;
+    if (group !== null && !openersKnown) second.push({ op: "openers", path: `/dev/vfio/${group}` });
     const r2 = second.length ? await host.run(second) : [];
+    missing.forEach((a, i) => hinted.set(a, r2.slice(i * count, (i + 1) * count)));
+
     const members = device ? [device] : [];
-    others.forEach((a, i) => {
-        const d = parseDevice(a, r2.slice(i * DEVICE_READ_OPS, (i + 1) * DEVICE_READ_OPS));
+    for (const a of others) {
+        const d = parse(a, hinted.get(a)!);
         if (d) members.push(d);
-    });
+    }
     members.sort((a, b) => a.address.localeCompare(b.address));
-    const openersResult = group !== null ? r2[r2.length - 1] : undefined;
+    const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[r2.length - 1];
     const openers = openersResult?.ok ? openersResult.data.split("\n").filter(Boolean).map(Number) : [];
+    if (device) hints.set(address, { others, group });
+    else hints.delete(address);
     return { device, group, members, iommu, drivers, openers, extra: extraResults };
+}
+
+export interface GroupState {
+    /** False when the device is gone. */
+    exists: boolean;
+    /** The device's group now (null: no group). */
+    group: number | null;
+    /** Driver and override of each member asked about; null for a member that is gone. */
+    members: Map<string, { driver: string | null; override: string | null } | null>;
+    /** PIDs that hold `/dev/vfio/<group>` open. */
+    openers: number[];
+}
+
+/**
+ * What releasing a group needs, in one round trip: the group link of `address`, each member's driver and
+ * `driver_override`, and who holds the group's `/dev/vfio` node.
+ */
+export async function readGroupState(host: Host, address: string, members: string[]): Promise<GroupState> {
+    const ops: Op[] = [{ op: "readlink", path: `${PCI_DEVICES}/${address}/iommu_group` }];
+    for (const a of members) ops.push(driverLinkOp(a), { op: "read", path: `${PCI_DEVICES}/${a}/driver_override` });
+    ops.push({ op: "groupHolders", path: `${PCI_DEVICES}/${address}` });
+    const r = await host.run(ops);
+    const link = r[0].ok ? r[0].data.trim() : "";
+    const group = link ? Number(link.slice(link.lastIndexOf("/") + 1)) : null;
+    const state = new Map<string, { driver: string | null; override: string | null } | null>();
+    members.forEach((a, i) => {
+        const [drv, ov] = r.slice(1 + 2 * i, 3 + 2 * i);
+        state.set(a, ov.ok ? { driver: driverFromLink(drv), override: overrideOf(ov.data) } : null);
+    });
+    const held = r[r.length - 1];
+    const openers = held.ok ? held.data.split("\n").filter(Boolean).map(Number) : [];
+    const exists = state.has(address) ? state.get(address) !== null : r[0].ok;
+    return { exists, group, members: state, openers };
 }

@@ -68,28 +68,63 @@ export interface PciDevice {
     physfn?: string;
 }
 
+/** `driver_override` text → the override, null when unset (the kernel shows `(null)`). */
+export function overrideOf(text: string): string | null {
+    const v = text.trim();
+    return v === "" || v === "(null)" ? null : v;
+}
+
 const ATTRS = ["vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver_override", "boot_vga", "reset_method", "numa_node", "sriov_totalvfs", "sriov_numvfs"] as const;
 const LINKS = ["driver", "iommu_group", "physfn"] as const;
+type Attr = (typeof ATTRS)[number];
+type Link = (typeof LINKS)[number];
+
+/** What binding a device needs of it (identity, class, driver state, boot VGA, group): fewer reads than the
+ *  full view, for the reads made under the host lock. Reset methods, NUMA node and SR-IOV counts stay unread. */
+const BINDING_ATTRS: readonly Attr[] = ["vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver_override", "boot_vga"];
+const BINDING_LINKS: readonly Link[] = ["driver", "iommu_group"];
+
+function readOps(address: string, attrs: readonly Attr[], links: readonly Link[]): Op[] {
+    const base = `${PCI_DEVICES}/${address}`;
+    return [...attrs.map((a): Op => ({ op: "read", path: `${base}/${a}` })), ...links.map((l): Op => ({ op: "readlink", path: `${base}/${l}` }))];
+}
 
 /** Ops that read one device; parse the results with {@link parseDevice}. */
 export function deviceReadOps(address: string): Op[] {
-    const base = `${PCI_DEVICES}/${address}`;
-    return [...ATTRS.map((a): Op => ({ op: "read", path: `${base}/${a}` })), ...LINKS.map((l): Op => ({ op: "readlink", path: `${base}/${l}` }))];
+    return readOps(address, ATTRS, LINKS);
 }
 
 export const DEVICE_READ_OPS = ATTRS.length + LINKS.length;
+
+/** Ops that read what binding needs of a device; parse the results with {@link parseBindingDevice}. */
+export function bindingReadOps(address: string): Op[] {
+    return readOps(address, BINDING_ATTRS, BINDING_LINKS);
+}
+
+export const BINDING_READ_OPS = BINDING_ATTRS.length + BINDING_LINKS.length;
 
 const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
 const hexId = (v: string) => v.trim().replace(/^0x/, "").toLowerCase();
 
 /** The device from the results of {@link deviceReadOps}, or null when the device does not exist. */
 export function parseDevice(address: string, r: OpResult[]): PciDevice | null {
-    const get = (name: (typeof ATTRS)[number]) => {
-        const x = r[ATTRS.indexOf(name)];
+    return parseWith(address, r, ATTRS, LINKS);
+}
+
+/** The device from the results of {@link bindingReadOps} (no reset methods, NUMA node -1, no SR-IOV counts). */
+export function parseBindingDevice(address: string, r: OpResult[]): PciDevice | null {
+    return parseWith(address, r, BINDING_ATTRS, BINDING_LINKS);
+}
+
+function parseWith(address: string, r: OpResult[], attrs: readonly Attr[], links: readonly Link[]): PciDevice | null {
+    const get = (name: Attr) => {
+        const i = attrs.indexOf(name);
+        const x = i < 0 ? undefined : r[i];
         return x?.ok ? x.data.trim() : undefined;
     };
-    const link = (name: (typeof LINKS)[number]) => {
-        const x = r[ATTRS.length + LINKS.indexOf(name)];
+    const link = (name: Link) => {
+        const i = links.indexOf(name);
+        const x = i < 0 ? undefined : r[attrs.length + i];
         return x?.ok && x.data.trim() ? basename(x.data.trim()) : null;
     };
     const vendor = get("vendor");
@@ -106,7 +141,7 @@ export function parseDevice(address: string, r: OpResult[]): PciDevice | null {
         subsystemDevice: hexId(get("subsystem_device") ?? ""),
         class: hexId(get("class") ?? "").padStart(6, "0"),
         driver: link("driver"),
-        override: override === undefined || override === "(null)" || override === "" ? null : override,
+        override: override === undefined ? null : overrideOf(override),
         group: group === null ? null : Number(group),
         bootVga: get("boot_vga") === "1",
         resetMethods: (get("reset_method") ?? "").split(/\s+/).filter(Boolean),

@@ -17,15 +17,32 @@ function table(rows: BenchRow[]): string {
     return lines.join("\n");
 }
 
+/** Set when every benchmark ran: a Node event loop that drains early (a handle wrongly unreferenced) must not pass
+ *  for a finished run. */
+let finished = false;
+process.on("exit", (code) => {
+    if (!finished && code === 0) {
+        console.error("[bench] the run ended before every benchmark finished");
+        process.exitCode = 1;
+    }
+});
+
 async function main(): Promise<void> {
     const iterations = Number(process.env.BENCH_ITERATIONS ?? 7);
     const vm = await bootLab({ log: (m) => console.error(`[lab] ${m}`) });
     try {
         console.error(`[bench] lab up (${vm.accel}); ${iterations} interleaved iterations per contender`);
         const rows: BenchRow[] = [];
-        rows.push(...(await benchIommu(vm, iterations)));
-        rows.push(...(await benchMdev(vm, iterations)));
-        rows.push(...(await benchVm(vm, Math.min(iterations, 5))));
+        const step = async (name: string, run: () => Promise<BenchRow[]>) => {
+            const t0 = Date.now();
+            const got = await run();
+            console.error(`[bench] ${name} done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+            rows.push(...got);
+        };
+        await step("IommuBinding", () => benchIommu(vm, iterations));
+        await step("MdevInstance", () => benchMdev(vm, iterations));
+        await step("PassthroughVm", () => benchVm(vm, Math.min(iterations, 5)));
+        finished = true;
         if (process.argv.includes("--json")) console.log(JSON.stringify(rows, null, 2));
         else console.log(table(rows));
     } finally {

@@ -2,7 +2,11 @@
  * The SSH host against the lab's real sshd: host key verification (both forms), one connection reused for every
  * batch, and errors that never carry a key or password.
  */
+import { execFile } from "child_process";
 import { createHash } from "crypto";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
 import { SshHost } from "../../provider/host/ssh";
 import { labSuite } from "./labState";
 
@@ -46,5 +50,27 @@ labDescribe("SSH host on the lab", () => {
         await host.close();
         expect(err.message).toMatch(/cannot connect to root@127.0.0.1:\d+ over SSH/);
         expect(err.message).not.toContain("hunter2-secret");
+    });
+
+    test("the inventory CLI over SSH runs to the end in its own process and exits (the connection never holds it open)", async () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-cli-"));
+        const key = path.join(dir, "id");
+        fs.writeFileSync(key, lab!.connection.privateKey, { mode: 0o600 });
+        try {
+            const cli = path.resolve(__dirname, "../../dist/provider/cli.js");
+            const target = `root@${lab!.connection.host}:${lab!.connection.port}`;
+            const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+                execFile(process.execPath, [cli, "inventory", "--ssh", target, "-i", key, "--host-key", hostKeyLine, "--json"], { timeout: 300_000 }, (err, stdout, stderr) =>
+                    resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr }),
+                ),
+            );
+            expect(r.stderr).toBe("");
+            expect(r.code).toBe(0);
+            const inv = JSON.parse(r.stdout);
+            expect(inv.iommu.enabled).toBe(true);
+            expect(inv.groups.find((g: { members: string[] }) => g.members.includes("0000:01:00.0")).members).toEqual(["0000:01:00.0", "0000:01:00.1"]);
+        } finally {
+            fs.rmSync(dir, { recursive: true, force: true });
+        }
     });
 });

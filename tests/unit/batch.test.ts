@@ -2,9 +2,11 @@
  * The batch interpreter on this machine's real bash: values travel as data, never as shell text, and a write that
  * blocks is abandoned at its time limit.
  */
+import { spawn, spawnSync } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
+import { LOCK_LINGER_MS } from "../../provider/host/batch";
 import { LocalHost } from "../../provider/host/local";
 import { assertSafePath, errnoFromMessage } from "../../provider/host/types";
 
@@ -62,11 +64,16 @@ test("an operation that blocks is abandoned at its limit and reported as ETIMEDO
 test("reads of many files, links and directories come back in one round trip", async () => {
     fs.writeFileSync(`${dir}/a`, "1\n");
     fs.symlinkSync("../target/x", `${dir}/l`);
+    fs.mkdirSync(`${dir}/sub`);
+    fs.symlinkSync("sub", `${dir}/dirlink`);
     const before = host.roundTrips;
-    const r = await host.run([{ op: "read", path: `${dir}/a` }, { op: "readlink", path: `${dir}/l` }, { op: "list", path: dir }, { op: "read", path: `${dir}/missing` }, { op: "openers", path: `${dir}/a` }]);
+    const r = await host.run([{ op: "read", path: `${dir}/a` }, { op: "readlink", path: `${dir}/l` }, { op: "list", path: dir }, { op: "read", path: `${dir}/missing` }, { op: "openers", path: `${dir}/a` }, { op: "readlink", path: `${dir}/dirlink` }, { op: "readlink", path: `${dir}/a` }]);
     expect(host.roundTrips - before).toBe(1);
     expect(r[0].data).toBe("1\n");
-    expect(r[1].data).toBe("../target/x");
+    // Links come back canonical and absolute, whether the target exists (a directory, as in sysfs) or not.
+    expect(r[1].data).toBe(path.resolve(dir, "../target/x"));
+    expect(r[5].data).toBe(`${fs.realpathSync(dir)}/sub`);
+    expect(r[6]).toMatchObject({ ok: false, errno: "EINVAL" });
     expect(r[2].data.split("\n")).toEqual(expect.arrayContaining(["a", "l"]));
     expect(r[3].errno).toBe("ENOENT");
     expect(r[4].ok).toBe(true);
@@ -79,4 +86,98 @@ test("errno names come from the strerror text a shell prints", () => {
     expect(errnoFromMessage("bash: line 12: printf: write error: No such device")).toBe("ENODEV");
     expect(errnoFromMessage("write error: Device or resource busy")).toBe("EBUSY");
     expect(errnoFromMessage("write error: Numerical result out of range")).toBe("ERANGE");
+});
+
+describe("one interpreter per host", () => {
+    // An exec runs in a command substitution of the interpreter: the interpreter is its parent's parent.
+    const pidOf = async (h: LocalHost) => (await h.run([{ op: "exec", argv: ["bash", "-c", "cut -d' ' -f4 /proc/$PPID/stat"] }]))[0].data.trim();
+
+    test("batches reuse one process; after a batch stopped at a failure or an abandoned one, the next batch runs normally", async () => {
+        const h = new LocalHost({ sudo: false });
+        try {
+            const first = await pidOf(h);
+            const stopped = await h.run([{ op: "write", path: `${dir}/no/such/file`, data: "x" }, { op: "put", path: `${dir}/skipped`, data: "x", mode: 0o600 }], { stopOnError: true });
+            expect(stopped.map((r) => r.skipped ?? false)).toEqual([false, true]);
+            expect(await pidOf(h)).toBe(first);
+            const [late] = await h.run([{ op: "exec", argv: ["sleep", "30"], timeoutMs: 200 }]);
+            expect(late.errno).toBe("ETIMEDOUT");
+            const [after] = await h.run([{ op: "read", path: `${dir}/a` }]);
+            expect(after).toMatchObject({ ok: true, data: "1\n" });
+            expect(await pidOf(h)).not.toBe(first);
+            expect(fs.existsSync(`${dir}/skipped`)).toBe(false);
+        } finally {
+            await h.close();
+        }
+    });
+
+    test("batches sent at the same time are answered each with its own results", async () => {
+        const h = new LocalHost({ sudo: false });
+        try {
+            for (let i = 0; i < 20; i++) fs.writeFileSync(`${dir}/f${i}`, `value ${i}\n`);
+            const all = await Promise.all(Array.from({ length: 20 }, (_, i) => h.run([{ op: "read", path: `${dir}/f${i}` }, { op: "exec", argv: ["printf", "%s", `exec ${i}`] }])));
+            all.forEach((r, i) => expect(r.map((x) => x.data)).toEqual([`value ${i}\n`, `exec ${i}`]));
+        } finally {
+            await h.close();
+        }
+    });
+
+    test("the host lock excludes another process, is not kept by a daemon started under it, and is free after", async () => {
+        const a = new LocalHost({ sudo: false });
+        const b = new LocalHost({ sudo: false });
+        try {
+            await a.withLock(async () => {
+                const [d] = await a.run([{ op: "exec", argv: ["bash", "-c", "sleep 20 >/dev/null 2>&1 </dev/null & echo $!"] }]);
+                daemon = Number(d.data.trim());
+                await expect(b.withLock(async () => "never", 1000)).rejects.toThrow(/could not take the host lock \/run\/lock\/pulumi-vfio\.lock: timed out after 1 s/);
+            });
+            // Held a little longer (LOCK_LINGER_MS) for a next section of the same program, then free for the other.
+            expect(await b.withLock(async () => "taken", LOCK_LINGER_MS + 8_000)).toBe("taken");
+            expect(fs.statSync("/run/lock/pulumi-vfio.lock").mode & 0o777).toBe(0o600);
+        } finally {
+            if (daemon) process.kill(daemon);
+            await Promise.all([a.close(), b.close()]);
+        }
+    });
+    let daemon = 0;
+
+    test("two operations of one program on the same host take turns under the lock", async () => {
+        const h = new LocalHost({ sudo: false });
+        const log: string[] = [];
+        const section = (name: string) =>
+            h.withLock(async () => {
+                log.push(`${name} in`);
+                await h.run([{ op: "exec", argv: ["sleep", "0.2"] }]);
+                log.push(`${name} out`);
+            });
+        try {
+            await Promise.all([section("one"), section("two")]);
+            expect(log).toEqual(["one in", "one out", "two in", "two out"]);
+        } finally {
+            await h.close();
+        }
+    });
+
+    test("a program whose work is done exits although its host is still open", () => {
+        const lib = path.resolve(__dirname, "../../dist/provider/host/local.js");
+        const program = `const { LocalHost } = require(${JSON.stringify(lib)}); const h = new LocalHost({ sudo: false });
+            h.run([{ op: "read", path: "/etc/hostname" }]).then((r) => console.log(r[0].ok ? "read" : "failed"));`;
+        const r = spawnSync(process.execPath, ["-e", program], { encoding: "utf8", timeout: 30_000 });
+        expect(r.error).toBeUndefined();
+        expect(r.stdout.trim()).toBe("read");
+        expect(r.status).toBe(0);
+    });
+});
+
+test("openers names the processes holding a file; groupHolders of a device without an IOMMU group is empty", async () => {
+    const file = `${dir}/held`;
+    fs.writeFileSync(file, "x");
+    const holder = spawn("bash", ["-c", `exec 5<"$1"; exec sleep 30`, "holder", file], { stdio: "ignore" });
+    try {
+        await new Promise((r) => setTimeout(r, 300));
+        const r = await host.run([{ op: "openers", path: file }, { op: "groupHolders", path: dir, guard: true }]);
+        expect(r[0].data.split("\n").filter(Boolean).map(Number)).toContain(holder.pid);
+        expect(r[1]).toMatchObject({ ok: true, data: "" });
+    } finally {
+        holder.kill();
+    }
 });

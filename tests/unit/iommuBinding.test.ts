@@ -90,15 +90,35 @@ test("refresh: a removed device is gone; a member back on its host driver shows 
     expect(await read(id, outs, host)).toEqual({ id: "" });
 });
 
-test("reading a binding costs 2 round trips; binding the group is one apply batch after the reads", async () => {
+test("a group seen once is read in one round trip; create is the lock, that read and one apply batch; delete the lock, one read and one apply", async () => {
+    const first = host.roundTrips;
     const c = await check({}, { device: "01:00.0" }, host);
+    // The first look learns the member list, then reads the other members.
+    expect(host.roundTrips - first).toBe(2);
     const before = host.roundTrips;
     const { outs } = await create(c.inputs, host);
-    // lock + 2 reads + 1 apply batch (which reads every driver link back)
-    expect(host.roundTrips - before).toBe(4);
+    // lock + 1 read + 1 apply batch (which reads every driver link back)
+    expect(host.roundTrips - before).toBe(3);
     const r0 = host.roundTrips;
     await read("0000:01:00.0", outs, host);
-    expect(host.roundTrips - r0).toBe(2);
+    expect(host.roundTrips - r0).toBe(1);
+    const d0 = host.roundTrips;
+    await remove("0000:01:00.0", outs, host);
+    expect(host.roundTrips - d0).toBe(3);
+    expect(pci(k).devices["0000:01:00.1"].driver).toBe("snd_hda_intel");
+});
+
+test("a group whose membership changed since it was last seen is still read whole", async () => {
+    const c = await check({}, { device: "01:00.0" }, host);
+    // A third function appears in the group after check (hot-plug): create must see it and bind it too.
+    const audio = pci(k).devices["0000:01:00.1"];
+    pci(k).devices["0000:01:00.2"] = { ...audio, address: "0000:01:00.2" };
+    const { outs } = await create(c.inputs, host);
+    expect(outs.members.map((m) => [m.address, m.driver])).toEqual([
+        ["0000:01:00.0", "vfio-pci"],
+        ["0000:01:00.1", "vfio-pci"],
+        ["0000:01:00.2", "vfio-pci"],
+    ]);
 });
 
 test("diff: another device or host replaces (releasing first); driver and persistence update in place", () => {

@@ -73,6 +73,19 @@ export class FakeHost implements Host {
                     return { ok: true, data: "" };
                 case "openers":
                     return { ok: true, data: k.openers(op.path).map((p) => p + "\n").join("") };
+                case "groupHolders": {
+                    let link: string;
+                    try {
+                        link = k.readlink(`${op.path}/iommu_group`);
+                    } catch {
+                        return { ok: true, data: "" };
+                    }
+                    const node = `/dev/vfio/${link.slice(link.lastIndexOf("/") + 1)}`;
+                    const pids = k.openers(node);
+                    const data = pids.map((p) => p + "\n").join("");
+                    if (pids.length && op.guard) return { ok: false, data, errno: "EBUSY", message: `${node}: ${strerror("EBUSY")}` };
+                    return { ok: true, data };
+                }
                 case "exec": {
                     const r = k.exec(op.argv);
                     return { ok: r.code === 0, data: r.stdout ?? "", code: r.code, message: (r.stderr ?? "").trim() || undefined };

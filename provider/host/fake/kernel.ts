@@ -157,7 +157,7 @@ export class FakeKernel {
     readlink(path: string): string {
         const n = this.node(path, false);
         if (!n || n.kind !== "link") throw new FakeErrno("EINVAL", "not a link");
-        return n.target;
+        return this.resolvePath(path, true);
     }
 
     list(path: string): string[] {

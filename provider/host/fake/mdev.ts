@@ -14,9 +14,6 @@
  *   `nvidia/current_vgpu_type` (`0` = none). The errnos of refused writes there are our assumption (EINVAL for a type
  *   not creatable on the VF, EBUSY for a VF that already has one or is in use): no NVIDIA hardware was at hand.
  *
- * MdevInstance's delete guard (`sh -c <program> pulumi-vfio-mdev-guard <device dir>`) is answered here: exit 3 with
- * the PIDs holding the device's /dev/vfio node, 0 when none or when the device is gone.
- *
  * Test controls: {@link addMdevParent}, {@link addNvidiaVgpuGpu}, {@link rebootMdevs} (what a reboot does: every
  * mdev is gone; udev runs the effective 60-mdevctl.rules for each parent, and mdevctl, when the rule can find it,
  * starts the parent's `start: auto` devices from /etc/mdevctl.d).
@@ -331,18 +328,6 @@ export const mdevSubsystem: FakeSubsystem = {
         return undefined;
     },
     exec(k, argv) {
-        // MdevInstance's delete guard (a constant sh program, $1 = the device directory): who holds its group.
-        if (argv[0] === "sh" && argv[1] === "-c" && argv[3] === "pulumi-vfio-mdev-guard" && argv.length === 5) {
-            let link: string;
-            try {
-                link = k.readlink(`${argv[4]}/iommu_group`);
-            } catch {
-                return { code: 0 };
-            }
-            const node = `/dev/vfio/${link.slice(link.lastIndexOf("/") + 1)}`;
-            const pids = k.openers(node);
-            return pids.length ? { code: 3, stdout: pids.join(" ") + "\n", stderr: node } : { code: 0 };
-        }
         return undefined;
     },
 };
