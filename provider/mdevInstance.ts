@@ -633,6 +633,8 @@ function readBackOps(parent: string, typeId: string, uuid: string): Op[] {
     ];
 }
 
+const READ_BACK_OPS = 5;
+
 function parseReadBack(uuid: string, r: OpResult[]): { exists: boolean; ofType: boolean; group: number | null; available: number | null; config: MdevctlConfig | null } {
     return {
         exists: !!r[0]?.ok,
@@ -702,10 +704,40 @@ async function convergeVgpu(host: Host, inputs: MdevInstanceInputs & { uuid: str
     return outputsOf(inputs, { ...plan, vf }, { group: vf.group ?? -1, available, typeName: t.name }, false);
 }
 
+/**
+ * Create a non-persistent mdev of the type check chose by writing `create` first and letting the kernel judge: one
+ * batch with the read-back. A refused create changed nothing (EEXIST: the UUID exists, to adopt; ENOSPC: no room;
+ * ENOENT: no such mdev parent or type, e.g. an NVIDIA vGPU parent), so null sends the caller down the full
+ * read-then-plan path, which adopts or explains. A refused attribute removes the mdev again, as in the full path.
+ */
+async function createDirect(host: Host, inputs: MdevInstanceInputs & { uuid: string }, typeId: string): Promise<MdevInstanceOutputs | null> {
+    const { attrs } = defaults(inputs);
+    const uuid = inputs.uuid;
+    const parent = parseParent(inputs.parent).name;
+    const ops: Op[] = [createOp(parent, typeId, uuid), ...attrOps(uuid, attrs)];
+    const applied = ops.length;
+    ops.push(...readBackOps(parent, typeId, uuid), ...typeReadOps(parent, typeId));
+    const r = await host.run(ops, { stopOnError: true });
+    if (!r[0].ok) return null;
+    const type = parseType(typeId, r.slice(applied + READ_BACK_OPS));
+    const failure = firstError(ops.slice(0, applied), r);
+    if (failure) throw new Error(`creating mdev ${uuid} (type ${typeId} on ${parent}) failed: ${failure.message}.${await rollback(host, uuid)}`);
+    const back = parseReadBack(uuid, r.slice(applied, applied + READ_BACK_OPS));
+    if (!back.exists || !back.ofType || back.group === null) {
+        throw new Error(`mdev ${uuid} is not there as type ${typeId} after writing ${MDEV_BUS}/${parent}/mdev_supported_types/${typeId}/create (${back.exists ? "it has another type" : "no such device"}); check dmesg.${await rollback(host, uuid)}`);
+    }
+    const plan: MdevPlan = { problems: [], lines: inputs.plan ?? [], backend: "mdev", parent, type, action: "create", vf: null, writeConfig: null, removeConfig: false, fixBootHook: null };
+    return outputsOf(inputs, plan, { group: back.group, available: back.available ?? type.available }, false);
+}
+
 async function converge(host: Host, inputs: MdevInstanceInputs, olds?: Partial<MdevInstanceOutputs>): Promise<MdevInstanceOutputs> {
     if (!inputs.uuid) throw new PlanError("uuid", "uuid is required (check derives it)");
     const withUuid = { ...inputs, uuid: parseUuid(inputs.uuid) };
     return host.withLock(async () => {
+        if (!olds && !defaults(inputs).persistent && inputs.typeId) {
+            const made = await createDirect(host, withUuid, inputs.typeId);
+            if (made) return made;
+        }
         const { facts, plan } = await factsAndPlan(host, withUuid, inputs.typeId ?? inputs.type, olds);
         if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
         return plan.backend === "nvidia-vgpu" ? convergeVgpu(host, withUuid, plan, olds) : convergeMdev(host, withUuid, plan, facts);

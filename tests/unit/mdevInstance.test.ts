@@ -166,7 +166,7 @@ describe("up, refresh, destroy", () => {
         expect(avail("mtty", "mtty-2")).toBe(12);
     });
 
-    test("create is the lock and two round trips, delete the lock and one, and neither starts a process", async () => {
+    test("create is the lock and one round trip (create, then read back), delete the lock and one, and neither starts a process", async () => {
         const c = await check({}, { parent: "mtty", type: "mtty-1", uuid: U1 }, host);
         // The ops that start a program on a real host (readlink of a sysfs link, reads and writes are builtins).
         const forks = (ops: { op: string }[]) => ops.filter((o) => o.op === "stat" || o.op === "openers" || o.op === "exec").length;
@@ -175,8 +175,9 @@ describe("up, refresh, destroy", () => {
         host.run = (ops, o) => (seen.push(ops), run(ops, o));
         let t0 = host.roundTrips;
         const outs = (await create(c.inputs, host)).outs;
-        expect(host.roundTrips - t0).toBe(3);
-        expect(seen.map(forks)).toEqual([0, 0]);
+        expect(host.roundTrips - t0).toBe(2);
+        expect(seen.map(forks)).toEqual([0]);
+        expect(seen[0][0]).toMatchObject({ op: "write", path: expect.stringMatching(/mtty-1\/create$/), data: U1 });
         seen.length = 0;
         t0 = host.roundTrips;
         await remove(U1, outs, host);
@@ -185,6 +186,16 @@ describe("up, refresh, destroy", () => {
         expect(seen.map(forks)).toEqual([0]);
         expect(seen[0][0]).toMatchObject({ op: "groupHolders", guard: true });
         expect(devices()).toEqual([]);
+    });
+
+    test("a type filled between preview and up: create is refused with the types that have room, and nothing is made", async () => {
+        const c = await check({}, { parent: "mtty", type: "mtty-2", uuid: U1 }, host);
+        expect(c.failures).toEqual([]);
+        for (let i = 0; i < 11; i++) k.write("/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-2/create", `00000000-0000-4000-8000-0000000000${String(i).padStart(2, "0")}`);
+        k.write("/sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create", "00000000-0000-4000-8000-000000000099");
+        const before = devices();
+        await expect(create(c.inputs, host)).rejects.toThrow(/mdev type mtty-2 \(Dual port serial\) on mtty has no instance left .*types of mtty with room: mtty-1/);
+        expect(devices()).toEqual(before);
     });
 
     test("a retried create (state lost after the kernel made the device) adopts the instance instead of leaking one", async () => {
