@@ -207,7 +207,7 @@ function factOps(driver: string): Op[] {
 /**
  * The host facts a plan needs. `probe` asks modprobe whether an unregistered driver exists and looks for driverctl
  * (check does; create/update need not: modprobe itself fails clearly, and check already vetted persistence). Both
- * fork processes, which is most of the cost of a batch on a busy host.
+ * start processes, which on a busy host cost more than the rest of the batch.
  */
 async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true): Promise<PlanFacts> {
     // check (probe) shows the whole picture; create and update, under the lock, read only what binding needs.

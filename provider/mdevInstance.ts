@@ -157,8 +157,8 @@ const parseVf = (index: number, address: string, r: OpResult[]): VgpuVf => ({
  * and devices. When that settles it (the parent and type exist; the UUID is free or already ours with that type),
  * there is no second trip. Otherwise trip 2 reads every type (or every VF's vGPU files) and the UUID's links.
  *
- * Reads are preferred to `readlink`/`stat`, which fork a program per operation in the batch interpreter: on a
- * slow host (the lab under TCG) each fork costs more than the sysfs write itself.
+ * `stat` is avoided: it starts a program per operation in the batch interpreter, and on a slow host (the lab under
+ * TCG) that costs more than the sysfs write itself.
  */
 export async function readMdevFacts(host: Host, parentInput: string, uuid: string, opts: { typeHint?: string; persistent?: boolean } = {}): Promise<MdevFacts> {
     const parent = parseParent(parentInput);
@@ -619,7 +619,7 @@ async function rollback(host: Host, uuid: string): Promise<string> {
 }
 
 /**
- * What apply and read look at afterwards, in one round trip and one fork: the device under its parent (`uevent`),
+ * What apply and read look at afterwards, in one round trip and no process: the device under its parent (`uevent`),
  * whether the type's `devices/` lists it, its group (the one `readlink`), the type's capacity, mdevctl's config.
  */
 function readBackOps(parent: string, typeId: string, uuid: string): Op[] {

@@ -292,8 +292,7 @@ export class Interpreter {
                 return p;
             })().finally(() => (this.starting = undefined));
         }
-        const p = await this.starting;
-        return p;
+        return this.starting;
     }
 
     private async drive(batch: Line, opts: RunOptions): Promise<OpResult[]> {
