@@ -34,6 +34,7 @@ import {
     isBridge,
     moduleOf,
     overrideOf,
+    PCI_DEVICES,
     parseAddress,
     restoreOps,
 } from "./sysfs/pci";
@@ -461,20 +462,42 @@ export async function read(id: string, props: IommuBindingOutputs, onHost?: Host
     }, onHost);
 }
 
-/** Release the group: refuse while a VM holds it; otherwise restore every managed member and remove persistence. */
+/** The refusal of a release while processes hold the group open. */
+async function heldError(host: Host, group: number | null, pids: number[]): Promise<Error> {
+    const comm = await host.run(pids.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
+    const who = pids.map((p, i) => `PID ${p}${comm[i].ok ? ` (${comm[i].data.trim()})` : ""}`).join(", ");
+    return new Error(`refusing to release IOMMU group ${group}: /dev/vfio/${group} is held open by ${who}. Stop the VM first; unbinding now would block in the kernel until it exits`);
+}
+
+/**
+ * Release the group: refuse while a VM holds it; otherwise restore every managed member and remove persistence.
+ * First in one batch, from the state the last create or refresh recorded, behind a guard that stops it while the
+ * group is held; when the read-back shows any member not back as it was (drift, a refused write, a device gone),
+ * the real state is read and restored from.
+ */
 export async function remove(_id: string, props: IommuBindingOutputs, onHost?: Host): Promise<void> {
     await withHost(props.connection, (host) =>
         host.withLock(async () => {
             const members = props.members ?? [];
+            const recorded = members
+                .filter((m) => m.managed)
+                .map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: { driver: m.driver, override: props.driver } }));
+            const guard: Op = { op: "groupHolders", path: `${PCI_DEVICES}/${props.address}`, guard: true };
+            const ops = recorded.flatMap((b) => restoreOps(b.address, b.now, b.state));
+            const cleanup = recorded.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true }));
+            const verify = recorded.flatMap((b): Op[] => [driverLinkOp(b.address), { op: "read", path: `${PCI_DEVICES}/${b.address}/driver_override` }]);
+            const r = await host.run([guard, ...ops, ...cleanup, ...verify], { stopOnError: true });
+            if (!r[0].ok && r[0].errno === "EBUSY") {
+                const group = /\/dev\/vfio\/(\d+)/.exec(r[0].message ?? "")?.[1];
+                throw await heldError(host, group === undefined ? props.group : Number(group), r[0].data.split("\n").filter(Boolean).map(Number));
+            }
+            const after = r.slice(1 + ops.length + cleanup.length);
+            const back = recorded.every((b, i) => after[2 * i + 1].ok && driverFromLink(after[2 * i]) === b.state.driver && overrideFrom(after[2 * i + 1]) === b.state.override);
+            if (back) return;
+
             const view = await readGroupState(host, props.address, members.map((m) => m.address));
             if (!view.exists) return;
-            if (view.openers.length) {
-                const comm = await host.run(view.openers.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
-                const who = view.openers.map((p, i) => `PID ${p}${comm[i].ok ? ` (${comm[i].data.trim()})` : ""}`).join(", ");
-                throw new Error(
-                    `refusing to release IOMMU group ${view.group}: /dev/vfio/${view.group} is held open by ${who}. Stop the VM first; unbinding now would block in the kernel until it exits`,
-                );
-            }
+            if (view.openers.length) throw await heldError(host, view.group, view.openers);
             const managed = members.filter((m) => m.managed && view.members.get(m.address));
             // The group was just read: restore from that state, and drop persistence in the same batch.
             const undo = managed.map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: view.members.get(m.address)! }));

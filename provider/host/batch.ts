@@ -49,7 +49,7 @@ err() { e=''; IFS= read -r e < "$EF"; : > "$EF"; e=\${e#*: line +([0-9]): }; }
 holders() {
   held=
   [ -e "$1" ] || return 0
-  if [[ $1 =~ ^/dev/vfio/[0-9]+$ ]] && { exec 8<"$1"; } 2>/dev/null; then exec 8<&-; return 0; fi
+  if [[ $1 == /dev/vfio/+([0-9]) ]] && { exec 8<"$1"; } 2>/dev/null; then exec 8<&-; return 0; fi
   local x pid; local -A seen
   x=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$1" 2>/dev/null </dev/null 9>&-)
   while IFS=/ read -r _ _ pid _; do [ -n "$pid" ] && [ -z "\${seen[$pid]-}" ] && { seen[$pid]=1; held+=$pid$'\n'; }; done <<< "$x"
