@@ -7,6 +7,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { LOCK_LINGER_MS } from "../../provider/host/batch";
+import { withHost } from "../../provider/host";
 import { LocalHost } from "../../provider/host/local";
 import { assertSafePath, errnoFromMessage } from "../../provider/host/types";
 
@@ -180,4 +181,17 @@ test("openers names the processes holding a file; groupHolders of a device witho
     } finally {
         holder.kill();
     }
+});
+
+test("operations of one program on the same machine share one host (one connection, one interpreter); another login gets its own", async () => {
+    const local1 = await withHost(null, async (h) => h);
+    const local2 = await withHost(undefined, async (h) => h);
+    expect(local2).toBe(local1);
+    // SSH hosts connect on first use only: these never dial.
+    const ssh1 = await withHost({ host: "192.0.2.7", user: "root", privateKey: "key-a" }, async (h) => h);
+    const ssh2 = await withHost({ host: "192.0.2.7", user: "root", privateKey: "key-a" }, async (h) => h);
+    const other = await withHost({ host: "192.0.2.7", user: "root", privateKey: "key-b" }, async (h) => h);
+    expect(ssh2).toBe(ssh1);
+    expect(other).not.toBe(ssh1);
+    expect(ssh1.name).toBe("root@192.0.2.7:22");
 });
