@@ -20,6 +20,7 @@ import { PlanError, SysfsError } from "./errors";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
 import { withHost } from "./host";
+import { describeHolders, pidsOf } from "./sysfs/proc";
 import { GroupView, IOMMU_OFF_FIX, isVfioDriver, readGroup, readGroupState, viabilityProblems } from "./sysfs/iommu";
 import {
     DeviceState,
@@ -464,8 +465,7 @@ export async function read(id: string, props: IommuBindingOutputs, onHost?: Host
 
 /** The refusal of a release while processes hold the group open. */
 async function heldError(host: Host, group: number | null, pids: number[]): Promise<Error> {
-    const comm = await host.run(pids.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
-    const who = pids.map((p, i) => `PID ${p}${comm[i].ok ? ` (${comm[i].data.trim()})` : ""}`).join(", ");
+    const who = await describeHolders(host, pids);
     return new Error(`refusing to release IOMMU group ${group}: /dev/vfio/${group} is held open by ${who}. Stop the VM first; unbinding now would block in the kernel until it exits`);
 }
 
@@ -489,7 +489,7 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
             const r = await host.run([guard, ...ops, ...cleanup, ...verify], { stopOnError: true });
             if (!r[0].ok && r[0].errno === "EBUSY") {
                 const group = /\/dev\/vfio\/(\d+)/.exec(r[0].message ?? "")?.[1];
-                throw await heldError(host, group === undefined ? props.group : Number(group), r[0].data.split("\n").filter(Boolean).map(Number));
+                throw await heldError(host, group === undefined ? props.group : Number(group), pidsOf(r[0]));
             }
             const after = r.slice(1 + ops.length + cleanup.length);
             const back = recorded.every((b, i) => after[2 * i + 1].ok && driverFromLink(after[2 * i]) === b.state.driver && overrideFrom(after[2 * i + 1]) === b.state.override);

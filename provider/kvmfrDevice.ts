@@ -16,6 +16,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
+import { describeHolders } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import { firstFailure } from "./sysfs/pci";
@@ -186,12 +187,6 @@ export async function readKvmfrFacts(host: Host, index: number, owner: string, g
         openers,
         comms: new Map(),
     };
-}
-
-async function describeHolders(host: Host, pids: number[]): Promise<string> {
-    if (!pids.length) return "";
-    const r = await host.run(pids.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
-    return pids.map((p, i) => `PID ${p}${r[i].ok ? ` (${r[i].data.trim()})` : ""}`).join(", ");
 }
 
 // ------------------------------------------------------------------------------------------------ planning

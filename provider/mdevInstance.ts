@@ -18,6 +18,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider, DiffResult } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
+import { describeHolders, pidsOf } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import {
@@ -581,11 +582,6 @@ function firstError(ops: Op[], r: OpResult[]): SysfsError | undefined {
     return undefined;
 }
 
-async function holders(host: Host, pids: number[]): Promise<string> {
-    const comm = await host.run(pids.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })));
-    return pids.map((p, i) => `PID ${p}${comm[i]?.ok ? ` (${comm[i].data.trim()})` : ""}`).join(", ");
-}
-
 function outputsOf(inputs: MdevInstanceInputs & { uuid: string }, plan: MdevPlan, dev: { group: number; available: number; typeId?: string; typeName?: string }, persistent: boolean): MdevInstanceOutputs {
     const { attrs } = defaults(inputs);
     const t = plan.type!;
@@ -810,9 +806,9 @@ export async function remove(id: string, props: MdevInstanceOutputs, onHost?: Ho
                 const ops: Op[] = [{ op: "groupHolders", path: dev, guard: true }, ...cfg, { op: "write", path: `${dev}/remove`, data: "1", optional: true }, { op: "read", path: `${dev}/uevent` }];
                 const r = await host.run(ops, { stopOnError: true });
                 if (!r[0].ok && r[0].errno === "EBUSY") {
-                    const pids = r[0].data.split("\n").filter(Boolean).map(Number);
+                    const pids = pidsOf(r[0]);
                     const node = /\/dev\/vfio\/\d+/.exec(r[0].message ?? "")?.[0] ?? `/dev/vfio/${props.iommuGroup}`;
-                    throw new Error(`refusing to remove mdev ${uuid}: ${node} is held open by ${await holders(host, pids)}. Stop the VM first; the kernel's remove would block until it exits`);
+                    throw new Error(`refusing to remove mdev ${uuid}: ${node} is held open by ${await describeHolders(host, pids)}. Stop the VM first; the kernel's remove would block until it exits`);
                 }
                 if (!r[0].ok) throw new Error(`checking who holds mdev ${uuid} failed: ${SysfsError.from(ops[0], r[0]).message}`);
                 const w = r[1 + cfg.length];
@@ -829,7 +825,7 @@ async function removeVgpu(host: Host, props: MdevInstanceOutputs): Promise<void>
     const now = parseVf(0, props.address!, r1);
     if (!r1[0].ok || now.current === "0" || now.current !== props.typeId) return;
     const openers = listLines(r1[3]).map(Number);
-    if (openers.length) throw new Error(`refusing to remove the vGPU on ${props.address}: /dev/vfio/${props.iommuGroup} is held open by ${await holders(host, openers)}. Stop the VM first`);
+    if (openers.length) throw new Error(`refusing to remove the vGPU on ${props.address}: /dev/vfio/${props.iommuGroup} is held open by ${await describeHolders(host, openers)}. Stop the VM first`);
     const clear: Op = { op: "write", path: `${vf}/${NVIDIA_CURRENT}`, data: "0" };
     const r2 = await host.run([clear, { op: "read", path: `${vf}/${NVIDIA_CURRENT}` }], { stopOnError: true });
     if (!r2[0].ok) throw new Error(`removing the vGPU on ${props.address} failed: ${mdevError(clear, r2[0]).message}`);

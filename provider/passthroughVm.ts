@@ -19,6 +19,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError } from "./errors";
 import { withHost } from "./host";
+import { pidsOf } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import {
@@ -292,7 +293,7 @@ export async function readVmFacts(host: Host, n: Normalized, paths: VmPaths): Pr
     for (const g of groupList) {
         vfioDevice.set(g, r2[j++].ok);
         const o = r2[j++];
-        vfioOpeners.set(g, o.ok ? o.data.split("\n").filter(Boolean).map(Number) : []);
+        vfioOpeners.set(g, o.ok ? pidsOf(o) : []);
     }
     const comm = new Map<number, string>();
     if (pidFilePid !== null && r2[j]?.ok) comm.set(pidFilePid, r2[j].data.trim());

@@ -15,6 +15,7 @@
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
+import { pidsOf } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
@@ -93,7 +94,7 @@ export async function readVfFacts(host: Host, pf: string): Promise<VfFacts> {
     if (!dev || n === 0) return { pf: dev, sriov, vfs: [], openers: {}, vfioEnableSriov };
     const r2 = await host.run([...vfReadOps(pf, n), ...groups.map((g): Op => ({ op: "openers", path: `/dev/vfio/${g}` }))]);
     const vfs = parseVfs(n, r2.slice(0, n * VF_READ_OPS));
-    const byGroup = new Map(groups.map((g, i) => [Number(g), r2[n * VF_READ_OPS + i]?.ok ? r2[n * VF_READ_OPS + i].data.split("\n").filter(Boolean).map(Number) : []]));
+    const byGroup = new Map(groups.map((g, i) => [Number(g), r2[n * VF_READ_OPS + i]?.ok ? pidsOf(r2[n * VF_READ_OPS + i]) : []]));
     const openers: Record<string, number[]> = {};
     for (const v of vfs) if (v.group !== null && (byGroup.get(v.group) ?? []).length) openers[v.address] = byGroup.get(v.group)!;
     return { pf: dev, sriov, vfs, openers, vfioEnableSriov };

@@ -4,6 +4,7 @@
  * "group N is not viable". The kernel does not refuse a non-viable bind (LAB.md), so the check is ours.
  */
 import { Host, Op } from "../host/types";
+import { pidsOf } from "./proc";
 import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
 
 export const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
@@ -120,7 +121,7 @@ export async function readGroup(host: Host, address: string, extra: Op[] = [], v
     }
     members.sort((a, b) => a.address.localeCompare(b.address));
     const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[r2.length - 1];
-    const openers = openersResult?.ok ? openersResult.data.split("\n").filter(Boolean).map(Number) : [];
+    const openers = openersResult?.ok ? pidsOf(openersResult) : [];
     if (device) hints.set(address, { others, group });
     else hints.delete(address);
     return { device, group, members, iommu, drivers, openers, extra: extraResults };
@@ -154,7 +155,7 @@ export async function readGroupState(host: Host, address: string, members: strin
         state.set(a, ov.ok ? { driver: driverFromLink(drv), override: overrideOf(ov.data) } : null);
     });
     const held = r[r.length - 1];
-    const openers = held.ok ? held.data.split("\n").filter(Boolean).map(Number) : [];
+    const openers = held.ok ? pidsOf(held) : [];
     const exists = state.has(address) ? state.get(address) !== null : r[0].ok;
     return { exists, group, members: state, openers };
 }
