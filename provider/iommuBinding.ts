@@ -6,11 +6,12 @@
  *   break (bridge, boot VGA, unknown driver, a group left non-viable, IOMMU off), and list the planned per-device
  *   driver changes in `plan`, which `pulumi preview` shows.
  * - create/update: under the host lock, load the driver module if needed and run driverctl's sequence for each
- *   member in one batch; read every `driver` link back; on any failure restore every member to exactly its
- *   previous driver and override, then fail with the file, errno and a hint.
+ *   member in one batch (right after check, planned from what check read and guarded, see `converge`); read every
+ *   `driver` link back; on any failure restore every member to exactly its previous driver and override, then fail
+ *   with the file, errno and a hint.
  * - read: the real state; the device gone → resource gone; a member off the driver → drift for `up` to repair.
  * - delete: refuse while a process holds /dev/vfio/<group> (the kernel would block forever); otherwise restore
- *   previous drivers and remove the persistence files.
+ *   previous drivers and remove the persistence files it wrote.
  *
  * Each function takes an optional last `onHost`: the dynamic provider passes none (the host comes from
  * `connection`); tests pass a fake or the lab's kernel.
@@ -21,7 +22,7 @@ import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
 import { withHost } from "./host";
 import { describeHolders, pidsOf } from "./sysfs/proc";
-import { GroupView, IOMMU_OFF_FIX, isVfioDriver, readGroup, readGroupState, viabilityProblems } from "./sysfs/iommu";
+import { GroupView, IOMMU_OFF_FIX, groupGuardOps, isVfioDriver, lastGroupView, noteMemberStates, readGroup, readGroupState, viabilityProblems } from "./sysfs/iommu";
 import {
     DeviceState,
     PCI_DRIVERS,
@@ -332,12 +333,18 @@ function toMember(m: MemberPlan, driverNow: string | null): BindingMember {
     };
 }
 
-function persistenceOps(plan: BindingPlan, persistent: boolean, driver: string): Op[] {
+/**
+ * The driverctl files to write or remove: written for every managed member when `persistent`; removed only where
+ * this binding wrote them before (`wasPersistent`, a member it managed) and no longer should. A file the host had
+ * before us (the user's own `driverctl set-override`) is never touched.
+ */
+function persistenceOps(plan: BindingPlan, persistent: boolean, driver: string, wasPersistent: boolean, previous: BindingMember[] = []): Op[] {
     const ops: Op[] = [];
     if (persistent) ops.push({ op: "mkdir", path: DRIVERCTL_DIR, mode: 0o755 });
     for (const m of plan.members) {
+        const ours = wasPersistent && previous.some((p) => p.managed && p.address === m.device.address);
         if (m.managed && persistent) ops.push({ op: "put", path: driverctlFile(m.device.address), data: driver + "\n", mode: 0o644 });
-        else if (m.target !== null || m.managed) ops.push({ op: "remove", path: driverctlFile(m.device.address) });
+        else if (ours) ops.push({ op: "remove", path: driverctlFile(m.device.address) });
     }
     return ops;
 }
@@ -370,76 +377,114 @@ function overrideFrom(r: { ok: boolean; data: string } | undefined): string | nu
 /**
  * Converge the host to the inputs: the body of create and update. `previous` are the members from the state
  * (so delete later restores the drivers the host had before the first create, not intermediate ones).
+ *
+ * A create right after check in the same program (as `pulumi up` does) plans from what check read, and its one
+ * batch verifies before the first write that the group is still as read ({@link groupGuardOps}); when a guard stops
+ * it (nothing was written), or the group was not read yet, or this is an update, the group is read under the lock
+ * and the plan made from that.
  */
-async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[]): Promise<IommuBindingOutputs> {
-    const { driver, wholeGroup, allowBootVga, persistent } = defaults(inputs);
-    assertDriverName(driver);
+async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[], wasPersistent = false): Promise<IommuBindingOutputs> {
+    assertDriverName(defaults(inputs).driver);
     return host.withLock(async () => {
         const address = await resolveAddress(host, inputs.device);
-        const facts = await readFacts(host, address, driver, previous, false);
-        const plan = planBinding({ ...inputs, address }, facts);
-        if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
-
-        const changing = plan.members.filter((m) => m.target !== null && (m.target !== m.device.driver || (m.target === driver && m.device.override !== driver)));
-        const ops: Op[] = [];
-        if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
-        for (const m of changing) {
-            ops.push(...(m.target === driver ? bindOps(m.device.address, m.device, driver) : restoreOps(m.device.address, m.device, m.previous)));
+        const seen = previous ? undefined : lastGroupView(host, address);
+        if (seen?.device) {
+            // Who holds the group is the guard's to tell; the driver list decides whether to modprobe.
+            const facts: PlanFacts = { view: { ...seen, openers: [] }, driverKnown: true, driverctlInstalled: true };
+            const outs = await apply(host, inputs, address, facts, { previous, wasPersistent }, groupGuardOps(host, seen));
+            if (outs) return outs;
         }
-        const applyCount = ops.length;
-        ops.push(...plan.members.map((m) => driverLinkOp(m.device.address)));
-        ops.push(...persistenceOps(plan, persistent, driver));
-
-        const r = await host.run(ops, { stopOnError: true });
-        let failure: Error | undefined = firstFailure(ops, r);
-        const now = new Map(plan.members.map((m, i) => [m.device.address, driverFromLink(r[applyCount + i])]));
-
-        if (!failure) {
-            // drivers_probe can leave a device unbound (lxd#12128): try an explicit bind once before giving up.
-            const stray = changing.filter((m) => m.target === driver && now.get(m.device.address) !== driver);
-            if (stray.length) {
-                const retry: Op[] = stray.map((m): Op => ({ op: "write", path: `${PCI_DRIVERS}/${driver}/bind`, data: m.device.address, optional: true }));
-                const rr = await host.run([...retry, ...stray.map((m) => driverLinkOp(m.device.address))]);
-                stray.forEach((m, i) => now.set(m.device.address, driverFromLink(rr[retry.length + i])));
-                const still = stray.filter((m) => now.get(m.device.address) !== driver);
-                if (still.length) {
-                    const why = rr.slice(0, retry.length).find((x) => !x.ok);
-                    failure = new SysfsError(
-                        `${PCI_DRIVERS}/${driver}/bind`,
-                        why?.errno,
-                        `${still.map((m) => m.device.address).join(", ")} did not bind to ${driver} (driver link reads ${still.map((m) => now.get(m.device.address) ?? "nothing").join(", ")})`,
-                        "another driver may have claimed it first, or the driver refused it; check dmesg",
-                    );
-                }
-            }
-            const wrong = changing.filter((m) => m.target !== driver && now.get(m.device.address) !== m.target);
-            if (!failure && wrong.length) {
-                failure = new Error(`${wrong.map((m) => `${m.device.address} did not return to ${m.target}`).join(", ")}`);
-            }
-        }
-
-        if (failure) {
-            const undo = changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } }));
-            const left = await restore(host, undo);
-            // Persistence files are restored too: remove what we wrote for members that had none.
-            const restoredNote = left.length ? ` Rollback incomplete: ${left.join("; ")}.` : ` Every changed device was restored (${undo.map((u) => `${u.address} → ${u.state.driver ?? "no driver"}`).join(", ") || "nothing had changed"}).`;
-            if (persistent) await host.run(plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })));
-            throw new Error(`binding ${address} to ${driver} failed: ${failure.message}.${restoredNote}`);
-        }
-
-        return {
-            ...withoutProvider(inputs),
-            address,
-            driver,
-            wholeGroup,
-            allowBootVga,
-            persistent,
-            group: plan.group!,
-            vfioDevice: isVfioDriver(driver) ? `/dev/vfio/${plan.group}` : null,
-            members: plan.members.map((m) => toMember(m, now.get(m.device.address) ?? null)),
-            plan: plan.lines,
-        };
+        const facts = await readFacts(host, address, defaults(inputs).driver, previous, false);
+        return (await apply(host, inputs, address, facts, { previous, wasPersistent }, []))!;
     });
+}
+
+/**
+ * Bind as `facts` say the group is, in one `stopOnError` batch: `guards` first, then modprobe if the driver is not
+ * registered, driverctl's sequence per changing member, the read-back of every member and the persistence files.
+ * Returns undefined when a guard stopped the batch (or the plan from guarded facts has problems): nothing changed.
+ * On a failed write, every member already changed is restored and the error thrown names the file and errno.
+ */
+async function apply(
+    host: Host,
+    inputs: IommuBindingInputs,
+    address: string,
+    facts: PlanFacts,
+    { previous, wasPersistent }: { previous?: BindingMember[]; wasPersistent: boolean },
+    guards: Op[],
+): Promise<IommuBindingOutputs | undefined> {
+    const { driver, wholeGroup, allowBootVga, persistent } = defaults(inputs);
+    const plan = planBinding({ ...inputs, address }, facts);
+    if (plan.problems.length) {
+        if (guards.length) return undefined;
+        throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
+    }
+
+    const changing = plan.members.filter((m) => m.target !== null && (m.target !== m.device.driver || (m.target === driver && m.device.override !== driver)));
+    const ops: Op[] = [];
+    if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
+    for (const m of changing) {
+        ops.push(...(m.target === driver ? bindOps(m.device.address, m.device, driver) : restoreOps(m.device.address, m.device, m.previous)));
+    }
+    const applyCount = ops.length;
+    ops.push(...plan.members.map((m) => driverLinkOp(m.device.address)));
+    ops.push(...persistenceOps(plan, persistent, driver, wasPersistent, previous));
+
+    const all = await host.run([...guards, ...ops], { stopOnError: true });
+    if (all.slice(0, guards.length).some((x) => !x.ok)) return undefined;
+    const r = all.slice(guards.length);
+    let failure: Error | undefined = firstFailure(ops, r);
+    const now = new Map(plan.members.map((m, i) => [m.device.address, driverFromLink(r[applyCount + i])]));
+
+    if (!failure) {
+        // drivers_probe can leave a device unbound (lxd#12128): try an explicit bind once before giving up.
+        const stray = changing.filter((m) => m.target === driver && now.get(m.device.address) !== driver);
+        if (stray.length) {
+            const retry: Op[] = stray.map((m): Op => ({ op: "write", path: `${PCI_DRIVERS}/${driver}/bind`, data: m.device.address, optional: true }));
+            const rr = await host.run([...retry, ...stray.map((m) => driverLinkOp(m.device.address))]);
+            stray.forEach((m, i) => now.set(m.device.address, driverFromLink(rr[retry.length + i])));
+            const still = stray.filter((m) => now.get(m.device.address) !== driver);
+            if (still.length) {
+                const why = rr.slice(0, retry.length).find((x) => !x.ok);
+                failure = new SysfsError(
+                    `${PCI_DRIVERS}/${driver}/bind`,
+                    why?.errno,
+                    `${still.map((m) => m.device.address).join(", ")} did not bind to ${driver} (driver link reads ${still.map((m) => now.get(m.device.address) ?? "nothing").join(", ")})`,
+                    "another driver may have claimed it first, or the driver refused it; check dmesg",
+                );
+            }
+        }
+        const wrong = changing.filter((m) => m.target !== driver && now.get(m.device.address) !== m.target);
+        if (!failure && wrong.length) {
+            failure = new Error(`${wrong.map((m) => `${m.device.address} did not return to ${m.target}`).join(", ")}`);
+        }
+    }
+
+    if (failure) {
+        noteMemberStates(host, address, undefined);
+        const undo = changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } }));
+        const left = await restore(host, undo);
+        // Persistence files are restored too: remove what we wrote for members that had none.
+        const restoredNote = left.length ? ` Rollback incomplete: ${left.join("; ")}.` : ` Every changed device was restored (${undo.map((u) => `${u.address} → ${u.state.driver ?? "no driver"}`).join(", ") || "nothing had changed"}).`;
+        if (persistent) await host.run(plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })));
+        throw new Error(`binding ${address} to ${driver} failed: ${failure.message}.${restoredNote}`);
+    }
+
+    // Every override write succeeded (a failed one stops the batch), so each member's override is the one written.
+    const overrideNow = (m: MemberPlan) => (!changing.includes(m) ? m.device.override : m.target === driver ? driver : m.previous.override);
+    noteMemberStates(host, address, new Map(plan.members.map((m) => [m.device.address, { driver: now.get(m.device.address) ?? null, override: overrideNow(m) }])), driver);
+    return {
+        ...withoutProvider(inputs),
+        address,
+        driver,
+        wholeGroup,
+        allowBootVga,
+        persistent,
+        group: plan.group!,
+        vfioDevice: isVfioDriver(driver) ? `/dev/vfio/${plan.group}` : null,
+        members: plan.members.map((m) => toMember(m, now.get(m.device.address) ?? null)),
+        plan: plan.lines,
+    };
 }
 
 export async function create(inputs: IommuBindingInputs, onHost?: Host): Promise<{ id: string; outs: IommuBindingOutputs }> {
@@ -448,7 +493,7 @@ export async function create(inputs: IommuBindingInputs, onHost?: Host): Promise
 }
 
 export async function update(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs, onHost?: Host): Promise<{ outs: IommuBindingOutputs }> {
-    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members), onHost);
+    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members, olds.persistent), onHost);
     return { outs };
 }
 
@@ -484,7 +529,8 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
                 .map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: { driver: m.driver, override: props.driver } }));
             const guard: Op = { op: "groupHolders", path: `${PCI_DEVICES}/${props.address}`, guard: true };
             const ops = recorded.flatMap((b) => restoreOps(b.address, b.now, b.state));
-            const cleanup = recorded.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true }));
+            // Only files this binding wrote: a driverctl file the host had before us stays.
+            const cleanup = props.persistent ? recorded.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true })) : [];
             const verify = recorded.flatMap((b): Op[] => [driverLinkOp(b.address), { op: "read", path: `${PCI_DEVICES}/${b.address}/driver_override` }]);
             const r = await host.run([guard, ...ops, ...cleanup, ...verify], { stopOnError: true });
             if (!r[0].ok && r[0].errno === "EBUSY") {
@@ -493,7 +539,8 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
             }
             const after = r.slice(1 + ops.length + cleanup.length);
             const back = recorded.every((b, i) => after[2 * i + 1].ok && driverFromLink(after[2 * i]) === b.state.driver && overrideFrom(after[2 * i + 1]) === b.state.override);
-            if (back) return;
+            if (back) return noteMemberStates(host, props.address, new Map(recorded.map((b) => [b.address, b.state])));
+            noteMemberStates(host, props.address, undefined);
 
             const view = await readGroupState(host, props.address, members.map((m) => m.address));
             if (!view.exists) return;
@@ -501,7 +548,7 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
             const managed = members.filter((m) => m.managed && view.members.get(m.address));
             // The group was just read: restore from that state, and drop persistence in the same batch.
             const undo = managed.map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: view.members.get(m.address)! }));
-            const left = await restore(host, undo, managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })));
+            const left = await restore(host, undo, props.persistent ? managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })) : []);
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
         }),
         onHost,

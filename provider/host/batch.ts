@@ -7,10 +7,11 @@
  * Why bash and not sh: bash reports a failed write(2) with its strerror text ("write error: No such device"),
  * which we map back to the errno the kernel returned; dash only says "I/O error".
  */
+import { AsyncLocalStorage } from "async_hooks";
 import { randomBytes } from "crypto";
 import { StringDecoder } from "string_decoder";
 import { LOCK_PATH } from "./lock";
-import { Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMessage, isMutation } from "./types";
+import { Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMessage, isGuardRead, isMutation } from "./types";
 
 /**
  * The interpreter runs for as long as its host object is in use and executes any number of batches, one after the
@@ -19,9 +20,12 @@ import { Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMess
  * boundary is 32 random hex characters per batch, so no file content can forge one. With `<stop>` = 1 the first
  * failed change makes the interpreter skip the batch's remaining operations (they get no trailer).
  *
- * `K <seconds>` takes the host-wide lock (util-linux flock(1) on fd 9 of the interpreter itself, so holding it costs
- * no process; 0 seconds means try once) and `U`, a line outside any batch that gets no answer, drops it. No external
- * program inherits fd 9: a daemon started by an `exec` operation must never keep the host locked.
+ * `K <seconds>` takes the host-wide lock (flock(2); 0 seconds means try once) and `U`, a line outside any batch that
+ * gets no answer, drops it. Taking it costs no process: a small perl helper, started with the first `K` (perl-base is
+ * Essential on Debian and Ubuntu), holds the lock for the interpreter and exits, dropping it, when the interpreter
+ * goes (its stdin closes; a kill of the interpreter's process group takes it too). On a host without perl, util-linux
+ * flock(1) locks fd 9 of the interpreter itself, one process per `K`. No external program inherits the helper's
+ * pipes or fd 9: a daemon started by an `exec` operation must never keep the host locked.
  *
  * Forks and small writes are what is slow on a busy or emulated host. Everything that can is a bash builtin: reads,
  * lists, sysfs writes (their errors go to a per-interpreter file, not a subshell), readlink of a link to a directory
@@ -44,6 +48,32 @@ flush() { [ -n "$OUT" ] && printf '%s' "$OUT"; OUT=; }
 d() { printf -v "$1" '%b' "$2"; }
 fail() { t "$1" "$2"; if [ "$STOP" = 1 ] && [ "$3" != o ]; then SKIP=1; fi; }
 err() { e=''; IFS= read -r e < "$EF"; : > "$EF"; e=\${e#*: line +([0-9]): }; }
+# The answer $1 of a read. With an expectation (opt e, field 3) it must equal it, trailing newlines dropped, else the
+# op fails with 4 (ESTALE) and stops a stopping batch. none: the read failed with $1; an expectation sees "".
+want() {
+  if [ "$opt" != e ]; then OUT+=$1; ok; return; fi
+  local w a=\${1%%+($'\n')}; d w "\${f[3]-}"
+  if [[ $a == "$w" ]]; then OUT+=$1; ok; else fail 4 "found \${a:0:200}" -; fi
+}
+none() { if [ "$opt" = e ]; then want ''; else t 1 "$1"; fi; }
+# The lock helper (see the K op): answers "K <secs>" with 0 (taken), T (timed out) or "E <why>", and "U" with nothing.
+# flock(2) by number (LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8): loading Fcntl would double perl's start-up.
+LOCKD_PL='$| = 1; my ($p, $f) = @ARGV;
+while (my $l = <STDIN>) {
+  if ($l =~ /^K (\d+)/) {
+    my $t = $1;
+    if (!$f && !open($f, ">>", $p)) { undef $f; print "E $!\n"; next }
+    my $ok = flock($f, 6);
+    if (!$ok && $t > 0) { eval { local $SIG{ALRM} = sub { die "timeout\n" }; alarm $t; $ok = flock($f, 2); alarm 0 }; alarm 0 }
+    print $ok ? "0\n" : "T\n";
+  } elsif ($l =~ /^U/) { flock($f, 8) if $f }
+}'
+PERL=; hash perl 2>/dev/null && PERL=perl
+lockd() {
+  [ -n "\${LOCKD[1]-}" ] && return 0
+  [ -n "$PERL" ] || return 1
+  coproc LOCKD { exec perl -e "$LOCKD_PL" ${LOCK_PATH} 2>/dev/null 3>&- 4>&- 9>&-; }
+}
 # PIDs holding $1 open, one per line, in $held. A VFIO group can be open only once (drivers/vfio/group.c: a second
 # open fails with EBUSY), so a group we can open and close again has no holder and costs no walk of /proc/*/fd.
 holders() {
@@ -60,7 +90,7 @@ while IFS=' ' read -r -a f; do
   case $op in
   B) B=\${f[1]}; STOP=\${f[2]}; SKIP=0; n=0; continue ;;
   E) OUT+=$'\n'"$B E"$'\n'; flush; continue ;;
-  U) exec 9>&-; continue ;;
+  U) [ -n "\${LOCKD[1]-}" ] && printf 'U\n' >&"\${LOCKD[1]}"; exec 9>&-; continue ;;
   esac
   [ $SKIP = 1 ] && continue
   opt=\${f[1]-}; p=\${f[2]-}
@@ -69,11 +99,11 @@ while IFS=' ' read -r -a f; do
   case $op in r|l|d|s) ;; *) flush ;; esac
   case $op in
   r) x=''; IFS= read -r -d '' x 2>&4 < "$p"
-     if [ -s "$EF" ]; then err; t 1 "$e"; else OUT+=$x; ok; fi ;;
-  l) if [ ! -L "$p" ]; then t 1 "not a link"
-     elif cd -P -- "$p" 2>/dev/null; then OUT+=$PWD; cd /; ok
-     elif x=$(readlink -m -- "$p" 2>/dev/null </dev/null 9>&-); then OUT+=$x; ok; else t 1 "not a link"; fi ;;
-  d) if [ -d "$p" ]; then for e in "$p"/*; do OUT+=\${e##*/}$'\n'; done; ok; else t 1 "No such file or directory"; fi ;;
+     if [ -s "$EF" ]; then err; none "$e"; else want "$x"; fi ;;
+  l) if [ ! -L "$p" ]; then none "not a link"
+     elif cd -P -- "$p" 2>/dev/null; then x=$PWD; cd /; want "$x"
+     elif x=$(readlink -m -- "$p" 2>/dev/null </dev/null 9>&-); then want "$x"; else none "not a link"; fi ;;
+  d) if [ -d "$p" ]; then x=; for e in "$p"/*; do x+=\${e##*/}$'\n'; done; want "$x"; else none "No such file or directory"; fi ;;
   s) if [ ! -e "$p" ]; then t 1 "No such file or directory"
      elif x=$(stat -L -c '%F %a %u %g %s %t:%T' -- "$p" 2>&1 </dev/null 9>&-); then OUT+=$x; t 0; else t 1 "$x"; fi ;;
   w) if printf '%b' "\${f[3]-}" 2>&4 > "$p"; then ok; else err; fail 1 "$e" "$opt"; fi ;;
@@ -92,10 +122,16 @@ while IFS=' ' read -r -a f; do
      e=$("\${a[@]}" 2>&1 >&3 3>&- </dev/null 9>&-); rc=$?
      if [ $rc -eq 0 ]; then t 0 "$e"; else fail $rc "$e" "$opt"; fi ;;
   K) [ -d /run/lock ] || mkdir -p /run/lock 9>&-
-     if ! { exec 9>>${LOCK_PATH}; } 2>&4; then err; t 1 "cannot open ${LOCK_PATH}: $e"
-     elif [ "$opt" = 0 ] && flock -n 9 </dev/null; then t 0
-     elif [ "$opt" != 0 ] && flock -w "$opt" 9 </dev/null; then t 0
-     else exec 9>&-; t 1 "timed out after $opt s waiting for ${LOCK_PATH}: another pulumi-vfio operation holds it"; fi ;;
+     kr="timed out after $opt s waiting for ${LOCK_PATH}: another pulumi-vfio operation holds it"
+     if lockd; then
+       printf 'K %s\n' "$opt" >&"\${LOCKD[1]}"; x=; IFS= read -r x <&"\${LOCKD[0]}"
+       case $x in 0) kr= ;; T) ;; E*) kr="cannot open ${LOCK_PATH}: \${x#E }" ;; *) kr="the lock helper (perl) went away" ;; esac
+     elif ! { exec 9>>${LOCK_PATH}; } 2>&4; then err; kr="cannot open ${LOCK_PATH}: $e"
+     elif [ "$opt" = 0 ] && flock -n 9 </dev/null; then kr=
+     elif [ "$opt" != 0 ] && flock -w "$opt" 9 </dev/null; then kr=
+     else exec 9>&-; fi
+     # Without the lock, nothing after it in its batch runs.
+     if [ -z "$kr" ]; then t 0; else t 1 "$kr"; SKIP=1; fi ;;
   *) t 2 "unknown op $op" ;;
   esac
 done
@@ -132,7 +168,7 @@ function field(value: string): string {
 
 /** The stdin line for one operation. */
 export function encodeOp(op: Op): string {
-    const opt = "optional" in op && op.optional ? "o" : op.op === "groupHolders" && op.guard ? "g" : "-";
+    const opt = "optional" in op && op.optional ? "o" : op.op === "groupHolders" && op.guard ? "g" : isGuardRead(op) ? "e" : "-";
     const code = OP_CODE[op.op];
     if (op.op === "exec") {
         if (op.argv.length === 0) throw new Error("exec needs a program");
@@ -143,6 +179,7 @@ export function encodeOp(op: Op): string {
     if (op.op === "write") parts.push(field(op.data));
     if (op.op === "put") parts.push(field(op.mode.toString(8)), field(op.data));
     if (op.op === "mkdir") parts.push(field(op.mode.toString(8)));
+    if (isGuardRead(op)) parts.push(field(op.expect));
     return parts.join(" ");
 }
 
@@ -175,8 +212,9 @@ type Line = { ops: Op[]; lines: string[] };
 /**
  * Drives one long-lived interpreter process: batches are queued and run one at a time over the same process, which
  * is started on first use and again after it was abandoned (an operation over its time limit) or went away. The
- * host-wide lock is held by the interpreter; when a new process has to be started while the lock is held, it tries
- * once to take it again (a process abandoned in the middle of a kernel write may still hold it, which is as good).
+ * host-wide lock is held by the interpreter (its helper); a locked section takes it with its first batch, in the same
+ * round trip. When a new process has to be started while the lock is held, it tries once to take it again (a process
+ * abandoned in the middle of a kernel write may still hold it, which is as good).
  */
 export class Interpreter {
     private proc?: InterpreterProcess;
@@ -185,6 +223,9 @@ export class Interpreter {
     /** Whether the current process holds the flock, and whether a locked section is running. */
     private held = false;
     private inSection = false;
+    /** The lock's time limit while the running section has not taken it yet, and that section's token (see `run`). */
+    private pendingLock?: number;
+    private section?: object;
     /** Drops a lock nobody uses any more; see {@link LOCK_LINGER_MS}. */
     private linger?: NodeJS.Timeout;
     /** In-process mutual exclusion for {@link withLock}: flock does not exclude a second holder of the same fd. */
@@ -197,19 +238,32 @@ export class Interpreter {
 
     constructor(private readonly spawn: () => Promise<InterpreterProcess>) {}
 
-    /** Run a batch of operations (queued behind any batch already running). */
+    /**
+     * Run a batch of operations (queued behind any batch already running). The first batch of a locked section that
+     * does not hold the lock yet takes it in the same round trip: `K` goes first, and when it fails the interpreter
+     * skips the rest and this throws the lock's error.
+     */
     run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
         if (ops.length === 0) return Promise.resolve([]);
         const batch: Line = { ops, lines: ops.map(encodeOp) };
-        return this.enqueue(() => this.drive(batch, opts));
-    }
-
-    /** Take the host-wide lock, waiting at most `timeoutMs`. Throws with flock's reason when it cannot. */
-    private async lock(timeoutMs: number): Promise<void> {
-        const secs = Math.max(1, Math.ceil(timeoutMs / 1000));
-        const [r] = await this.enqueue(() => this.drive({ ops: [lockOp(timeoutMs + 10_000)], lines: [`K ${secs}`] }, {}));
-        if (!r.ok) throw new Error(`could not take the host lock ${LOCK_PATH}: ${r.message ?? "the interpreter went away"}`);
-        this.held = true;
+        const lockMs = this.pendingLock;
+        if (lockMs === undefined || sections.getStore() !== this.section) return this.enqueue(() => this.drive(batch, opts));
+        this.pendingLock = undefined;
+        const secs = Math.max(1, Math.ceil(lockMs / 1000));
+        const locked: Line = { ops: [lockOp(lockMs + 10_000), ...batch.ops], lines: [`K ${secs}`, ...batch.lines] };
+        return this.enqueue(async () => {
+            const [r, ...rest] = await this.drive(locked, opts).catch((e) => {
+                this.pendingLock = lockMs;
+                throw e;
+            });
+            if (!r.ok) {
+                // Nothing ran; the section's next batch tries again.
+                this.pendingLock = lockMs;
+                throw new Error(`could not take the host lock ${LOCK_PATH}: ${r.message ?? "the interpreter went away"}`);
+            }
+            this.held = true;
+            return rest;
+        });
     }
 
     /** Drop the lock: one line, queued behind the batches before it, answered by nothing (so it costs no round
@@ -238,11 +292,17 @@ export class Interpreter {
             if (this.linger) clearTimeout(this.linger);
             this.linger = undefined;
             // `held` may describe a process that has gone since; a fresh one waits for the lock like anyone else.
-            if (!this.held || !this.proc) await this.lock(timeoutMs);
+            if (!this.proc) this.held = false;
+            // Taken by the section's first batch, in its round trip (see `run`).
+            this.pendingLock = this.held ? undefined : timeoutMs;
+            const token = {};
+            this.section = token;
             this.inSection = true;
             try {
-                return await fn();
+                return await sections.run(token, fn);
             } finally {
+                this.pendingLock = undefined;
+                this.section = undefined;
                 this.inSection = false;
                 this.linger = setTimeout(() => {
                     this.linger = undefined;
@@ -283,8 +343,9 @@ export class Interpreter {
                 });
                 decoders.set(p, new StringDecoder("utf8"));
                 this.proc = p;
+                const wasHeld = this.held;
                 this.held = false;
-                if (this.inSection) {
+                if (this.inSection && wasHeld) {
                     // A fresh process inside a locked section: take the lock again without waiting (see the class comment).
                     const [r] = await this.exchange(p, { ops: [lockOp(SHORT_STEP_MS)], lines: ["K 0"] }, {}).catch(() => [{ ok: false } as OpResult]);
                     this.held = r.ok;
@@ -369,11 +430,14 @@ export class Interpreter {
 
 const decoders = new WeakMap<InterpreterProcess, StringDecoder>();
 
+/** Which locked section (if any) a batch comes from, across the awaits of the section's code. */
+const sections = new AsyncLocalStorage<object>();
+
 /**
- * How long the lock stays held after a locked section ends, in milliseconds. Taking it starts a process (flock), the
- * one process a resource operation would otherwise need, so a program that changes a host several times in a row
- * (create then delete, or the resources of one `pulumi up`) takes it once; another program waits at most this much
- * longer. The lock is never dropped inside a section, and always with the interpreter (when the program ends).
+ * How long the lock stays held after a locked section ends, in milliseconds, so a program that changes a host several
+ * times in a row (create then delete, or the resources of one `pulumi up`) takes it once (taking it is a wait on the
+ * helper, and on a host without perl a flock process); another program waits at most this much longer. The lock is
+ * never dropped inside a section, and always with the interpreter (when the program ends).
  */
 export const LOCK_LINGER_MS = 2_000;
 
@@ -391,7 +455,7 @@ function toResult(op: Op | undefined, code: number, content: string, message: st
     if (code !== 0) {
         r.data = op?.op === "exec" || op?.op === "groupHolders" ? content : "";
         r.message = message;
-        r.errno = op?.op === "exec" ? undefined : errnoFromMessage(message) ?? (message === "not a link" ? "EINVAL" : undefined);
+        r.errno = op?.op === "exec" ? undefined : code === 4 && op && isGuardRead(op) ? "ESTALE" : errnoFromMessage(message) ?? (message === "not a link" ? "EINVAL" : undefined);
     } else if (op?.op === "exec" && message) {
         r.message = message;
     }

@@ -13,16 +13,20 @@ import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 export interface LocalHostOptions {
     /** Prefix privileged work with `sudo -n` (default: when not running as root). */
     sudo?: boolean;
+    /** Environment of the interpreter, `PATH` included (default: this process's). */
+    env?: NodeJS.ProcessEnv;
 }
 
 export class LocalHost implements Host {
     readonly name = "local";
     private readonly prefix: string[];
+    private readonly env?: NodeJS.ProcessEnv;
     private readonly interpreter: Interpreter;
 
     constructor(opts: LocalHostOptions = {}) {
         const sudo = opts.sudo ?? (typeof process.getuid === "function" && process.getuid() !== 0);
         this.prefix = sudo ? ["sudo", "-n", "--"] : [];
+        this.env = opts.env;
         this.interpreter = new Interpreter(async () => this.start());
     }
 
@@ -32,7 +36,7 @@ export class LocalHost implements Host {
 
     private start(): InterpreterProcess {
         const [cmd, ...args] = [...this.prefix, "bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch"];
-        const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], detached: true });
+        const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], detached: true, env: this.env ?? process.env });
         let err = "";
         child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
         child.stdin!.on("error", () => undefined);

@@ -9,14 +9,14 @@
 
 /** One operation of a batch. Paths are absolute and are checked by {@link assertSafePath} before they leave us. */
 export type Op =
-    /** Read a file's whole text. Fails with ENOENT when absent. */
-    | { op: "read"; path: string; timeoutMs?: number }
+    /** Read a file's whole text. Fails with ENOENT when absent. With `expect`, a guard: see {@link Expect}. */
+    | ({ op: "read"; path: string; timeoutMs?: number } & Expect)
     /** Where a symbolic link leads, as a canonical absolute path (`readlink -m`; for a link to a directory, the
      *  directory's physical path, which costs no process). Callers use its last components (`.../drivers/vfio-pci`,
-     *  `.../iommu_groups/8`). Fails with EINVAL when the path is not a link. */
-    | { op: "readlink"; path: string; timeoutMs?: number }
-    /** Names in a directory (following links), one per line, sorted. Fails with ENOENT when absent. */
-    | { op: "list"; path: string; timeoutMs?: number }
+     *  `.../iommu_groups/8`). Fails with EINVAL when the path is not a link. With `expect`, a guard. */
+    | ({ op: "readlink"; path: string; timeoutMs?: number } & Expect)
+    /** Names in a directory (following links), one per line, sorted. Fails with ENOENT when absent. With `expect`, a guard. */
+    | ({ op: "list"; path: string; timeoutMs?: number } & Expect)
     /** `type mode uid gid size major:minor` of a path (following links); type is one of
      *  `file`, `dir`, `char`, `block`, `link`, `fifo`, `socket`. Fails with ENOENT when absent. */
     | { op: "stat"; path: string; timeoutMs?: number }
@@ -40,6 +40,21 @@ export type Op =
     /** Run a program with an argument vector (never a shell string); stdout is the result's data. */
     | { op: "exec"; argv: string[]; timeoutMs?: number; optional?: boolean };
 
+/**
+ * A read that guards what follows it: the answer, trailing newlines removed (an absent path answers ""), must equal
+ * `expect`, else the op fails with errno `ESTALE` (message `found <answer>`) and a `stopOnError` batch stops there.
+ * A batch planned from an earlier read thereby checks, in the same round trip and before its first write, that the
+ * host is still as it was read (compare-and-swap for sysfs state).
+ */
+export interface Expect {
+    expect?: string;
+}
+
+/** Whether an op is a read with an expectation (see {@link Expect}). */
+export function isGuardRead(op: Op): op is Extract<Op, { op: "read" | "readlink" | "list" }> & { expect: string } {
+    return (op.op === "read" || op.op === "readlink" || op.op === "list") && op.expect !== undefined;
+}
+
 export interface OpResult {
     /** True when the operation succeeded (for exec: exit status 0). */
     ok: boolean;
@@ -56,7 +71,7 @@ export interface OpResult {
 }
 
 export interface RunOptions {
-    /** Stop at the first failed write/put/mkdir/remove/exec that is not `optional`. Default false. */
+    /** Stop at the first failed write/put/mkdir/remove/exec that is not `optional`, or failed guard. Default false. */
     stopOnError?: boolean;
 }
 
@@ -67,11 +82,13 @@ export interface Host {
     run(ops: Op[], opts?: RunOptions): Promise<OpResult[]>;
     /**
      * Run `fn` while holding the host-wide pulumi-vfio lock (flock on /run/lock/pulumi-vfio.lock, mode 0600), so
-     * two resources (or two `pulumi up`s) never interleave their sysfs sequences on one host.
+     * two resources (or two `pulumi up`s) never interleave their sysfs sequences on one host. The lock is taken in the
+     * round trip of the section's first batch, before any of its operations; when it cannot be taken within
+     * `timeoutMs`, that batch throws and none of it ran. A section that runs no batch takes no lock.
      */
     withLock<T>(fn: () => Promise<T>, timeoutMs?: number): Promise<T>;
-    /** Round trips made so far: each `run` is one; taking the lock is one (none while this program still holds it,
-     *  see `LOCK_LINGER_MS`); dropping it is a message without an answer. */
+    /** Round trips made so far: each `run` is one, the lock taken with it included; dropping the lock is a message
+     *  without an answer. */
     readonly roundTrips: number;
     /**
      * A stream connected to a UNIX socket on the host (QEMU's QMP socket). Locally a `net` connection, over SSH an
@@ -161,5 +178,5 @@ export function defaultTimeout(op: Op): number {
 
 /** True for operations whose failure stops a `stopOnError` batch: those that change the host, and guards. */
 export function isMutation(op: Op): boolean {
-    return op.op === "write" || op.op === "put" || op.op === "mkdir" || op.op === "remove" || op.op === "exec" || (op.op === "groupHolders" && !!op.guard);
+    return op.op === "write" || op.op === "put" || op.op === "mkdir" || op.op === "remove" || op.op === "exec" || (op.op === "groupHolders" && !!op.guard) || isGuardRead(op);
 }

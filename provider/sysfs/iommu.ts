@@ -5,7 +5,7 @@
  */
 import { Host, Op } from "../host/types";
 import { pidsOf } from "./proc";
-import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
+import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PCI_DRIVERS, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
 
 export const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
 
@@ -66,11 +66,60 @@ export interface GroupView {
 }
 
 /**
- * The other members and the group number last seen for a device, per host. Groups are fixed at boot, so the next
- * read of the same device (check, then create, in one program) asks for them in its first batch. Only a hint:
- * the same batch lists the group, and a member the hint missed is read in a second round trip.
+ * What this program last saw of a device's group, per host: the other members and the group number (groups are
+ * fixed at boot, so the next read of the same device asks for them in its first batch; only a hint, since the same
+ * batch lists the group and a member the hint missed is read in a second round trip), and the whole view with the
+ * group's listing as read, for a batch that acts on it behind {@link groupGuardOps}.
  */
-const groupHints = new WeakMap<Host, Map<string, { others: string[]; group: number | null }>>();
+interface GroupHint {
+    others: string[];
+    group: number | null;
+    view?: GroupView;
+    /** The `iommu_group/devices` listing exactly as the host answered it. */
+    listing?: string;
+}
+const groupHints = new WeakMap<Host, Map<string, GroupHint>>();
+
+/**
+ * The group of `address` as this program last read it on `host` (with changes it made since, see
+ * {@link noteMemberStates}), or undefined. Possibly stale: act on it only behind {@link groupGuardOps}.
+ */
+export function lastGroupView(host: Host, address: string): GroupView | undefined {
+    return groupHints.get(host)?.get(address)?.view;
+}
+
+/**
+ * Guards (reads with `expect`, see the Host seam) that hold while the group of `view` is as it says: nobody holds
+ * `/dev/vfio/<group>`, the group has the same members, and every member has the same driver and `driver_override`.
+ * Put first in a `stopOnError` batch, they stop it before its first write when anything changed.
+ */
+export function groupGuardOps(host: Host, view: GroupView): Op[] {
+    const address = view.device!.address;
+    const listing = groupHints.get(host)?.get(address)?.listing;
+    const ops: Op[] = [{ op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true }];
+    if (listing !== undefined) ops.push({ op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices`, expect: listing.replace(/\n+$/, "") });
+    for (const m of view.members) {
+        ops.push({ op: "readlink", path: `${PCI_DEVICES}/${m.address}/driver`, expect: m.driver ? `${PCI_DRIVERS}/${m.driver}` : "" });
+        ops.push({ op: "read", path: `${PCI_DEVICES}/${m.address}/driver_override`, expect: m.override ?? "(null)" });
+    }
+    return ops;
+}
+
+/**
+ * Record what a change left the members of `address`'s group with (as read back), and a driver it registered, so
+ * the next change planned from {@link lastGroupView} matches the host; `undefined` forgets the view (state unknown).
+ */
+export function noteMemberStates(host: Host, address: string, states: Map<string, { driver: string | null; override: string | null }> | undefined, registered?: string): void {
+    const hint = groupHints.get(host)?.get(address);
+    if (!hint?.view) return;
+    if (!states) {
+        delete hint.view;
+        return;
+    }
+    const members = hint.view.members.map((m) => (states.has(m.address) ? { ...m, ...states.get(m.address)! } : m));
+    const drivers = registered && !hint.view.drivers.includes(registered) ? [...hint.view.drivers, registered] : hint.view.drivers;
+    hint.view = { ...hint.view, members, drivers, device: members.find((m) => m.address === address) ?? hint.view.device };
+}
 
 /**
  * Read a device, its whole IOMMU group, the IOMMU status and the registered drivers: one round trip when the
@@ -122,9 +171,10 @@ export async function readGroup(host: Host, address: string, extra: Op[] = [], v
     members.sort((a, b) => a.address.localeCompare(b.address));
     const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[r2.length - 1];
     const openers = openersResult?.ok ? pidsOf(openersResult) : [];
-    if (device) hints.set(address, { others, group });
+    const result = { device, group, members, iommu, drivers, openers };
+    if (device) hints.set(address, listed.ok ? { others, group, view: result, listing: listed.data } : { others, group });
     else hints.delete(address);
-    return { device, group, members, iommu, drivers, openers, extra: extraResults };
+    return { ...result, extra: extraResults };
 }
 
 export interface GroupState {

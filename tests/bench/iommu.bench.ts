@@ -7,7 +7,7 @@ import { SshHost } from "../../provider/host/ssh";
 import { check, create, remove } from "../../provider/iommuBinding";
 import { GUEST_DIR } from "../lab/guest";
 import type { LabHandle } from "../lab/lab";
-import { BenchRow, median, runGuestBench } from "./types";
+import { BenchRow, GUEST_ROUNDS, hostScript, median, runGuestBench, runHostRounds } from "./types";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -30,28 +30,25 @@ for d in ${GPU}:bochs-drm ${AUDIO}:snd_hda_intel; do
 done
 `;
 
-/** Runs in the guest (Node 18): the three contenders interleaved, times in ms as JSON. */
+/** Runs in the guest (Node 18): the three contenders interleaved (see GUEST_ROUNDS), times in ms as JSON. */
 const GUEST_BENCH = (iterations: number) => `
 const { execFileSync } = require("child_process");
 const p = require("${GUEST_DIR}/dist/provider").iommuBinding;
-const now = () => Number(process.hrtime.bigint()) / 1e6;
+${GUEST_ROUNDS}
 (async () => {
   const checked = await p.check({}, { device: "${GPU}" });
   if (checked.failures.length) throw new Error(JSON.stringify(checked.failures));
-  const t = { provider: [], script: [], driverctl: [] };
-  for (let i = 0; i < ${iterations}; i++) {
-    let s = now();
-    const { outs } = await p.create(checked.inputs);
-    await p.delete(outs.address, outs);
-    t.provider.push(now() - s);
-    s = now();
-    execFileSync("bash", ["${GUEST_DIR}/bench-bind.sh"]);
-    t.script.push(now() - s);
-    s = now();
-    for (const a of ["${GPU}", "${AUDIO}"]) execFileSync("driverctl", ["--nosave", "set-override", a, "vfio-pci"]);
-    for (const a of ["${GPU}", "${AUDIO}"]) execFileSync("driverctl", ["--nosave", "unset-override", a]);
-    t.driverctl.push(now() - s);
-  }
+  const t = await rounds(${iterations}, {
+    provider: async () => {
+      const { outs } = await p.create(checked.inputs);
+      await p.delete(outs.address, outs);
+    },
+    script: async () => execFileSync("bash", ["${GUEST_DIR}/bench-bind.sh"]),
+    driverctl: async () => {
+      for (const a of ["${GPU}", "${AUDIO}"]) execFileSync("driverctl", ["--nosave", "set-override", a, "vfio-pci"]);
+      for (const a of ["${GPU}", "${AUDIO}"]) execFileSync("driverctl", ["--nosave", "unset-override", a]);
+    },
+  });
   process.stdout.write(JSON.stringify(t));
 })().catch((e) => { console.error(e); process.exit(1); });
 `;
@@ -76,24 +73,16 @@ export async function benchIommu(lab: LabHandle, iterations = 7): Promise<BenchR
     try {
         const checked = await check({}, { device: GPU }, host);
         if (checked.failures.length) throw new Error(JSON.stringify(checked.failures));
-        const prov: number[] = [];
-        const scr: number[] = [];
-        let trips = 0;
-        for (let i = 0; i < iterations; i++) {
-            const t0 = host.roundTrips;
-            let s = performance.now();
-            const { outs } = await create(checked.inputs, host);
-            await remove(outs.address, outs, host);
-            prov.push(performance.now() - s);
-            trips = host.roundTrips - t0;
-            s = performance.now();
-            const [x] = await host.run([{ op: "exec", argv: ["bash", `${GUEST_DIR}/bench-bind.sh`] }]);
-            if (!x.ok) throw new Error(`script failed: ${x.message}`);
-            scr.push(performance.now() - s);
-        }
+        const { ms, trips } = await runHostRounds(host, iterations, {
+            provider: async () => {
+                const { outs } = await create(checked.inputs, host);
+                await remove(outs.address, outs, host);
+            },
+            script: hostScript(host, ["bash", `${GUEST_DIR}/bench-bind.sh`]),
+        });
         rows.push(
-            { name: "IommuBinding create+delete, provider (over SSH)", medianMs: median(prov), ratio: median(prov) / median(scr), baseline: "shell script over the same connection", roundTrips: trips, target: 1.5 },
-            { name: "same sysfs writes, plain shell script (over SSH)", medianMs: median(scr), roundTrips: 1 },
+            { name: "IommuBinding create+delete, provider (over SSH)", medianMs: median(ms.provider), ratio: median(ms.provider) / median(ms.script), baseline: "shell script over the same connection", roundTrips: trips.provider, target: 1.5 },
+            { name: "same sysfs writes, plain shell script (over SSH)", medianMs: median(ms.script), roundTrips: trips.script },
         );
     } finally {
         await host.close();

@@ -7,7 +7,7 @@ import { SshHost } from "../../provider/host/ssh";
 import { check, create, remove } from "../../provider/mdevInstance";
 import { GUEST_DIR } from "../lab/guest";
 import type { LabHandle } from "../lab/lab";
-import { BenchRow, median, runGuestBench } from "./types";
+import { BenchRow, GUEST_ROUNDS, hostScript, median, runGuestBench, runHostRounds } from "./types";
 
 const U_PROVIDER = "be0c4000-0000-4000-8000-000000000001";
 const U_SCRIPT = "be0c4000-0000-4000-8000-000000000002";
@@ -21,28 +21,25 @@ echo "$1" > ${TYPE_DIR}/create
 echo 1 > /sys/bus/mdev/devices/$1/remove
 `;
 
-/** Runs in the guest (Node 18): the three contenders interleaved, times in ms as JSON. */
+/** Runs in the guest (Node 18): the three contenders interleaved (see GUEST_ROUNDS), times in ms as JSON. */
 const GUEST_BENCH = (iterations: number) => `
 const { execFileSync } = require("child_process");
 const p = require("${GUEST_DIR}/dist/provider").mdevInstance;
-const now = () => Number(process.hrtime.bigint()) / 1e6;
+${GUEST_ROUNDS}
 (async () => {
   const checked = await p.check({}, { parent: "mtty", type: "mtty-1", uuid: "${U_PROVIDER}" });
   if (checked.failures.length) throw new Error(JSON.stringify(checked.failures));
-  const t = { provider: [], script: [], mdevctl: [] };
-  for (let i = 0; i < ${iterations}; i++) {
-    let s = now();
-    const { outs } = await p.create(checked.inputs);
-    await p.delete(outs.uuid, outs);
-    t.provider.push(now() - s);
-    s = now();
-    execFileSync("bash", ["${GUEST_DIR}/bench-mdev.sh", "${U_SCRIPT}"]);
-    t.script.push(now() - s);
-    s = now();
-    execFileSync("mdevctl", ["start", "-u", "${U_MDEVCTL}", "-p", "mtty", "-t", "mtty-1"]);
-    execFileSync("mdevctl", ["stop", "-u", "${U_MDEVCTL}"]);
-    t.mdevctl.push(now() - s);
-  }
+  const t = await rounds(${iterations}, {
+    provider: async () => {
+      const { outs } = await p.create(checked.inputs);
+      await p.delete(outs.uuid, outs);
+    },
+    script: async () => execFileSync("bash", ["${GUEST_DIR}/bench-mdev.sh", "${U_SCRIPT}"]),
+    mdevctl: async () => {
+      execFileSync("mdevctl", ["start", "-u", "${U_MDEVCTL}", "-p", "mtty", "-t", "mtty-1"]);
+      execFileSync("mdevctl", ["stop", "-u", "${U_MDEVCTL}"]);
+    },
+  });
   process.stdout.write(JSON.stringify(t));
 })().catch((e) => { console.error(e); process.exit(1); });
 `;
@@ -67,24 +64,16 @@ export async function benchMdev(lab: LabHandle, iterations = 7): Promise<BenchRo
     try {
         const checked = await check({}, { parent: "mtty", type: "mtty-1", uuid: U_PROVIDER }, host);
         if (checked.failures.length) throw new Error(JSON.stringify(checked.failures));
-        const prov: number[] = [];
-        const scr: number[] = [];
-        let trips = 0;
-        for (let i = 0; i < iterations; i++) {
-            const t0 = host.roundTrips;
-            let s = performance.now();
-            const { outs } = await create(checked.inputs, host);
-            await remove(outs.uuid, outs, host);
-            prov.push(performance.now() - s);
-            trips = host.roundTrips - t0;
-            s = performance.now();
-            const [x] = await host.run([{ op: "exec", argv: ["bash", `${GUEST_DIR}/bench-mdev.sh`, U_SCRIPT] }]);
-            if (!x.ok) throw new Error(`script failed: ${x.message}`);
-            scr.push(performance.now() - s);
-        }
+        const { ms, trips } = await runHostRounds(host, iterations, {
+            provider: async () => {
+                const { outs } = await create(checked.inputs, host);
+                await remove(outs.uuid, outs, host);
+            },
+            script: hostScript(host, ["bash", `${GUEST_DIR}/bench-mdev.sh`, U_SCRIPT]),
+        });
         rows.push(
-            { name: "MdevInstance create+delete, provider (over SSH)", medianMs: median(prov), ratio: median(prov) / median(scr), baseline: "shell script over the same connection", roundTrips: trips, target: 1.5 },
-            { name: "same sysfs writes, plain shell script (over SSH)", medianMs: median(scr), roundTrips: 1 },
+            { name: "MdevInstance create+delete, provider (over SSH)", medianMs: median(ms.provider), ratio: median(ms.provider) / median(ms.script), baseline: "shell script over the same connection", roundTrips: trips.provider, target: 1.5 },
+            { name: "same sysfs writes, plain shell script (over SSH)", medianMs: median(ms.script), roundTrips: trips.script },
         );
     } finally {
         await host.close();

@@ -55,6 +55,31 @@ test("stopOnError stops at the first failed change and marks the rest skipped", 
     expect(fs.existsSync(`${dir}/after`)).toBe(false);
 });
 
+test("a read with an expectation guards the rest of a stopping batch: the same answer passes, another stops it", async () => {
+    fs.writeFileSync(`${dir}/state`, "bochs-drm\n");
+    fs.mkdirSync(`${dir}/members`);
+    fs.writeFileSync(`${dir}/members/a`, "");
+    fs.symlinkSync(`${dir}/members`, `${dir}/link`);
+    const guards = [
+        { op: "read", path: `${dir}/state`, expect: "bochs-drm" },
+        { op: "readlink", path: `${dir}/link`, expect: fs.realpathSync(`${dir}/members`) },
+        { op: "list", path: `${dir}/members`, expect: "a" },
+        { op: "readlink", path: `${dir}/absent`, expect: "" },
+    ] as const;
+    const ok = await host.run([...guards, { op: "put", path: `${dir}/done`, data: "1", mode: 0o600 }], { stopOnError: true });
+    expect(ok.map((x) => x.ok)).toEqual([true, true, true, true, true]);
+    expect(ok[0].data).toBe("bochs-drm\n");
+
+    fs.writeFileSync(`${dir}/state`, "vfio-pci\n");
+    const stopped = await host.run([...guards, { op: "put", path: `${dir}/again`, data: "1", mode: 0o600 }], { stopOnError: true });
+    expect(stopped[0]).toMatchObject({ ok: false, errno: "ESTALE", message: "found vfio-pci" });
+    expect(stopped.slice(1).every((x) => x.skipped)).toBe(true);
+    expect(fs.existsSync(`${dir}/again`)).toBe(false);
+    // Without stopOnError a failed expectation is only reported.
+    const reported = await host.run([guards[0], { op: "read", path: `${dir}/state` }]);
+    expect(reported.map((x) => x.ok)).toEqual([false, true]);
+});
+
 test("an operation that blocks is abandoned at its limit and reported as ETIMEDOUT", async () => {
     const r = await host.run([{ op: "exec", argv: ["sleep", "30"], timeoutMs: 300 }, { op: "read", path: "/etc/hostname" }]);
     expect(r[0].errno).toBe("ETIMEDOUT");
@@ -92,6 +117,17 @@ test("errno names come from the strerror text a shell prints", () => {
 describe("one interpreter per host", () => {
     // An exec runs in a command substitution of the interpreter: the interpreter is its parent's parent.
     const pidOf = async (h: LocalHost) => (await h.run([{ op: "exec", argv: ["bash", "-c", "cut -d' ' -f4 /proc/$PPID/stat"] }]))[0].data.trim();
+    /** A locked section that touches the host (the lock is taken with a section's first batch): "taken" once in. */
+    const locked = (h: LocalHost, ms: number) =>
+        h.withLock(async () => {
+            await h.run([{ op: "read", path: "/etc/hostname" }]);
+            return "taken";
+        }, ms);
+    /** Names of the interpreter's other children (besides the command substitution running this exec). */
+    const helpers = async (h: LocalHost) => {
+        const script = "i=$(cut -d' ' -f4 /proc/$PPID/stat); for c in $(cat /proc/$i/task/*/children); do [ $c != $PPID ] && cat /proc/$c/comm; done; true";
+        return (await h.run([{ op: "exec", argv: ["bash", "-c", script] }]))[0].data.split("\n").filter(Boolean);
+    };
 
     test("batches reuse one process; after a batch stopped at a failure or an abandoned one, the next batch runs normally", async () => {
         const h = new LocalHost({ sudo: false });
@@ -129,10 +165,16 @@ describe("one interpreter per host", () => {
             await a.withLock(async () => {
                 const [d] = await a.run([{ op: "exec", argv: ["bash", "-c", "sleep 20 >/dev/null 2>&1 </dev/null & echo $!"] }]);
                 daemon = Number(d.data.trim());
-                await expect(b.withLock(async () => "never", 1000)).rejects.toThrow(/could not take the host lock \/run\/lock\/pulumi-vfio\.lock: timed out after 1 s/);
+                // The lock rides on a section's first batch: when it cannot be taken, none of that batch runs.
+                const write = b.withLock(() => b.run([{ op: "put", path: `${dir}/unlocked`, data: "x", mode: 0o600 }]), 1000);
+                await expect(write).rejects.toThrow(/could not take the host lock \/run\/lock\/pulumi-vfio\.lock: timed out after 1 s/);
+                expect(fs.existsSync(`${dir}/unlocked`)).toBe(false);
             });
-            // Held a little longer (LOCK_LINGER_MS) for a next section of the same program, then free for the other.
-            expect(await b.withLock(async () => "taken", LOCK_LINGER_MS + 8_000)).toBe("taken");
+            // Held a little longer (LOCK_LINGER_MS) for a next section of the same program, then free for the other,
+            // whose section of one batch is one round trip, the lock's included.
+            const before = b.roundTrips;
+            expect(await locked(b, LOCK_LINGER_MS + 8_000)).toBe("taken");
+            expect(b.roundTrips - before).toBe(1);
             expect(fs.statSync("/run/lock/pulumi-vfio.lock").mode & 0o777).toBe(0o600);
         } finally {
             if (daemon) process.kill(daemon);
@@ -155,6 +197,47 @@ describe("one interpreter per host", () => {
             expect(log).toEqual(["one in", "one out", "two in", "two out"]);
         } finally {
             await h.close();
+        }
+    });
+
+    test("a program killed while it holds the host lock leaves the host unlocked", async () => {
+        const lib = path.resolve(__dirname, "../../dist/provider/host/local.js");
+        const program = `const { LocalHost } = require(${JSON.stringify(lib)}); const h = new LocalHost({ sudo: false });
+            h.withLock(async () => { await h.run([{ op: "read", path: "/etc/hostname" }]); console.log("held"); await new Promise(() => setInterval(() => undefined, 1000)); });`;
+        const child = spawn(process.execPath, ["-e", program], { stdio: ["ignore", "pipe", "inherit"] });
+        await new Promise<void>((resolve) => child.stdout!.on("data", (d: Buffer) => d.toString().includes("held") && resolve()));
+        const other = new LocalHost({ sudo: false });
+        try {
+            await expect(locked(other, 1000)).rejects.toThrow(/timed out after 1 s/);
+            child.kill("SIGKILL");
+            expect(await locked(other, 10_000)).toBe("taken");
+        } finally {
+            child.kill("SIGKILL");
+            await other.close();
+        }
+    });
+
+    test("on a host without perl the lock is flock(1) on the interpreter's descriptor, excluding the same way", async () => {
+        // A PATH with the tools the interpreter uses and no perl.
+        const bin = fs.mkdtempSync(path.join(os.tmpdir(), "pv-noperl-"));
+        for (const tool of ["bash", "flock", "sleep", "mkdir", "rm", "find", "stat", "readlink", "chmod", "mv", "cat"]) {
+            const where = spawnSync("bash", ["-c", `command -v ${tool}`], { encoding: "utf8" }).stdout.trim();
+            fs.symlinkSync(where, path.join(bin, tool));
+        }
+        const a = new LocalHost({ sudo: false, env: { PATH: bin } });
+        const b = new LocalHost({ sudo: false });
+        try {
+            await a.withLock(async () => {
+                expect(await helpers(a)).not.toContain("perl");
+                await expect(locked(b, 1000)).rejects.toThrow(/timed out after 1 s/);
+            });
+            await a.close();
+            expect(await locked(b, LOCK_LINGER_MS + 8_000)).toBe("taken");
+            // Where perl is, it holds the lock for the interpreter: a child of it, started once.
+            expect(await helpers(b)).toContain("perl");
+        } finally {
+            await Promise.all([a.close(), b.close()]);
+            fs.rmSync(bin, { recursive: true, force: true });
         }
     });
 

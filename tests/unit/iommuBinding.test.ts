@@ -6,6 +6,7 @@ import { FakeHost } from "../../provider/host/fake/host";
 import { fakeKernelWithoutIommu, fakeLabKernel } from "../../provider/host/fake/lab";
 import { pci } from "../../provider/host/fake/pci";
 import { FakeKernel } from "../../provider/host/fake/kernel";
+import { Op } from "../../provider/host/types";
 import { IommuBindingOutputs, check, create, diff, read, remove, update } from "../../provider/iommuBinding";
 
 let k: FakeKernel;
@@ -15,6 +16,14 @@ beforeEach(() => {
     k = fakeLabKernel();
     host = new FakeHost(k);
 });
+
+/** The HDMI audio function moved to vfio-pci by hand, as driverctl or a wiki's `echo` lines do. */
+const audioToVfioByHand: Op[] = [
+    { op: "exec", argv: ["modprobe", "vfio-pci"] },
+    { op: "write", path: "/sys/bus/pci/drivers/snd_hda_intel/unbind", data: "0000:01:00.1" },
+    { op: "write", path: "/sys/bus/pci/devices/0000:01:00.1/driver_override", data: "vfio-pci" },
+    { op: "write", path: "/sys/bus/pci/drivers_probe", data: "0000:01:00.1" },
+];
 
 async function up(inputs: Record<string, unknown>) {
     const c = await check({}, inputs, host);
@@ -66,6 +75,20 @@ test("persistent: true writes driverctl's files (0644) and destroy removes them"
     expect(dev("0000:01:00.0").driver).toBe("bochs-drm");
 });
 
+test("a driverctl override the host had before (the user's own) survives create and destroy with persistent: false", async () => {
+    // As `driverctl set-override 0000:01:00.1 vfio-pci` leaves it: bound, overridden, and saved for boot.
+    await host.run([
+        ...audioToVfioByHand,
+        { op: "mkdir", path: "/etc/driverctl.d", mode: 0o755 },
+        { op: "put", path: "/etc/driverctl.d/pci-0000:01:00.1", data: "vfio-pci\n", mode: 0o644 },
+    ]);
+    const { id, outs } = await up({ device: "01:00.0" });
+    expect(k.read("/etc/driverctl.d/pci-0000:01:00.1")).toBe("vfio-pci\n");
+    await remove(id, outs, host);
+    expect(k.read("/etc/driverctl.d/pci-0000:01:00.1")).toBe("vfio-pci\n");
+    expect([dev("0000:01:00.0").driver, dev("0000:01:00.1").driver, dev("0000:01:00.1").override]).toEqual(["bochs-drm", "vfio-pci", "vfio-pci"]);
+});
+
 test("persistent: true on a host without driverctl fails at preview with the fix", async () => {
     delete k.state.files["/usr/sbin/driverctl"];
     const c = await check({}, { device: "01:00.0", persistent: true }, host);
@@ -90,21 +113,25 @@ test("refresh: a removed device is gone; a member back on its host driver shows 
     expect(await read(id, outs, host)).toEqual({ id: "" });
 });
 
-test("a group seen once is read in one round trip; create is the lock, that read and one apply batch; delete the lock and one batch", async () => {
+test("a group seen once is read in one round trip; create after check is one batch, the lock's included; delete one batch", async () => {
     const first = host.roundTrips;
     const c = await check({}, { device: "01:00.0" }, host);
     // The first look learns the member list, then reads the other members.
     expect(host.roundTrips - first).toBe(2);
     const before = host.roundTrips;
     const { outs } = await create(c.inputs, host);
-    // lock + 1 read + 1 apply batch (which reads every driver link back)
-    expect(host.roundTrips - before).toBe(3);
+    // One batch: the lock, guards (group not held, same members, same drivers and overrides), writes, read-back.
+    expect(host.roundTrips - before).toBe(1);
+    expect(outs.members.map((m) => [m.previousDriver, m.driver])).toEqual([
+        ["bochs-drm", "vfio-pci"],
+        ["snd_hda_intel", "vfio-pci"],
+    ]);
     const r0 = host.roundTrips;
     await read("0000:01:00.0", outs, host);
     expect(host.roundTrips - r0).toBe(1);
     const d0 = host.roundTrips;
     await remove("0000:01:00.0", outs, host);
-    expect(host.roundTrips - d0).toBe(2);
+    expect(host.roundTrips - d0).toBe(1);
     expect(pci(k).devices["0000:01:00.1"].driver).toBe("snd_hda_intel");
 });
 
@@ -121,6 +148,38 @@ test("delete after drift (members moved by hand since the last refresh) still re
     await remove("0000:01:00.0", outs, host);
     const d = pci(k).devices;
     expect([d["0000:01:00.0"].driver, d["0000:01:00.0"].override, d["0000:01:00.1"].driver, d["0000:01:00.1"].override]).toEqual(["bochs-drm", null, "snd_hda_intel", null]);
+});
+
+test("a member moved by hand between preview and up: create acts on the host as it is, and destroy restores that", async () => {
+    const c = await check({}, { device: "01:00.0" }, host);
+    // After check: the audio function unbound by hand.
+    await host.run([{ op: "write", path: "/sys/bus/pci/drivers/snd_hda_intel/unbind", data: "0000:01:00.1" }]);
+    const before = host.roundTrips;
+    const { outs } = await create(c.inputs, host);
+    // The guarded batch stopped before any write; the group was read under the lock and bound from that.
+    expect(host.roundTrips - before).toBe(3);
+    expect(outs.members.map((m) => [m.previousDriver, m.driver])).toEqual([
+        ["bochs-drm", "vfio-pci"],
+        [null, "vfio-pci"],
+    ]);
+    await remove(outs.address, outs, host);
+    expect([dev("0000:01:00.0").driver, dev("0000:01:00.1").driver]).toEqual(["bochs-drm", null]);
+    // The next create after check plans from what this program last did, and is one batch again.
+    const again = host.roundTrips;
+    await create(c.inputs, host);
+    expect(host.roundTrips - again).toBe(1);
+    expect(dev("0000:01:00.1").driver).toBe("vfio-pci");
+});
+
+test("a VM that opened the group between preview and up: create refuses, naming the PID, and changes nothing", async () => {
+    // The audio function is already on vfio-pci, so /dev/vfio/7 exists; check sees nobody holding it.
+    await host.run(audioToVfioByHand);
+    const c = await check({}, { device: "01:00.0" }, host);
+    expect(c.failures).toEqual([]);
+    const pid = k.hold("/dev/vfio/7");
+    const err: Error = await create(c.inputs, host).catch((e) => e);
+    expect(err.message).toMatch(new RegExp(`IOMMU group 7 is in use: /dev/vfio/7 is held open by PID ${pid}`));
+    expect([dev("0000:01:00.0").driver, dev("0000:01:00.0").override]).toEqual(["bochs-drm", null]);
 });
 
 test("a group whose membership changed since it was last seen is still read whole", async () => {

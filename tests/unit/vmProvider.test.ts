@@ -314,12 +314,12 @@ test.each([
     expect(f?.reason).toMatch(reason);
 });
 
-test("create costs five round trips (state, lock, two of preflight, one start batch); QMP is its own channel", async () => {
+test("create costs four round trips (state, two of preflight, the lock with them, one start batch); QMP is its own channel", async () => {
     await bind("01:00.0");
     const c = await check({}, { ...base, cpu: { cores: 1 }, devices: ["01:00.0"] }, host);
     const before = host.roundTrips;
     await create(c.inputs, host);
-    expect(host.roundTrips - before).toBe(5);
+    expect(host.roundTrips - before).toBe(4);
 });
 
 test("reading a running VM costs at most two round trips", async () => {

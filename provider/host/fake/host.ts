@@ -9,7 +9,7 @@
 import * as fs from "fs";
 import { Duplex } from "stream";
 import { FakeErrno, FakeHang, FakeKernel, FakeState } from "./kernel";
-import { Host, Op, OpResult, RunOptions, assertSafePath, isMutation, strerror } from "../types";
+import { Host, Op, OpResult, RunOptions, assertSafePath, isGuardRead, isMutation, strerror } from "../types";
 
 export class FakeHost implements Host {
     readonly name = "fake";
@@ -39,7 +39,7 @@ export class FakeHost implements Host {
                 continue;
             }
             if (op.op !== "exec") assertSafePath(op.path);
-            const r = this.one(k, op);
+            const r = isGuardRead(op) ? expectation(this.one(k, op), op.expect) : this.one(k, op);
             results.push(r);
             if (r.errno === "ETIMEDOUT") stopped = true;
             else if (!r.ok && opts.stopOnError && isMutation(op) && !("optional" in op && op.optional)) stopped = true;
@@ -101,8 +101,8 @@ export class FakeHost implements Host {
         }
     }
 
+    /** As on the real hosts, the lock costs no round trip of its own (it rides on the section's first batch). */
     async withLock<T>(fn: () => Promise<T>): Promise<T> {
-        this.trips++;
         const prev = this.lockChain;
         let release!: () => void;
         this.lockChain = new Promise<void>((r) => (release = r));
@@ -128,6 +128,14 @@ export class FakeHost implements Host {
     async close(): Promise<void> {
         /* nothing to release */
     }
+}
+
+/** A read with an expectation, as the interpreter judges it (see `Expect`): an absent path answers "". */
+function expectation(r: OpResult, expected: string): OpResult {
+    if (r.errno === "ETIMEDOUT") return r;
+    const answer = r.ok ? r.data : "";
+    const found = answer.replace(/\n+$/, "");
+    return found === expected ? { ok: true, data: answer } : { ok: false, data: "", errno: "ESTALE", message: `found ${found.slice(0, 200).replace(/\n/g, " | ")}`.trim() };
 }
 
 const shared = new Map<string, FakeKernel>();
