@@ -220,12 +220,11 @@ export class Interpreter {
     private proc?: InterpreterProcess;
     private starting?: Promise<InterpreterProcess>;
     private tail: Promise<unknown> = Promise.resolve();
-    /** Whether the current process holds the flock, and whether a locked section is running. */
+    /** Whether the current process holds the flock. */
     private held = false;
-    private inSection = false;
-    /** The lock's time limit while the running section has not taken it yet, and that section's token (see `run`). */
-    private pendingLock?: number;
+    /** The running locked section's token (see `run`), and the lock's time limit while it has not taken it yet. */
     private section?: object;
+    private pendingLock?: number;
     /** Drops a lock nobody uses any more; see {@link LOCK_LINGER_MS}. */
     private linger?: NodeJS.Timeout;
     /** In-process mutual exclusion for {@link withLock}: flock does not exclude a second holder of the same fd. */
@@ -297,16 +296,14 @@ export class Interpreter {
             this.pendingLock = this.held ? undefined : timeoutMs;
             const token = {};
             this.section = token;
-            this.inSection = true;
             try {
                 return await sections.run(token, fn);
             } finally {
                 this.pendingLock = undefined;
                 this.section = undefined;
-                this.inSection = false;
                 this.linger = setTimeout(() => {
                     this.linger = undefined;
-                    if (!this.inSection) void this.unlock();
+                    if (!this.section) void this.unlock();
                 }, LOCK_LINGER_MS);
                 this.linger.unref();
             }
@@ -345,7 +342,7 @@ export class Interpreter {
                 this.proc = p;
                 const wasHeld = this.held;
                 this.held = false;
-                if (this.inSection && wasHeld) {
+                if (this.section && wasHeld) {
                     // A fresh process inside a locked section: take the lock again without waiting (see the class comment).
                     const [r] = await this.exchange(p, { ops: [lockOp(SHORT_STEP_MS)], lines: ["K 0"] }, {}).catch(() => [{ ok: false } as OpResult]);
                     this.held = r.ok;
