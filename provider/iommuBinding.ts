@@ -22,7 +22,7 @@ import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
 import { withHost } from "./host";
 import { describeHolders, pidsOf } from "./sysfs/proc";
-import { GroupView, IOMMU_OFF_FIX, groupGuardOps, isVfioDriver, lastGroupView, noteMemberStates, readGroup, readGroupState, viabilityProblems } from "./sysfs/iommu";
+import { GroupView, IOMMU_OFF_FIX, isVfioDriver, lastGroupView, noteMemberStates, readGroup, readGroupState, viabilityProblems } from "./sysfs/iommu";
 import {
     DeviceState,
     PCI_DRIVERS,
@@ -379,7 +379,7 @@ function overrideFrom(r: { ok: boolean; data: string } | undefined): string | nu
  * (so delete later restores the drivers the host had before the first create, not intermediate ones).
  *
  * A create right after check in the same program (as `pulumi up` does) plans from what check read, and its one
- * batch verifies before the first write that the group is still as read ({@link groupGuardOps}); when a guard stops
+ * batch verifies before the first write that the group is still as read (the guards of `lastGroupView`); when a guard stops
  * it (nothing was written), or the group was not read yet, or this is an update, the group is read under the lock
  * and the plan made from that.
  */
@@ -388,10 +388,10 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
     return host.withLock(async () => {
         const address = await resolveAddress(host, inputs.device);
         const seen = previous ? undefined : lastGroupView(host, address);
-        if (seen?.device) {
+        if (seen?.view.device) {
             // Who holds the group is the guard's to tell; the driver list decides whether to modprobe.
-            const facts: PlanFacts = { view: { ...seen, openers: [] }, driverKnown: true, driverctlInstalled: true };
-            const outs = await apply(host, inputs, address, facts, { previous, wasPersistent }, groupGuardOps(host, seen));
+            const facts: PlanFacts = { view: { ...seen.view, openers: [] }, driverKnown: true, driverctlInstalled: true };
+            const outs = await apply(host, inputs, address, facts, { previous, wasPersistent }, seen.guards);
             if (outs) return outs;
         }
         const facts = await readFacts(host, address, defaults(inputs).driver, previous, false);

@@ -69,40 +69,34 @@ export interface GroupView {
  * What this program last saw of a device's group, per host: the other members and the group number (groups are
  * fixed at boot, so the next read of the same device asks for them in its first batch; only a hint, since the same
  * batch lists the group and a member the hint missed is read in a second round trip), and the whole view with the
- * group's listing as read, for a batch that acts on it behind {@link groupGuardOps}.
+ * group's `iommu_group/devices` listing exactly as the host answered it, for a batch that acts on it behind guards.
  */
 interface GroupHint {
     others: string[];
     group: number | null;
-    view?: GroupView;
-    /** The `iommu_group/devices` listing exactly as the host answered it. */
-    listing?: string;
+    seen?: { view: GroupView; listing: string };
 }
 const groupHints = new WeakMap<Host, Map<string, GroupHint>>();
 
 /**
  * The group of `address` as this program last read it on `host` (with changes it made since, see
- * {@link noteMemberStates}), or undefined. Possibly stale: act on it only behind {@link groupGuardOps}.
+ * {@link noteMemberStates}), or undefined; possibly stale, so act on it only behind its `guards`: reads with `expect`
+ * (see the Host seam) that hold while the group is as the view says — nobody holds `/dev/vfio/<group>`, the group
+ * has the same members, and every member has the same driver and `driver_override`. Put first in a `stopOnError`
+ * batch, they stop it before its first write when anything changed.
  */
-export function lastGroupView(host: Host, address: string): GroupView | undefined {
-    return groupHints.get(host)?.get(address)?.view;
-}
-
-/**
- * Guards (reads with `expect`, see the Host seam) that hold while the group of `view` is as it says: nobody holds
- * `/dev/vfio/<group>`, the group has the same members, and every member has the same driver and `driver_override`.
- * Put first in a `stopOnError` batch, they stop it before its first write when anything changed.
- */
-export function groupGuardOps(host: Host, view: GroupView): Op[] {
-    const address = view.device!.address;
-    const listing = groupHints.get(host)?.get(address)?.listing;
-    const ops: Op[] = [{ op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true }];
-    if (listing !== undefined) ops.push({ op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices`, expect: listing.replace(/\n+$/, "") });
-    for (const m of view.members) {
-        ops.push({ op: "readlink", path: `${PCI_DEVICES}/${m.address}/driver`, expect: m.driver ? `${PCI_DRIVERS}/${m.driver}` : "" });
-        ops.push({ op: "read", path: `${PCI_DEVICES}/${m.address}/driver_override`, expect: m.override ?? "(null)" });
+export function lastGroupView(host: Host, address: string): { view: GroupView; guards: Op[] } | undefined {
+    const seen = groupHints.get(host)?.get(address)?.seen;
+    if (!seen) return undefined;
+    const guards: Op[] = [
+        { op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true },
+        { op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices`, expect: seen.listing.replace(/\n+$/, "") },
+    ];
+    for (const m of seen.view.members) {
+        guards.push({ op: "readlink", path: `${PCI_DEVICES}/${m.address}/driver`, expect: m.driver ? `${PCI_DRIVERS}/${m.driver}` : "" });
+        guards.push({ op: "read", path: `${PCI_DEVICES}/${m.address}/driver_override`, expect: m.override ?? "(null)" });
     }
-    return ops;
+    return { view: seen.view, guards };
 }
 
 /**
@@ -111,14 +105,15 @@ export function groupGuardOps(host: Host, view: GroupView): Op[] {
  */
 export function noteMemberStates(host: Host, address: string, states: Map<string, { driver: string | null; override: string | null }> | undefined, registered?: string): void {
     const hint = groupHints.get(host)?.get(address);
-    if (!hint?.view) return;
+    if (!hint?.seen) return;
     if (!states) {
-        delete hint.view;
+        delete hint.seen;
         return;
     }
-    const members = hint.view.members.map((m) => (states.has(m.address) ? { ...m, ...states.get(m.address)! } : m));
-    const drivers = registered && !hint.view.drivers.includes(registered) ? [...hint.view.drivers, registered] : hint.view.drivers;
-    hint.view = { ...hint.view, members, drivers, device: members.find((m) => m.address === address) ?? hint.view.device };
+    const { view } = hint.seen;
+    const members = view.members.map((m) => (states.has(m.address) ? { ...m, ...states.get(m.address)! } : m));
+    const drivers = registered && !view.drivers.includes(registered) ? [...view.drivers, registered] : view.drivers;
+    hint.seen.view = { ...view, members, drivers, device: members.find((m) => m.address === address) ?? view.device };
 }
 
 /**
@@ -172,7 +167,7 @@ export async function readGroup(host: Host, address: string, extra: Op[] = [], v
     const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[r2.length - 1];
     const openers = openersResult?.ok ? pidsOf(openersResult) : [];
     const result = { device, group, members, iommu, drivers, openers };
-    if (device) hints.set(address, listed.ok ? { others, group, view: result, listing: listed.data } : { others, group });
+    if (device) hints.set(address, listed.ok ? { others, group, seen: { view: result, listing: listed.data } } : { others, group });
     else hints.delete(address);
     return { ...result, extra: extraResults };
 }

@@ -4,7 +4,7 @@
  * disagree, the fake is wrong. Facts from Documentation/ABI/testing/sysfs-bus-pci, DOMAIN.md and LAB.md.
  */
 import { Host, Op, OpResult } from "../../provider/host/types";
-import { groupGuardOps, readGroup } from "../../provider/sysfs/iommu";
+import { lastGroupView, readGroup } from "../../provider/sysfs/iommu";
 import { bindOps, restoreOps } from "../../provider/sysfs/pci";
 
 const GPU = "0000:01:00.0";
@@ -143,15 +143,15 @@ export function pciContract(describeFn: jest.Describe, target: () => ContractTar
         });
 
         test("guards from a read of the group let a batch run while the group is unchanged, and stop it before its write once a member moved", async () => {
-            const view = await readGroup(host, GPU);
-            const guards = groupGuardOps(host, view);
+            await readGroup(host, GPU);
+            const { guards } = lastGroupView(host, GPU)!;
             const mark = w(`${DEV}/${EDU}/driver_override`, "pci-stub");
             const r1 = await host.run([...guards, mark], { stopOnError: true });
             expect(r1.map((x) => x.ok)).toEqual(guards.map(() => true).concat(true));
             expect(await override(host, EDU)).toBe("pci-stub");
 
             await host.run([w(`${DRV}/snd_hda_intel/unbind`, AUDIO), w(`${DEV}/${EDU}/driver_override`, "\n")]);
-            const r2 = await host.run([...groupGuardOps(host, view), mark], { stopOnError: true });
+            const r2 = await host.run([...lastGroupView(host, GPU)!.guards, mark], { stopOnError: true });
             const failed = r2.findIndex((x) => !x.ok);
             expect(guards[failed]).toEqual({ op: "readlink", path: `${DEV}/${AUDIO}/driver`, expect: `${DRV}/snd_hda_intel` });
             expect(r2[failed]).toMatchObject({ errno: "ESTALE", message: "found" });
