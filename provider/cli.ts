@@ -8,8 +8,7 @@
 import * as fs from "fs";
 import { parseArgs, ParseArgsConfig } from "node:util";
 import { utils as sshUtils } from "ssh2";
-import { FAKE_KERNEL_ENV, hostFor } from "./host";
-import { LocalHost } from "./host/local";
+import { hostFor } from "./host";
 import { Connection } from "./host/ssh";
 import { Host } from "./host/types";
 import { formatInventory, getHostInventory } from "./inventory";
@@ -37,7 +36,7 @@ export function processIO(): CliIO {
         stdout: (t) => process.stdout.write(t),
         stderr: (t) => process.stderr.write(t),
         // Reading the inventory needs no privilege: locally it runs without sudo, so a plain user can use it.
-        host: (c) => (c || process.env[FAKE_KERNEL_ENV] ? hostFor(c) : new LocalHost({ sudo: false })),
+        host: (c) => hostFor(c, false),
         readFile: (p) => fs.readFileSync(p, "utf8"),
         writeFile: writeLocalFile,
         env: process.env,

@@ -1,9 +1,9 @@
 /**
- * Choosing a host: the local machine, an SSH connection, or (for tests only) a fake machine stored in a file.
+ * Choosing a host: the local machine or an SSH connection. Tests put another machine behind every host (a fake
+ * kernel in a state file, shared with the plugin process they drive) with {@link setHostFactory}; nothing in the
+ * package does, and no environment variable does.
  */
 import { createHash } from "crypto";
-import { fileBackedFakeHost } from "./fake/host";
-import { fakeLabKernel } from "./fake/lab";
 import { LocalHost } from "./local";
 import { Connection, SshHost } from "./ssh";
 import { Host } from "./types";
@@ -11,22 +11,38 @@ import { Host } from "./types";
 export * from "./types";
 export { LocalHost } from "./local";
 export { SshHost, Connection, ConnectionError, connectionLabel } from "./ssh";
-export { FakeHost, fileBackedFakeHost } from "./fake/host";
-export { FakeKernel, FakeErrno, FakeHang } from "./fake/kernel";
-export { fakeLabKernel, fakeKernelWithoutIommu } from "./fake/lab";
+
+/** How hosts are made from connections. */
+export interface HostFactory {
+    /** The host `connection` names. `privileged` false: this machine without sudo (the read-only CLI commands). */
+    make(connection: Connection | null | undefined, privileged: boolean): Host;
+    /** True: hosts are shared within the program (see {@link withHost}). False: one host per operation, closed after
+     *  it, for a machine that other processes change between operations (a test's fake kernel in a file). */
+    pooled: boolean;
+}
+
+const REAL_HOSTS: HostFactory = {
+    make: (connection, privileged) => (connection && connection.host ? new SshHost(connection) : new LocalHost(privileged ? {} : { sudo: false })),
+    pooled: true,
+};
+let factory: HostFactory = REAL_HOSTS;
 
 /**
- * Environment variable naming a JSON file that holds a fake machine. When set, every host is that fake machine:
- * the engine-boundary tests run the real dynamic-provider plugin against it. Never set it on a real host.
+ * Replace how hosts are made (undefined: back to the real local and SSH hosts). The test seam: the engine tests
+ * load a test-only module into the dynamic-provider plugin (`node --require`) that calls this with a fake machine.
  */
-export const FAKE_KERNEL_ENV = "PULUMI_VFIO_FAKE_KERNEL";
+export function setHostFactory(f?: HostFactory): void {
+    factory = f ?? REAL_HOSTS;
+    for (const [key, e] of pool) {
+        pool.delete(key);
+        if (e.timer) clearTimeout(e.timer);
+        void e.host.close();
+    }
+}
 
-/** The host a resource's `connection` names: absent means this machine. */
-export function hostFor(connection?: Connection | null): Host {
-    const fake = process.env[FAKE_KERNEL_ENV];
-    if (fake) return fileBackedFakeHost(fake, fakeLabKernel);
-    if (connection && connection.host) return new SshHost(connection);
-    return new LocalHost();
+/** The host a resource's `connection` names: absent means this machine (`privileged` false: without sudo). */
+export function hostFor(connection?: Connection | null, privileged = true): Host {
+    return factory.make(connection, privileged);
 }
 
 /** How long a host nobody uses stays open for the next operation on the same machine, in milliseconds. An idle
@@ -53,8 +69,7 @@ function poolKey(connection?: Connection | null): string {
  */
 export async function withHost<T>(connection: Connection | undefined | null, fn: (host: Host) => Promise<T>, given?: Host): Promise<T> {
     if (given) return fn(given);
-    if (process.env[FAKE_KERNEL_ENV]) {
-        // The fake machine lives in a file that other processes change: read it afresh every time.
+    if (!factory.pooled) {
         const host = hostFor(connection);
         try {
             return await fn(host);

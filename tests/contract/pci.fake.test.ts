@@ -1,5 +1,5 @@
-import { FakeHost } from "../../provider/host/fake/host";
-import { fakeLabKernel } from "../../provider/host/fake/lab";
+import { FakeHost } from "../fake/host";
+import { fakeLabKernel } from "../fake/lab";
 import { pciContract } from "./pci.contract";
 
 const host = new FakeHost(fakeLabKernel());

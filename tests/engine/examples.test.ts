@@ -8,11 +8,11 @@
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { FAKE_KERNEL_ENV, FakeKernel, fakeLabKernel } from "../../provider/host";
-import { installKvmfr, kvmfr } from "../../provider/host/fake/kvmfr";
-import { addMdevParent, mdev } from "../../provider/host/fake/mdev";
-import { pci } from "../../provider/host/fake/pci";
-import { qemu } from "../../provider/host/fake/qemu";
+import { FakeKernel, fakeLabKernel } from "../fake";
+import { installKvmfr, kvmfr } from "../fake/kvmfr";
+import { addMdevParent, mdev } from "../fake/mdev";
+import { pci } from "../fake/pci";
+import { qemu } from "../fake/qemu";
 import type { HostPlan } from "../../sdk/hostPlan";
 import { runProgram } from "../programs/runProgram";
 import { PluginProcess } from "./harness";
@@ -71,7 +71,7 @@ afterEach(async () => {
 });
 
 async function engineFor(machine: Machine, project: string): Promise<ProgramEngine> {
-    const plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: machine.file });
+    const plugin = await PluginProcess.start(machine.file);
     plugins.push(plugin);
     return new ProgramEngine(plugin, "dev", project);
 }
@@ -203,7 +203,7 @@ test("fleet-over-ssh: each host file converges its own machine", async () => {
     expect(run.hosts.map((h) => h.plan.host)).toEqual(["render-1", "render-2"]);
     for (const host of run.hosts) {
         expect(host.plan.connection).toEqual({ host: `${host.plan.host}.lan`, user: "root" });
-        // One machine per host: every plugin process sees only its own (PULUMI_VFIO_FAKE_KERNEL stands in for SSH).
+        // One machine per host: every plugin process sees only its own (the fake machine's file stands in for SSH).
         const machine = new Machine(dir, host.plan.host, (k) => ["/var/lib/vms/blender.qcow2", "/var/lib/vms/scratch.qcow2"].forEach((f) => addFile(k, f)));
         await converge(machine, await engineFor(machine, "fleet-over-ssh"), host.plan, (k) => {
             expect(pci(k).devices["0000:01:00.0"].driver).toBe("vfio-pci");

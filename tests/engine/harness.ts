@@ -13,7 +13,8 @@ import * as os from "os";
 import * as path from "path";
 import * as grpc from "@grpc/grpc-js";
 import * as pulumi from "@pulumi/pulumi";
-import { FAKE_KERNEL_ENV, FakeKernel, fakeLabKernel } from "../../provider/host";
+import { FakeKernel, fakeLabKernel } from "../fake";
+import { REGISTER_MODULE, TEST_MACHINE_ENV } from "../fake/register";
 import { ImplementationName, thinProvider } from "../../sdk/provider";
 
 /* eslint-disable @typescript-eslint/no-var-requires */
@@ -62,10 +63,15 @@ export class PluginProcess {
         private readonly stderrText: () => string,
     ) {}
 
-    /** Start the plugin from `programDir` with `env` added to ours. */
-    static async start(env: Record<string, string> = {}, programDir = makeProgramDir()): Promise<PluginProcess> {
+    /**
+     * Start the plugin from `programDir`. With `machineFile`, every host of the plugin is the fake machine in that
+     * file (tests/fake/register.ts, loaded with `--require`); without, the plugin reaches real hosts as for a user.
+     */
+    static async start(machineFile?: string, programDir = makeProgramDir()): Promise<PluginProcess> {
         const entry = path.join(REPO, "node_modules", "@pulumi", "pulumi", "cmd", "dynamic-provider", "index.js");
-        const child = spawn(process.execPath, [entry, "127.0.0.1:1"], { cwd: programDir, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+        const env = { ...process.env, [TEST_MACHINE_ENV]: machineFile ?? "" };
+        const fake = machineFile ? ["--require", REGISTER_MODULE] : [];
+        const child = spawn(process.execPath, [...fake, entry, "127.0.0.1:1"], { cwd: programDir, env, stdio: ["ignore", "pipe", "pipe"] });
         let err = "";
         child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
         const port = await new Promise<number>((resolve, reject) => {
@@ -172,7 +178,7 @@ export function fakeMachineSuite(initial: () => FakeKernel = fakeLabKernel): {
     beforeEach(async () => {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-engine-"));
         fs.writeFileSync(stateFile(), JSON.stringify(initial().state));
-        plugin = await PluginProcess.start({ [FAKE_KERNEL_ENV]: stateFile() });
+        plugin = await PluginProcess.start(stateFile());
     });
     afterEach(async () => {
         await plugin?.stop();

@@ -2,7 +2,7 @@
  * IommuBinding through the real dynamic-provider plugin, as the Pulumi engine drives it, against a fake lab
  * machine kept in a state file (the plugin and the test see the same machine).
  */
-import { pci } from "../../provider/host/fake/pci";
+import { pci } from "../fake/pci";
 import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:IommuBinding";

@@ -2,7 +2,7 @@
  * KvmfrDevice through the real dynamic-provider plugin, as the Pulumi engine drives it, against a fake machine in
  * a state file (the plugin and the test see the same machine and its kvmfr module).
  */
-import { installKvmfr, kvmfr } from "../../provider/host/fake/kvmfr";
+import { installKvmfr, kvmfr } from "../fake/kvmfr";
 import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:KvmfrDevice";

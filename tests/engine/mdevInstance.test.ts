@@ -2,7 +2,7 @@
  * MdevInstance through the real dynamic-provider plugin, as the Pulumi engine drives it, against a fake lab machine
  * in a state file (mtty and mbochs as the lab loads them; the plugin and the test see the same machine).
  */
-import { mdev } from "../../provider/host/fake/mdev";
+import { mdev } from "../fake/mdev";
 import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:MdevInstance";

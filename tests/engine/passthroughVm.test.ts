@@ -2,8 +2,8 @@
  * PassthroughVm through the real dynamic-provider plugin against a fake machine in a state file: the fake QEMU's
  * QMP endpoint lives in the plugin process, its effects (processes, held devices) in the shared state.
  */
-import { pci } from "../../provider/host/fake/pci";
-import { crashVm, qemu } from "../../provider/host/fake/qemu";
+import { pci } from "../fake/pci";
+import { crashVm, qemu } from "../fake/qemu";
 import { CheckFailedError, Engine, ResourceDecl, UNKNOWN, serializedProvider, fakeMachineSuite } from "./harness";
 
 const VM = "pulumi-nodejs:dynamic/vfio:PassthroughVm";

@@ -2,7 +2,7 @@
  * VirtualFunctions (and an IommuBinding taking one of its VFs) through the real dynamic-provider plugin, against a
  * fake lab machine in a state file: the NVMe at 03:00.0 with sriov_totalvfs 4.
  */
-import { pci } from "../../provider/host/fake/pci";
+import { pci } from "../fake/pci";
 import { CheckFailedError, Engine, ResourceDecl, serializedProvider, fakeMachineSuite } from "./harness";
 
 const TYPE = "pulumi-nodejs:dynamic/vfio:VirtualFunctions";

@@ -3,13 +3,14 @@
  * drivers, against the fake lab kernel; the CLI through its exported `main`.
  */
 import { execFileSync } from "child_process";
-import { addMdevParent, mdev } from "../../provider/host/fake/mdev";
+import { addMdevParent, mdev } from "../fake/mdev";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import * as pulumi from "@pulumi/pulumi";
 import { utils as sshUtils } from "ssh2";
-import { FAKE_KERNEL_ENV, FakeHost, FakeKernel, fakeKernelWithoutIommu, fakeLabKernel } from "../../provider/host";
+import { FakeHost, FakeKernel, fakeKernelWithoutIommu, fakeLabKernel } from "../fake";
+import { useFakeMachine } from "../fake/register";
 import { Connection } from "../../provider/host/ssh";
 import { Host } from "../../provider/host/types";
 import { IOMMU_OFF_FIX } from "../../provider/sysfs/iommu";
@@ -350,10 +351,10 @@ describe("getHost / getHostOutput", () => {
     let dir: string;
     beforeEach(() => {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), "gethost-"));
-        process.env[FAKE_KERNEL_ENV] = path.join(dir, "machine.json");
+        useFakeMachine(path.join(dir, "machine.json"));
     });
     afterEach(() => {
-        delete process.env[FAKE_KERNEL_ENV];
+        useFakeMachine(undefined);
         fs.rmSync(dir, { recursive: true, force: true });
     });
 

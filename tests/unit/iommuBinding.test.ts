@@ -2,10 +2,10 @@
  * IommuBinding's provider functions on the fake kernel: what a user sees on preview, up, refresh and destroy,
  * including the failures (rollback, IOMMU off, persistence without driverctl) and the cost in round trips.
  */
-import { FakeHost } from "../../provider/host/fake/host";
-import { fakeKernelWithoutIommu, fakeLabKernel } from "../../provider/host/fake/lab";
-import { pci } from "../../provider/host/fake/pci";
-import { FakeKernel } from "../../provider/host/fake/kernel";
+import { FakeHost } from "../fake/host";
+import { fakeKernelWithoutIommu, fakeLabKernel } from "../fake/lab";
+import { pci } from "../fake/pci";
+import { FakeKernel } from "../fake/kernel";
 import { Op } from "../../provider/host/types";
 import { IommuBindingOutputs, check, create, diff, read, remove, update } from "../../provider/iommuBinding";
 

@@ -2,10 +2,10 @@
  * KvmfrDevice: Looking Glass's sizing formulas, the shared static_size_mb array, the udev rule, and the provider on
  * the fake kernel's kvmfr module — what a user sees on preview, up, refresh and destroy.
  */
-import { FakeHost } from "../../provider/host/fake/host";
-import { FakeKernel } from "../../provider/host/fake/kernel";
-import { installKvmfr, kvmfr } from "../../provider/host/fake/kvmfr";
-import { fakeLabKernel } from "../../provider/host/fake/lab";
+import { FakeHost } from "../fake/host";
+import { FakeKernel } from "../fake/kernel";
+import { installKvmfr, kvmfr } from "../fake/kvmfr";
+import { fakeLabKernel } from "../fake/lab";
 import { check, create, diff, read, remove, update } from "../../provider/kvmfrDevice";
 import { kvmfrSizeMb, mergeSize, mergeUdevRules, parseModprobeConf, removeSize } from "../../provider/sysfs/kvmfr";
 

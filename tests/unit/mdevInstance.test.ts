@@ -3,11 +3,11 @@
  * NVIDIA vGPU 17+ GPU added where a test needs one): what preview shows and refuses, what up creates and rolls
  * back, what refresh sees, what destroy refuses.
  */
-import { FakeHost } from "../../provider/host/fake/host";
-import { FakeKernel } from "../../provider/host/fake/kernel";
-import { fakeLabKernel } from "../../provider/host/fake/lab";
-import { addMdevParent, addNvidiaVgpuGpu, mdev, rebootMdevs } from "../../provider/host/fake/mdev";
-import { pci } from "../../provider/host/fake/pci";
+import { FakeHost } from "../fake/host";
+import { FakeKernel } from "../fake/kernel";
+import { fakeLabKernel } from "../fake/lab";
+import { addMdevParent, addNvidiaVgpuGpu, mdev, rebootMdevs } from "../fake/mdev";
+import { pci } from "../fake/pci";
 import { UNKNOWN } from "../../provider/check";
 import { MdevInstanceInputs, MdevInstanceOutputs, check, create, diff, read, remove, update } from "../../provider/mdevInstance";
 

@@ -18,7 +18,7 @@ import {
     vramOf,
 } from "../../provider/sysfs/mdev";
 import { numVfsOps, vfAddress } from "../../provider/sysfs/sriov";
-import { DEBIAN_MDEVCTL_RULE } from "../../provider/host/fake/mdev";
+import { DEBIAN_MDEVCTL_RULE } from "../fake/mdev";
 
 describe("UUIDs", () => {
     test("uuidV5 follows RFC 4122 (the DNS namespace example every implementation checks)", () => {

@@ -2,10 +2,10 @@
  * VirtualFunctions against the fake lab machine (its NVMe at 03:00.0 has sriov_totalvfs 4, nvme bound, autoprobe
  * on as the kernel boots it): preview, create through 0, drift, rollback, the refusals.
  */
-import { FakeHost } from "../../provider/host/fake/host";
-import { FakeKernel } from "../../provider/host/fake/kernel";
-import { fakeLabKernel } from "../../provider/host/fake/lab";
-import { pci } from "../../provider/host/fake/pci";
+import { FakeHost } from "../fake/host";
+import { FakeKernel } from "../fake/kernel";
+import { fakeLabKernel } from "../fake/lab";
+import { pci } from "../fake/pci";
 import { UNKNOWN } from "../../provider/check";
 import { check as bindCheck, create as bindCreate } from "../../provider/iommuBinding";
 import { VfFacts, VirtualFunctionsOutputs, check, create, diff, planVfs, read, remove, update } from "../../provider/virtualFunctions";

@@ -3,11 +3,11 @@
  * preview, up, refresh and destroy — preflight refusals, the lifecycle, drift, graceful stop and its fallbacks, and
  * the ordering with IommuBinding.
  */
-import { FakeHost } from "../../provider/host/fake/host";
-import { FakeKernel } from "../../provider/host/fake/kernel";
-import { installKvmfr } from "../../provider/host/fake/kvmfr";
-import { fakeLabKernel } from "../../provider/host/fake/lab";
-import { crashVm, qemu } from "../../provider/host/fake/qemu";
+import { FakeHost } from "../fake/host";
+import { FakeKernel } from "../fake/kernel";
+import { installKvmfr } from "../fake/kvmfr";
+import { fakeLabKernel } from "../fake/lab";
+import { crashVm, qemu } from "../fake/qemu";
 import * as binding from "../../provider/iommuBinding";
 import * as kvmfrDevice from "../../provider/kvmfrDevice";
 import * as mdev from "../../provider/mdevInstance";

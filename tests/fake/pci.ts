@@ -11,7 +11,7 @@
  * - `sriov_numvfs`: ERANGE above `sriov_totalvfs`, ENOENT without an SR-IOV capable PF driver, EBUSY from one
  *   non-zero count to another.
  */
-import { isVfioDriver } from "../../sysfs/iommu";
+import { isVfioDriver } from "../../provider/sysfs/iommu";
 import { FakeErrno, FakeHang, FakeKernel, FakeNode, FakeSubsystem, ExecResult } from "./kernel";
 
 export interface FakePciDevice {

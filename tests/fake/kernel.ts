@@ -9,7 +9,7 @@
  * dynamic-provider plugin driven by the engine-boundary tests) sees and changes the same fake machine.
  */
 import { Duplex } from "stream";
-import { strerror } from "../types";
+import { strerror } from "../../provider/host/types";
 
 /** A kernel refusal: the errno a write(2) or open(2) would return. */
 export class FakeErrno extends Error {

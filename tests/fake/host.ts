@@ -9,7 +9,7 @@
 import * as fs from "fs";
 import { Duplex } from "stream";
 import { FakeErrno, FakeHang, FakeKernel, FakeState } from "./kernel";
-import { Host, Op, OpResult, RunOptions, assertSafePath, isGuardRead, isMutation, strerror } from "../types";
+import { Host, Op, OpResult, RunOptions, assertSafePath, isGuardRead, isMutation, strerror } from "../../provider/host/types";
 
 export class FakeHost implements Host {
     readonly name = "fake";
