@@ -29,7 +29,9 @@ const CONSTRUCTORS: Record<PlannedType, new (name: string, args: any, opts?: pul
 
 /**
  * Converges one GPU-passthrough host described by a host definition (host.yaml, or the same shape in TypeScript):
- * its bindings, SR-IOV virtual functions, mdevs, kvmfr devices and VMs, as child resources named `<name>-<entry>`.
+ * its bindings, SR-IOV virtual functions, mdevs, kvmfr devices and VMs, as child resources named
+ * `<definition name>-<entry>` (the definition's `name`; a host file's defaults to the file's name without `.yaml`,
+ * and a definition without one takes the component's name).
  *
  * The definition is checked first (schema, references by name, devices claimed twice), so a bad file fails the
  * program at `pulumi preview` with file, line and column before anything changes. VMs depend on the devices they
@@ -52,7 +54,7 @@ export class VfioHost extends pulumi.ComponentResource {
     public readonly definition: HostDefinition;
     /** What was planned: every child resource, its inputs, dependencies and replacements. */
     public readonly plan: HostPlan;
-    /** The child resources by planned name (`<name>-<entry>`). */
+    /** The child resources by planned name (`<definition name>-<entry>`). */
     public readonly resources: Record<string, VfioHostResource>;
     /** Each VM's QEMU command line, by entry name under `vms`. */
     public readonly vmCommandLines: pulumi.Output<Record<string, string[]>>;
@@ -60,7 +62,8 @@ export class VfioHost extends pulumi.ComponentResource {
     public readonly vfioDevices: pulumi.Output<Record<string, string | null>>;
 
     /**
-     * @param name The host's name in Pulumi (prefix of every child's name).
+     * @param name The component's name in Pulumi. Children are named after the definition's `name` (this name only
+     *   when the definition has none); children named after this name by older versions are carried over by alias.
      * @param definition A definition (e.g. from {@link loadHostDefinition}) or the path of a host file.
      * @throws HostDefinitionError when the definition has problems (each with its position when it came from a file).
      */
@@ -72,14 +75,23 @@ export class VfioHost extends pulumi.ComponentResource {
             const problems = checkHostDefinition(def);
             if (problems.length) throw new HostDefinitionError(problems);
         }
-        this.definition = def;
-        this.plan = planHost(name, def, { project: pulumi.getProject(), stack: pulumi.getStack() });
+        // One naming rule for both forms (the root program over host.yaml and a TypeScript program): children are
+        // `<definition name>-<entry>`, whatever the component is called, so moving a host between the two forms
+        // renames nothing (a renamed binding would be released and bound again, its VM restarted). A definition
+        // without a name takes the component's.
+        const hostName = def.name ?? name;
+        this.definition = { ...def, name: hostName };
+        const ctx = { project: pulumi.getProject(), stack: pulumi.getStack() };
+        this.plan = planHost(hostName, def, ctx);
+        // Programs written before the rule named children after the component: alias those names, so their stacks
+        // converge without replacing anything (same plan, same order; only the prefix differs).
+        const legacy = hostName !== name ? planHost(name, def, ctx).resources.map((r) => r.name) : undefined;
         const connection = hostConnection(this.plan, connectionOverride);
 
         const made: Record<string, VfioHostResource> = {};
-        for (const r of this.plan.resources) {
-            made[r.name] = this.child(r, made, connection);
-        }
+        this.plan.resources.forEach((r, i) => {
+            made[r.name] = this.child(r, made, connection, legacy?.[i]);
+        });
         this.resources = made;
 
         const byEntry = <T>(section: string, pick: (r: VfioHostResource) => pulumi.Output<T>) => {
@@ -91,7 +103,7 @@ export class VfioHost extends pulumi.ComponentResource {
         this.registerOutputs({ vmCommandLines: this.vmCommandLines, vfioDevices: this.vfioDevices });
     }
 
-    private child(r: PlannedResource, made: Record<string, VfioHostResource>, connection: pulumi.Input<ConnectionArgs> | undefined): VfioHostResource {
+    private child(r: PlannedResource, made: Record<string, VfioHostResource>, connection: pulumi.Input<ConnectionArgs> | undefined, legacyName?: string): VfioHostResource {
         const inputs = mapRefs(r.inputs, (ref) => {
             const target = made[ref.$ref] as unknown as Record<string, pulumi.Output<unknown>>;
             const keys = refOutputs(ref);
@@ -105,6 +117,7 @@ export class VfioHost extends pulumi.ComponentResource {
         const replaceWith = r.replaceWith.map((n) => made[n]);
         return new CONSTRUCTORS[r.type](r.name, inputs, {
             parent: this,
+            ...(legacyName ? { aliases: [{ name: legacyName }] } : {}),
             ...(deps.length ? { dependsOn: deps } : {}),
             ...(replaceWith.length ? { replaceWith } : {}),
         });

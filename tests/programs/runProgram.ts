@@ -17,6 +17,8 @@ export interface Registration {
     /** URNs from `dependsOn` and from Outputs used as inputs (the engine's dependency list). */
     dependencies: string[];
     replaceWith: string[];
+    /** Former names this resource answers to (`aliases`: by URN, or by the name of an alias spec). */
+    aliases: string[];
     inputs: Record<string, any>;
 }
 
@@ -82,6 +84,7 @@ export async function runProgram(dir: string, opts: RunOptions): Promise<Program
             parent: req.getParent(),
             dependencies: req.getDependenciesList(),
             replaceWith: req.getReplaceWithList(),
+            aliases: [...(req.getAliasurnsList?.() ?? []), ...(req.getAliasesList?.() ?? []).map((a: any) => a.getSpec?.()?.getName() ?? a.getUrn?.())].filter(Boolean),
             inputs: req.getObject()?.toJavaScript() ?? {},
         });
         return register(req, callback);

@@ -175,6 +175,22 @@ describe("the root program", () => {
         expect(g.get("gpu-box-gpu").inputs.connection.value).toEqual({ host: "gpu-box.lan" });
     });
 
+    test("one naming rule: a TypeScript program over the same host.yaml names every resource as the root program does, and carries the older component-named resources over by alias", async () => {
+        fs.writeFileSync(path.join(dir, "host.yaml"), "name: gaming-rig\nbindings:\n  gpu: { device: \"01:00.0\" }\nvms:\n  win: { accel: tcg, memoryMb: 256, devices: [gpu] }\n");
+        fs.writeFileSync(
+            path.join(dir, "index.ts"),
+            `import * as vfio from "pulumi-vfio";\nconst host = new vfio.VfioHost("workstation", vfio.loadHostDefinition("host.yaml"));\nexport const names = host.plan.resources.map((r) => r.name);\n`,
+        );
+        const root = graph(await run());
+        const ts = await runProgram(dir, { project: "pulumi-vfio-host", main: path.join(dir, "index.ts") });
+        expect(root.kinds).toEqual(["IommuBinding gaming-rig-gpu", "PassthroughVm gaming-rig-win"]);
+        expect(graph(ts).kinds).toEqual(root.kinds);
+        const aliases = Object.fromEntries(ts.registrations.filter((r) => r.custom).map((r) => [r.name, r.aliases.map((a) => (a.includes("::") ? nameOf(a) : a))]));
+        expect(aliases).toEqual({ "gaming-rig-gpu": ["workstation-gpu"], "gaming-rig-win": ["workstation-win"] });
+        // The root program's component has the definition's name: no alias needed there.
+        expect(root.custom.every((c) => c.aliases.length === 0)).toBe(true);
+    });
+
     test("a bad host file stops the program with the positions, and registers nothing of the host", async () => {
         fs.writeFileSync(path.join(dir, "host.yaml"), "bindings:\n  gpu: { device: \"01:00.0\", drivr: vfio-pci }\n");
         await expect(run()).rejects.toThrow(/host\.yaml:2:29: bindings\.gpu\.drivr: unknown key "drivr"; did you mean "driver"\?/);
