@@ -404,7 +404,7 @@ export async function main(argv: string[], io: CliIO = processIO()): Promise<num
         io.stderr(usage() + "\n");
         return 2;
     }
-    if (name === "-h" || name === "--help" || (name === "help" && rest.length === 0)) {
+    if (name === "-h" || name === "--help" || (name === "help" && (rest.length === 0 || (rest.length === 1 && (rest[0] === "-h" || rest[0] === "--help"))))) {
         io.stdout(usage() + "\n");
         return 0;
     }

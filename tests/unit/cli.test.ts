@@ -100,6 +100,9 @@ describe("conventions", () => {
     test("`help` alone lists every command; `help` of an unknown command is a usage error", async () => {
         const a = cli(undefined);
         expect(await main(["help"], a.io)).toBe(0);
+        const h = cli(undefined);
+        expect(await main(["help", "--help"], h.io)).toBe(0);
+        expect(h.seen.stdout).toBe(a.seen.stdout);
         for (const name of ["inventory", "init", "validate", "status", "release"]) expect(a.seen.stdout).toMatch(new RegExp(`^  ${name} `, "m"));
         const b = cli(undefined);
         expect(await main(["help", "relase"], b.io)).toBe(2);
