@@ -41,7 +41,13 @@ export interface CliIO {
 
 function writeLocalFile(file: string, text: string, overwrite: boolean): void {
     // `init -o hosts/gpu-box.yaml` in a fresh project: make `hosts/` as `mkdir -p` would.
-    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+    try {
+        fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+    } catch (e) {
+        // EEXIST here is a file where the directory should be, not the output file existing.
+        const code = (e as NodeJS.ErrnoException).code;
+        throw Object.assign(new Error(`${path.dirname(file)} is not a directory`), { code: code === "EEXIST" ? "ENOTDIR" : code });
+    }
     fs.writeFileSync(file, text, { mode: 0o644, flag: overwrite ? "w" : "wx" });
 }
 

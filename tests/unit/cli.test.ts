@@ -185,6 +185,19 @@ describe("pulumi-vfio init", () => {
         }
     });
 
+    test("-o into a path whose directory is a file fails naming it, not as \"exists\"", async () => {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-init-file-"));
+        try {
+            fs.writeFileSync(path.join(dir, "hosts"), "");
+            const { io, seen } = cli(new FakeHost(fakeLabKernel()));
+            delete io.writeFile;
+            expect(await main(["init", "-o", path.join(dir, "hosts", "a.yaml")], io)).toBe(1);
+            expect(seen.stderr).toBe(`pulumi-vfio init: error: cannot write ${path.join(dir, "hosts", "a.yaml")} (ENOTDIR)\n`);
+        } finally {
+            fs.rmSync(dir, { recursive: true });
+        }
+    });
+
     test("printed (-o -), the paths are relative to the working directory the user saves it in", async () => {
         const { io, seen } = cli(new FakeHost(fakeLabKernel()), { "keys/lab": sshUtils.generateKeyPairSync("ed25519").private });
         io.cwd = packageRoot();
