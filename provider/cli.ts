@@ -163,6 +163,8 @@ export const COMMANDS: Record<string, Command> = {
         async run(values, io) {
             const inv = await onHost(values, io, getHostInventory);
             io.stdout(values.json ? JSON.stringify(inv, null, 2) + "\n" : formatInventory(inv));
+            // The text report opens with the fix; JSON carries it as data (iommu.fix), which a person may not read.
+            if (values.json && !inv.iommu.enabled) warn(io, "inventory", inv.iommu.fix ?? "the IOMMU is off");
             return 0;
         },
     },

@@ -126,6 +126,13 @@ describe("conventions", () => {
     });
 });
 
+test("inventory --json with the IOMMU off: stdout is only the JSON, the fix goes to stderr as a warning", async () => {
+    const { io, seen } = cli(new FakeHost(fakeKernelWithoutIommu()));
+    expect(await main(["inventory", "--json"], io)).toBe(0);
+    expect(JSON.parse(seen.stdout).iommu.enabled).toBe(false);
+    expect(seen.stderr).toMatch(/^pulumi-vfio inventory: warning: the IOMMU is off on this host .*intel_iommu=on.*\n$/);
+});
+
 // ------------------------------------------------------------------------------------------------ init
 
 describe("pulumi-vfio init", () => {
