@@ -104,6 +104,8 @@ interface DialPlan {
     tried: string[];
     /** Identities skipped and why (an encrypted default key), for that message too. */
     notes: string[];
+    /** Set when there is nothing to authenticate with: the message once the server asks for it. */
+    noCredentials?: string;
 }
 
 export class SshHost implements Host {
@@ -167,6 +169,7 @@ export class SshHost implements Host {
         const tried: string[] = [];
         const notes: string[] = [];
         const auths: AnyAuthMethod[] = [];
+        let noCredentials: string | undefined;
         const username = settings.user;
         if (c.privateKey) {
             const problem = privateKeyProblem(c.privateKey, c.privateKeyPassword || undefined);
@@ -200,15 +203,14 @@ export class SshHost implements Host {
                 tried.push(shown);
             }
             if (!auths.length) {
+                // Said after the dial, as ssh does: an unreachable host or an unknown host key comes first.
                 const looked = settings.identityFilesFromConfig ? "the IdentityFile of ssh_config" : settings.identityFiles.map((f) => displayPath(f, this.env)).join(", ");
-                throw fail(
-                    `no SSH credentials: no connection.privateKey or password, no ssh-agent (SSH_AUTH_SOCK is not set), and no usable key in ${looked}${notes.length ? ` (${notes.join("; ")})` : ""}. Give a key (connection.privateKey, or -i KEYFILE), or start an ssh-agent with the key added`,
-                );
+                noCredentials = `no SSH credentials: no connection.privateKey or password, no ssh-agent (SSH_AUTH_SOCK is not set), and no usable key in ${looked}${notes.length ? ` (${notes.join("; ")})` : ""}. Give a key (connection.privateKey, or -i KEYFILE), or start an ssh-agent with the key added`;
             }
         }
         config.authHandler = auths;
         this.hostKeyCheck(config, settings);
-        return { config, settings, tried, notes };
+        return { config, settings, tried, notes, noCredentials };
     }
 
     /** The host key verifier: the explicit `hostKey`, else known_hosts, else (by name only) nothing. */
@@ -350,6 +352,9 @@ export class SshHost implements Host {
                         }
                     }
                     let reason = (last?.message ?? "unknown error").replace(/\s+/g, " ");
+                    if (/all configured authentication methods failed/i.test(reason) && plan.noCredentials) {
+                        throw new ConnectionError(`cannot connect to ${this.name} over SSH: ${plan.noCredentials}`);
+                    }
                     if (/all configured authentication methods failed/i.test(reason)) {
                         reason = `authentication failed as ${plan.settings.user} (tried ${plan.tried.join(", ")}${plan.notes.length ? `; ${plan.notes.join("; ")}` : ""})`;
                     }
