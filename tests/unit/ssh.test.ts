@@ -226,6 +226,14 @@ describe("host key verification", () => {
         expect(err.message).toMatch(/contradict/);
     });
 
+    test("hostKeyCheck is part of every resource's connection schema, and only its two values pass check", async () => {
+        const ok = await checkBinding({}, { device: "0000:01:00.0", connection: { host: "gpu.lan", hostKeyCheck: "insecure-skip" } }, sshHost({ port: 1, hostKeyCheck: "insecure-skip", privateKey: clientKey.private }));
+        expect(ok.failures.map((f) => f.property)).toEqual(["connection"]);
+        expect(ok.failures[0].reason).toMatch(/ECONNREFUSED/);
+        const bad = await checkBinding({}, { device: "0000:01:00.0", connection: { host: "gpu.lan", hostKeyCheck: "off" } });
+        expect(bad.failures).toEqual([{ property: "connection.hostKeyCheck", reason: expect.stringMatching(/known-hosts.*insecure-skip|insecure-skip.*known-hosts/) }]);
+    });
+
     test("StrictHostKeyChecking accept-new records an unknown key, then holds it to that key", async () => {
         const s = await server();
         fs.writeFileSync(path.join(home, ".ssh", "config"), "Host *\n  StrictHostKeyChecking accept-new\n");
