@@ -120,6 +120,8 @@ export class SshHost implements Host {
      *  to keep Node alive. */
     private socket?: net.Socket;
     private holds = 0;
+    /** Who we log in as where, for messages: the connection's label, with what ssh_config made of it. */
+    private label: string;
     /** Set when the remote sudo refused us: every later failure of this host is that. */
     private sudoRefused?: ConnectionError;
 
@@ -129,6 +131,7 @@ export class SshHost implements Host {
         private readonly env: SshEnvironment = {},
     ) {
         this.name = connectionLabel(conn);
+        this.label = this.name;
         this.user = conn.user ?? "root";
         this.sudo = this.user !== "root";
         this.interpreter = new Interpreter(() => this.startInterpreter());
@@ -146,7 +149,8 @@ export class SshHost implements Host {
 
     /**
      * The ssh2 config for one dial: ssh_config resolved, the host key check, and the authentications to try.
-     * @throws ConnectionError for what no retry can fix (a public key given as the private key, no credentials).
+     * @throws ConnectionError for what no retry can fix (a public key given as the private key, an unreadable
+     * known_hosts or ssh_config file, a bad value in one).
      */
     private plan(): DialPlan {
         const c = this.conn;
@@ -158,7 +162,9 @@ export class SshHost implements Host {
         }
         this.user = settings.user;
         this.sudo = settings.user !== "root";
-        const fail = (why: string) => new ConnectionError(`cannot connect to ${this.name} over SSH: ${why}`);
+        const resolved = `${settings.user}@${settings.hostName}:${settings.port}`;
+        this.label = resolved === this.name ? this.name : `${resolved} (${c.host} in ssh_config)`;
+        const fail = (why: string) => new ConnectionError(`cannot connect to ${this.label} over SSH: ${why}`);
         const perDial = c.perDialTimeout ?? 15;
         const config: ConnectConfig = {
             host: settings.hostName,
@@ -216,7 +222,7 @@ export class SshHost implements Host {
     /** The host key verifier: the explicit `hostKey`, else known_hosts, else (by name only) nothing. */
     private hostKeyCheck(config: ConnectConfig, settings: SshSettings): void {
         const c = this.conn;
-        const fail = (why: string) => new ConnectionError(`cannot connect to ${this.name} over SSH: ${why}`);
+        const fail = (why: string) => new ConnectionError(`cannot connect to ${this.label} over SSH: ${why}`);
         if (c.hostKeyCheck !== undefined && c.hostKeyCheck !== "known-hosts" && c.hostKeyCheck !== "insecure-skip") {
             throw fail(`connection.hostKeyCheck ${JSON.stringify(c.hostKeyCheck)} is not one of "known-hosts", "insecure-skip"`);
         }
@@ -353,12 +359,12 @@ export class SshHost implements Host {
                     }
                     let reason = (last?.message ?? "unknown error").replace(/\s+/g, " ");
                     if (/all configured authentication methods failed/i.test(reason) && plan.noCredentials) {
-                        throw new ConnectionError(`cannot connect to ${this.name} over SSH: ${plan.noCredentials}`);
+                        throw new ConnectionError(`cannot connect to ${this.label} over SSH: ${plan.noCredentials}`);
                     }
                     if (/all configured authentication methods failed/i.test(reason)) {
                         reason = `authentication failed as ${plan.settings.user} (tried ${plan.tried.join(", ")}${plan.notes.length ? `; ${plan.notes.join("; ")}` : ""})`;
                     }
-                    throw new ConnectionError(`cannot connect to ${this.name} over SSH: ${reason}. Check connection.host/port/user and the key or password`);
+                    throw new ConnectionError(`cannot connect to ${this.label} over SSH: ${reason}. Check connection.host/port/user and the key or password`);
                 } finally {
                     if (!this.client) this.connecting = undefined;
                 }
@@ -392,7 +398,7 @@ export class SshHost implements Host {
                     // sudo -n refusing us ends the channel before the interpreter said anything.
                     if (this.sudo && !answered && SUDO_REFUSED.test(err)) {
                         this.sudoRefused = new ConnectionError(
-                            `${this.name}: root or passwordless sudo is needed: log in as root or allow NOPASSWD for ${this.user} (a sudoers rule such as \`${this.user} ALL=(root) NOPASSWD: ALL\`); sudo said: ${err.trim().split("\n")[0]}`,
+                            `${this.label}: root or passwordless sudo is needed: log in as root or allow NOPASSWD for ${this.user} (a sudoers rule such as \`${this.user} ALL=(root) NOPASSWD: ALL\`); sudo said: ${err.trim().split("\n")[0]}`,
                         );
                         return cb(this.sudoRefused);
                     }

@@ -273,6 +273,8 @@ describe("~/.ssh/config and default identities", () => {
         expect(s.users.at(-1)).toBe("admin");
         expect(await readsAFile(sshHost({ host: "gpu", user: "operator" }))).toBe("over ssh\n");
         expect(s.users.at(-1)).toBe("operator");
+        fs.rmSync(path.join(home, ".ssh", "gpu_key"));
+        expect((await failure(sshHost({ host: "gpu" }))).message).toMatch(new RegExp(`^cannot connect to admin@127\\.0\\.0\\.1:${s.port} \\(gpu in ssh_config\\) over SSH: no SSH credentials: .*IdentityFile ~/\\.ssh/gpu_key cannot be read \\(ENOENT\\)`));
         // Port 1 from `Host *` would fail: the explicit port wins.
         fs.writeFileSync(path.join(home, ".ssh", "config"), `Host *\n  Port 1\n`);
         expect(await readsAFile(sshHost({ port: s.port, privateKey: clientKey.private }))).toBe("over ssh\n");
