@@ -253,7 +253,7 @@ export class SshHost implements Host {
         const shownFiles = files.map((f) => displayPath(f, this.env)).join(", ");
         const scan = `ssh-keyscan -p ${settings.port} ${settings.hostKeyName} >> ${displayPath(settings.userKnownHostsFiles[0] ?? "~/.ssh/known_hosts", this.env)}`;
         const fixFor = (type: string, removeOld?: string) =>
-            `check that fingerprint on the host's console (\`ssh-keygen -lf /etc/ssh/ssh_host_${hostKeyFileType(type)}_key.pub\`), then ${removeOld ? `remove the old entry (\`ssh-keygen -R ${removeOld}\`) and ` : ""}run \`${scan}\` (or \`ssh -p ${settings.port} ${settings.user}@${c.host}\` once and accept the key), or set connection.hostKey`;
+            `check that fingerprint on the host's console (\`ssh-keygen -lf /etc/ssh/ssh_host_${hostKeyFileType(type)}_key.pub\`), then ${removeOld ? `remove the old entry (\`ssh-keygen -R ${removeOld.includes("[") ? `'${removeOld}'` : removeOld}\`) and ` : ""}run \`${scan}\` (or \`ssh -p ${settings.port} ${settings.user}@${c.host}\` once and accept the key), or set connection.hostKey`;
         config.hostVerifier = (key: Buffer) => {
             const type = blobKeyType(key);
             const fp = fingerprint(key);

@@ -57,13 +57,13 @@ function exec(command: string, ch: ServerChannel, mode: ExecMode): void {
     ch.on("close", () => child.kill("SIGKILL"));
 }
 
-async function startServer(opts: { hostKey?: string; mode?: ExecMode } = {}): Promise<TestServer> {
-    const hostPair = opts.hostKey ? undefined : sshUtils.generateKeyPairSync("ed25519");
-    const hostPrivate = opts.hostKey ?? hostPair!.private;
-    const hostPublic = hostPair?.public ?? "";
+async function startServer(opts: { extraHostKeys?: string[]; mode?: ExecMode } = {}): Promise<TestServer> {
+    const hostPair = sshUtils.generateKeyPairSync("ed25519");
+    const hostPrivate = hostPair.private;
+    const hostPublic = hostPair.public;
     const users: string[] = [];
     const state = { connections: 0 };
-    const server = new Server({ hostKeys: [hostPrivate] }, (client) => {
+    const server = new Server({ hostKeys: [hostPrivate, ...(opts.extraHostKeys ?? [])] }, (client) => {
         state.connections++;
         client.on("error", () => undefined);
         client.on("authentication", (ctx) => {
@@ -191,6 +191,14 @@ describe("host key verification", () => {
         expect(await readsAFile(sshHost({ port: s.port, privateKey: clientKey.private }))).toBe("over ssh\n");
     });
 
+    test("a server with several host keys shows the type known_hosts lists, not one we would call changed", async () => {
+        const rsa = sshUtils.generateKeyPairSync("rsa", { bits: 2048 });
+        const s = await server({ extraHostKeys: [rsa.private] });
+        knownHosts(`[127.0.0.1]:${s.port} ${rsa.public}\n`);
+        expect(await readsAFile(sshHost({ port: s.port, privateKey: clientKey.private }))).toBe("over ssh\n");
+        expect(await readsAFile(sshHost({ port: s.port, privateKey: clientKey.private, hostKey: rsa.public }))).toBe("over ssh\n");
+    });
+
     test("a changed key is refused, naming both fingerprints and where the old one is", async () => {
         const s = await server();
         const old = sshUtils.generateKeyPairSync("ed25519").public;
@@ -200,7 +208,7 @@ describe("host key verification", () => {
         expect(err.message).toContain(`the host key of [127.0.0.1]:${s.port} has CHANGED: the server offered ssh-ed25519 ${opensshFingerprint(s.hostPublic)}`);
         expect(err.message).toContain(`ssh-ed25519 ${opensshFingerprint(old)} (~/.ssh/known_hosts:1)`);
         expect(err.message).toMatch(/man-in-the-middle/);
-        expect(err.message).toContain(`ssh-keygen -R [127.0.0.1]:${s.port}`);
+        expect(err.message).toContain(`ssh-keygen -R '[127.0.0.1]:${s.port}'`);
     });
 
     test("a key marked @revoked is refused even when another line lists it", async () => {
