@@ -11,9 +11,9 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { parseArgs, ParseArgsConfig } from "node:util";
-import { utils as sshUtils } from "ssh2";
 import { hostFor } from "./host";
 import { Connection } from "./host/ssh";
+import { readPrivateKeyFile } from "./host/sshConfig";
 import { Host } from "./host/types";
 import { formatInventory, getHostInventory } from "./inventory";
 import { renderHostYaml } from "./hostInit";
@@ -91,9 +91,11 @@ const SSH_OPTIONS: Options = {
     "host-key": { type: "string" },
 };
 const SSH_HELP = [
-    "  --ssh [USER@]HOST[:PORT]  read a remote host over SSH (default user root; others need passwordless sudo)",
-    "  -i, --identity FILE       private key file (default: the ssh-agent at SSH_AUTH_SOCK)",
-    "  --host-key KEY            expected host key (`ssh-ed25519 AAAA...` or `SHA256:...`); unchecked when absent",
+    "  --ssh [USER@]HOST[:PORT]  read a remote host over SSH (HOST may be a ~/.ssh/config alias; default user root,",
+    "                            others need passwordless sudo)",
+    "  -i, --identity FILE       private key file (default: the ssh-agent at SSH_AUTH_SOCK, then ~/.ssh/id_*)",
+    "  --host-key KEY            expected host key (`ssh-ed25519 AAAA...` or `SHA256:...`); default: the key must be",
+    "                            in ~/.ssh/known_hosts or /etc/ssh/ssh_known_hosts, as for ssh",
 ];
 
 /**
@@ -124,24 +126,11 @@ export function connectionFromOptions(values: Values, io: CliIO): Connection | u
     if (target.port !== undefined) conn.port = target.port;
     if (hostKey !== undefined) conn.hostKey = hostKey;
     if (identity !== undefined) {
-        let key: string;
-        try {
-            key = io.readFile(identity);
-        } catch (e) {
-            const code = (e as NodeJS.ErrnoException).code;
-            throw new Error(`cannot read the key file ${identity}${code ? ` (${code})` : ""}`);
-        }
-        const parsed = sshUtils.parseKey(key);
-        if (parsed instanceof Error) {
-            const why = /passphrase/i.test(parsed.message) ? "it is encrypted: add it to ssh-agent (ssh-add) and omit -i" : "it is not a private key ssh2 can read";
-            throw new Error(`cannot use the key file ${identity}: ${why}`);
-        }
-        conn.privateKey = key;
-    } else if (!io.env.SSH_AUTH_SOCK) {
-        throw new Error("no SSH credentials: pass -i KEYFILE or start an ssh-agent (SSH_AUTH_SOCK is not set)");
-    } else {
+        conn.privateKey = readPrivateKeyFile(identity, io.readFile);
+    } else if (io.env.SSH_AUTH_SOCK) {
         conn.agentSocketPath = io.env.SSH_AUTH_SOCK;
     }
+    // Without either, the SSH host tries ssh's default identities (~/.ssh/id_*) and says what it looked for.
     return conn;
 }
 

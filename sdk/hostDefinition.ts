@@ -26,8 +26,10 @@ export interface HostConnection {
     port?: number;
     /** Default root; others need passwordless sudo. */
     user?: string;
-    /** Expected host key (`ssh-ed25519 AAAA...` or `SHA256:...`); unchecked when absent. */
+    /** Expected host key (`ssh-ed25519 AAAA...` or `SHA256:...`); absent: the key must be in known_hosts, as for ssh. */
     hostKey?: string;
+    /** `"insecure-skip"` accepts any host key (see ConnectionArgs.hostKeyCheck). Default `"known-hosts"`. */
+    hostKeyCheck?: "known-hosts" | "insecure-skip";
     /** A private key file on the machine running pulumi; relative paths are relative to the host file. */
     privateKeyFile?: string;
     /** ssh-agent socket. Default SSH_AUTH_SOCK. */

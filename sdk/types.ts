@@ -8,8 +8,11 @@ import type * as pulumi from "@pulumi/pulumi";
  * imported so that installing pulumi-vfio does not install @pulumi/command, whose install script downloads a
  * Pulumi plugin we never use.
  *
- * A `hostKey` (`ssh-ed25519 AAAA...` or `SHA256:...`) is verified when given. (A type, not an interface, so a value
- * of it stays assignable to `Record<string, unknown>` as it was when this was derived from @pulumi/command.)
+ * A `hostKey` (`ssh-ed25519 AAAA...` or `SHA256:...`) is the only key accepted when given; without it the host key
+ * must be listed in ~/.ssh/known_hosts or /etc/ssh/ssh_known_hosts, as for ssh. Fields left out come from
+ * ~/.ssh/config (`Host` aliases, HostName, Port, User, IdentityFile); with no key or password, the ssh-agent and
+ * ~/.ssh/id_* are tried. (A type, not an interface, so a value of it stays assignable to `Record<string, unknown>`
+ * as it was when this was derived from @pulumi/command.)
  */
 export type ConnectionArgs = {
     /** The host name or address to connect to. Required. */
@@ -32,4 +35,11 @@ export type ConnectionArgs = {
     perDialTimeout?: pulumi.Input<number>;
     /** Dial attempts before giving up; -1 means unlimited. Default 10. */
     dialErrorLimit?: pulumi.Input<number>;
+    /**
+     * How the host key is checked when `hostKey` is absent: `"known-hosts"` (default) refuses a key that
+     * ~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts do not list for the host, or list as changed or `@revoked`,
+     * with its SHA256 fingerprint and the fix. `"insecure-skip"` accepts any key: anyone between this machine and
+     * the host can impersonate it and gets root there; only for throwaway hosts. Not part of @pulumi/command's shape.
+     */
+    hostKeyCheck?: pulumi.Input<"known-hosts" | "insecure-skip">;
 };
