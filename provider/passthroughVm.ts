@@ -3,7 +3,9 @@
  * devices passed through".
  *
  * - check: validate, expand every passed-through device to the functions of its IOMMU group (read from the host),
- *   and return the exact QEMU argv as `commandLine`, so the preview shows what will run and what changes.
+ *   refuse what QEMU's start would fail on and no other resource of the same `up` can provide (QEMU itself, KVM,
+ *   OVMF, disks, hugepages, bridge: provider/qemu/preflight.ts, read in the same batch), and return the exact QEMU
+ *   argv as `commandLine`, so the preview shows what will run and what changes.
  * - create: under the host lock, preflight (every group viable and bound to vfio-pci, /dev/vfio/N present and
  *   free, mdevs present, the shared memory of the right kind and size, firmware, disks, KVM, hugepages), then
  *   start QEMU daemonized with a pidfile and a QMP socket (0600) in a 0700 run dir, wait for QMP, and check with
