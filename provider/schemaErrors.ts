@@ -38,7 +38,7 @@ export function dotted(segments: Segment[]): string {
 }
 
 /** An ajv instancePath (`/vms/a~1b/devices/0`) as segments. */
-export function segmentsOf(instancePath: string): Segment[] {
+function segmentsOf(instancePath: string): Segment[] {
     return instancePath
         .split("/")
         .filter(Boolean)
@@ -100,7 +100,7 @@ function relevantErrors(errors: ErrorObject[]): ErrorObject[] {
 }
 
 /** A value as a message quotes it. */
-export function describeValue(v: unknown): string {
+function describeValue(v: unknown): string {
     return v === null ? "null" : Array.isArray(v) ? "a list" : typeof v === "object" ? "a map" : typeof v === "string" ? JSON.stringify(v) : String(v);
 }
 
@@ -217,7 +217,7 @@ function schemasAt(opts: FormatOptions, segs: Segment[]): Located[] {
 }
 
 /** The keys a map at a path may have, from the schemas themselves (`$schema` aside). */
-export function allowedKeys(opts: FormatOptions, segs: Segment[]): string[] {
+function allowedKeys(opts: FormatOptions, segs: Segment[]): string[] {
     const keys = new Set<string>();
     const at = schemasAt(opts, segs);
     for (const s of at) if (typeof s.schema === "object") for (const [k, v] of Object.entries(s.schema.properties ?? {})) if (v !== false) keys.add(k);

@@ -14,7 +14,7 @@ import { addNvidiaVgpuGpu } from "../fake/mdev";
 import { getHostInventory } from "../../provider/inventory";
 import { renderHostYaml } from "../../provider/hostInit";
 import { defaultMdevUuid } from "../../provider/sysfs/mdev";
-import { HostDefinitionError, checkHostDefinition, loadHostDefinition, parseHostDefinition } from "../../sdk/hostDefinition";
+import { HostDefinitionError, checkHostDefinition, formatProblem, loadHostDefinition, parseHostDefinition } from "../../sdk/hostDefinition";
 import { planHost, resolveOutputRef } from "../../sdk/hostPlan";
 
 /** The problems of a host file as "line:column: path: message" lines. */
@@ -257,6 +257,52 @@ describe("a YAML syntax error is reported where the yaml library puts it, with n
         ["a list item indented less than the list", "vms:\n  a:\n    devices:\n    - gpu\n   - x\n", ["5:1: : YAML syntax: A block sequence may not be used as an implicit map key", "5:4: : YAML syntax: Implicit keys need to be on a single line"]],
     ])("%s", (_what, text, expected) => {
         expect(problems(text)).toEqual(expected);
+    });
+});
+
+describe("the errors the READMEs quote are what the loader prints", () => {
+    const root = path.join(__dirname, "../..");
+    /**
+     * A README says "misspell `persistent` on line N, or make line M `<text>`" and then quotes what preview says:
+     * each mistake made alone in the file, loaded, gives the quoted line, exactly.
+     */
+    function check(readme: string, yamlText: string, quoted: string[]) {
+        const m = /[Mm]isspell\s+`persistent`\s+on\s+line\s+(\d+)[\s\S]*?make\s+line\s+(\d+)\s+`([^`]+)`/.exec(readme);
+        expect(m).not.toBeNull();
+        const lines = yamlText.split("\n");
+        const typo = [...lines];
+        expect(typo[Number(m![1]) - 1]).toContain("persistent");
+        typo[Number(m![1]) - 1] = typo[Number(m![1]) - 1].replace("persistent", "persistant");
+        const ref = [...lines];
+        const [indent, key] = /^(\s*)([A-Za-z]+):/.exec(ref[Number(m![2]) - 1])!.slice(1);
+        expect(m![3].startsWith(`${key}:`)).toBe(true);
+        ref[Number(m![2]) - 1] = indent + m![3];
+        const printed = [typo, ref].map((l) => {
+            try {
+                parseHostDefinition(l.join("\n"), { file: "host.yaml" });
+            } catch (e) {
+                if (e instanceof HostDefinitionError) return e.problems.map(formatProblem).join("\n");
+                throw e;
+            }
+            return "(no problem)";
+        });
+        expect(printed).toEqual(quoted);
+    }
+
+    test("README.md, \"Your host in a file: host.yaml\"", () => {
+        const readme = fs.readFileSync(path.join(root, "README.md"), "utf8");
+        const section = readme.slice(readme.indexOf("## Your host in a file: host.yaml"), readme.indexOf("### The root program"));
+        const example = /```yaml\n([\s\S]*?)```/.exec(section)![1];
+        const quoted = section.split("\n").filter((l) => l.startsWith("    host.yaml:")).map((l) => l.slice(4));
+        expect(quoted).toHaveLength(2);
+        check(section, example, quoted);
+    });
+
+    test("examples/yaml-host/README.md, on the example's host.yaml", () => {
+        const readme = fs.readFileSync(path.join(root, "examples/yaml-host/README.md"), "utf8");
+        const quoted = readme.split("\n").filter((l) => l.startsWith("host.yaml:"));
+        expect(quoted).toHaveLength(2);
+        check(readme, fs.readFileSync(path.join(root, "examples/yaml-host/host.yaml"), "utf8"), quoted);
     });
 });
 
