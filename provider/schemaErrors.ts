@@ -119,7 +119,7 @@ function schemaProblem(e: ErrorObject, data: unknown, opts: FormatOptions): Sche
     const segs = segmentsOf(e.instancePath);
     const value = valueAt(data, segs);
     const make = (s: Segment[], at: "key" | "value", message: string, field: Segment[] = s): SchemaProblem => ({ segments: s, at, field, message: opts.override?.(e, s) ?? message });
-    const doc = (s: Segment[]) => fieldDoc(opts, s);
+    const doc = (s: Segment[], rule?: string) => fieldDoc(opts, s, rule);
     if (e.propertyName !== undefined) {
         const s = [...segs, e.propertyName];
         return make(s, "key", `${JSON.stringify(e.propertyName)} is not a valid name: use letters, digits, '_' and '-', starting with a letter or digit (at most 63 characters)`);
@@ -147,7 +147,7 @@ function schemaProblem(e: ErrorObject, data: unknown, opts: FormatOptions): Sche
         }
         case "pattern":
         case "format":
-            return make(segs, "value", `${describeValue(value)} is not valid here${doc(segs) || ` (it must match ${e.params.pattern})`}`);
+            return make(segs, "value", `${describeValue(value)} is not a valid ${fieldName(segs)}${doc(segs, e.keyword) || ` (it must match ${e.params.pattern})`}`);
         case "enum":
         case "const": {
             const allowed = (e.keyword === "enum" ? (e.params.allowedValues as unknown[]) : [e.params.allowedValue]).map((x) => JSON.stringify(x));
@@ -172,6 +172,14 @@ function schemaProblem(e: ErrorObject, data: unknown, opts: FormatOptions): Sche
         default:
             return make(segs, "value", e.message ?? e.keyword);
     }
+}
+
+/** What a message calls the field at a path: its key, or for a list item `<list> entry`. */
+function fieldName(segs: Segment[]): string {
+    const last = segs[segs.length - 1];
+    if (typeof last === "string") return last;
+    const list = segs[segs.length - 2];
+    return typeof list === "string" ? `${list} entry` : "value";
 }
 
 // ------------------------------------------------------------------------------------------------ the schema at a path
@@ -226,13 +234,19 @@ function allowedKeys(opts: FormatOptions, segs: Segment[]): string[] {
     return [...keys];
 }
 
-/** `. <description> For example: <examples>.` for the field at a path, or "" when the schema says nothing. */
-function fieldDoc(opts: FormatOptions, segs: Segment[]): string {
+/**
+ * `. <description> For example: <examples>.` for the field at a path, or "" when the schema says nothing. The
+ * field's own description comes first; with `rule` (a keyword such as `pattern`), the description of the schema
+ * that sets it follows when it is another (`devices[0]`: "the name of an entry under bindings", then what a name is).
+ */
+function fieldDoc(opts: FormatOptions, segs: Segment[], rule?: string): string {
     const at = schemasAt(opts, segs).filter((s): s is { schema: Record<string, any>; base: string } => typeof s.schema === "object");
-    const description = at.map((s) => s.schema.description).find((d): d is string => typeof d === "string");
+    const own = at.map((s) => s.schema.description).find((d): d is string => typeof d === "string");
+    const ruled = rule ? at.find((s) => s.schema[rule] !== undefined && typeof s.schema.description === "string")?.schema.description : undefined;
+    const description = [own, ruled].filter((d, i, all): d is string => !!d && all.indexOf(d) === i).map((d) => d.replace(/\.?$/, ".")).join(" ");
     const examples = [...new Set(at.flatMap((s) => (Array.isArray(s.schema.examples) ? s.schema.examples : [])).map((x) => JSON.stringify(x)))];
     if (!description && !examples.length) return "";
-    const sentence = description ? ` ${description.replace(/\.?$/, ".")}` : "";
+    const sentence = description ? ` ${description}` : "";
     return `.${sentence}${examples.length ? ` For example: ${examples.join(" or ")}.` : ""}`;
 }
 

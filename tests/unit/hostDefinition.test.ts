@@ -105,6 +105,18 @@ describe("bad input: errors with line, column and the offending key", () => {
         ["a wrong type in a list", "vms:\n  a:\n    devices: [gpu, 7]\n", ["3:20: vms.a.devices[1]: must be a string or a map, not 7. The name of an entry under `bindings`. For example: \"gpu\" or \"win11\"."]],
         ["an unquoted octal mode", "kvmfr:\n  lg: { index: 0, sizeMb: 32, mode: 0660 }\n", ['2:37: kvmfr.lg.mode: must be a string, not 660 (YAML read 0660 as a number: quote it, "0660"). Octal mode of /dev/kvmfrN, quoted in YAML. No permission for others: other-readable would let every local user read the guest\'s framebuffer, other-writable write into it; give the Looking Glass client\'s user access with owner or group. For example: "0660" or "0600".']],
         ["a value out of range", "virtualFunctions:\n  v: { physicalFunction: \"03:00.0\", count: -1 }\n", ["2:44: virtualFunctions.v.count: must be >= 0, not -1"]],
+        // Pattern errors say what the field is and show an example (the schema's description and examples), no regex.
+        [
+            "a PCI address that is not one",
+            "bindings:\n  gpu: { device: \"1:00.0\" }\n",
+            ['2:18: bindings.gpu.device: "1:00.0" is not a valid device. The device: a PCI address (quoted in YAML), or a selector by vendor/device id that must match exactly one device. A PCI address DDDD:BB:DD.F: domain, bus, device (00-1f) and function (0-7) in hex, as `lspci -D` and `pulumi-vfio inventory` print it; BB:DD.F (plain `lspci`) means domain 0000. Quote it in YAML. For example: "0000:01:00.0" or {"vendor":"10de","device":"2204"} or "01:00.0".'],
+        ],
+        [
+            "a driver name with a space",
+            "bindings:\n  gpu: { device: \"01:00.0\", driver: vfio pci }\n",
+            ["2:37: bindings.gpu.driver: \"vfio pci\" is not a valid driver. The driver the group's members are bound to (default vfio-pci). A kernel PCI driver name, as a directory under /sys/bus/pci/drivers: letters, digits, '_', '.' and '-', no spaces or slashes. For example: \"vfio-pci\" or \"pci-stub\"."],
+        ],
+        ["a reference that cannot be a name", "vms:\n  a: { devices: [gpu.0] }\n", ["2:18: vms.a.devices[0]: \"gpu.0\" is not a valid devices entry. The name of an entry under `bindings`. A name: letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters (no '.' or spaces). For example: \"gpu\" or \"win11\"."]],
         ["an enum value", "vms:\n  a: { accel: hvf }\n", ['2:15: vms.a.accel: must be one of "kvm", "tcg", not "hvf"']],
         ["a missing required key", "bindings:\n  gpu: { driver: vfio-pci }\n", ['2:3: bindings.gpu: "device" is required in bindings.gpu. The device: a PCI address (quoted in YAML), or a selector by vendor/device id that must match exactly one device. For example: "0000:01:00.0" or {"vendor":"10de","device":"2204"} or "01:00.0".']],
         ["a bad entry name", "mdevs:\n  \"my vgpu\": { parent: mtty, type: mtty-1 }\n", ['2:3: mdevs.my vgpu: "my vgpu" is not a valid name: use letters, digits, \'_\' and \'-\', starting with a letter or digit (at most 63 characters)']],
