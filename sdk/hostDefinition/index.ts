@@ -65,7 +65,8 @@ export function parseHostDefinition(text: string, opts: ParseOptions = {}): Host
 }
 
 /**
- * Read and check a host file (host.yaml).
+ * Read and check a host file (host.yaml). Messages name the file relative to the working directory when it is
+ * below it (Pulumi runs a program in its project directory: `host.yaml:4:34`, as the README quotes), else as given.
  * @throws HostDefinitionError listing every problem with file, line, column and key; an Error when the file cannot be read.
  */
 export function loadHostDefinition(file: string): HostDefinition {
@@ -76,7 +77,13 @@ export function loadHostDefinition(file: string): HostDefinition {
         const code = (e as NodeJS.ErrnoException).code;
         throw new Error(`cannot read the host file ${file}${code === "ENOENT" ? ": it does not exist (write one with `pulumi-vfio init -o " + file + "`)" : code ? ` (${code})` : ""}`);
     }
-    return parseHostDefinition(text, { file });
+    try {
+        return parseHostDefinition(text, { file });
+    } catch (e) {
+        const below = path.relative(process.cwd(), file);
+        if (!(e instanceof HostDefinitionError) || !path.isAbsolute(file) || below.startsWith("..") || path.isAbsolute(below)) throw e;
+        throw new HostDefinitionError(e.problems.map((p) => ({ ...p, file: below })));
+    }
 }
 
 function finish(def: HostDefinition, file?: string): HostDefinition {

@@ -90,6 +90,20 @@ describe("a good host file", () => {
         expect(() => loadHostDefinition(path.join(dir, "nope.yaml"))).toThrow(/does not exist \(write one with `pulumi-vfio init -o .*nope\.yaml`\)/);
         fs.rmSync(dir, { recursive: true });
     });
+
+    test("a file below the working directory (a Pulumi project's) is named relative to it", () => {
+        const dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "pv-hostdef-")));
+        fs.mkdirSync(path.join(dir, "hosts"));
+        fs.writeFileSync(path.join(dir, "hosts", "box.yaml"), "vms:\n  a: { memoryMb: lots }\n");
+        const cwd = process.cwd();
+        try {
+            process.chdir(dir);
+            expect(() => loadHostDefinition(path.join(dir, "hosts", "box.yaml"))).toThrow("\n  hosts/box.yaml:2:18: vms.a.memoryMb: must be an integer");
+        } finally {
+            process.chdir(cwd);
+            fs.rmSync(dir, { recursive: true });
+        }
+    });
 });
 
 describe("bad input: errors with line, column and the offending key", () => {
