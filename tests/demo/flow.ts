@@ -37,7 +37,8 @@ export function labHostYaml(lab: LabHandle, s: FlowSettings | null): string {
         `  privateKeyFile: ${lab.keyPath}`,
         `  hostKey: "${lab.connection.hostKey}"`,
     ];
-    if (!s) return head.join("\n") + "\n# Nothing else: every resource goes.\n";
+    // Written empty, not left out: a host file with no section is refused as truncated.
+    if (!s) return head.join("\n") + "\n# Nothing else: every resource goes.\nbindings: {}\nvms: {}\n";
     return [
         ...head,
         "bindings:",

@@ -301,13 +301,13 @@ test.each([
     [{ cpu: { cores: 2, pinning: [1] } }, "cpu.pinning", /lists 1 host CPU\(s\) for 2 vCPU\(s\)/],
     [{ cpu: { cores: 1, pinning: [7] } }, "cpu.pinning", /host CPU\(s\) 7 are not online/],
     [{ accel: "tcg", cpu: { model: "host" } }, "cpu.model", /needs accel "kvm"/],
-    [{ sharedMemory: { path: "/tmp/lg", sizeMb: 32 } }, "sharedMemory.path", /must match/],
+    [{ sharedMemory: { path: "/tmp/lg", sizeMb: 32 } }, "sharedMemory.path", /"\/tmp\/lg" is not a valid path\. A kvmfr device .* For example: "\/dev\/kvmfr0"/],
     [{ sharedMemory: { path: "/dev/shm/lg", sizeMb: 48 } }, "sharedMemory.sizeMb", /48 is not a power of two/],
-    [{ hideHypervisor: true, hvVendorId: "0123456789abc" }, "hvVendorId", /must match/],
+    [{ hideHypervisor: true, hvVendorId: "0123456789abc" }, "hvVendorId", /1 to 12 letters/],
     [{ devices: ["00:10.0"] }, "devices[0]", /is a PCI bridge/],
-    [{ devices: ["../x"] }, "devices[0]", /must match|string or object/],
+    [{ devices: ["../x"] }, "devices[0]", /"\.\.\/x" is not a valid devices entry\. A PCI address/],
     [{ network: { mode: "bridge" } }, "network.bridge", /needs network.bridge/],
-    [{ extraArgs: "-S" }, "extraArgs", /must be array/],
+    [{ extraArgs: "-S" }, "extraArgs", /must be a list, not "-S"/],
 ])("bad input %j fails at preview on %s", async (over, property, reason) => {
     const c = await check({}, { ...base, ...over }, host);
     const f = c.failures.find((x) => x.property === property);
