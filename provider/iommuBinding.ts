@@ -302,8 +302,12 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
     const { inputs, failures: schemaFailures } = validate<IommuBindingInputs>("iommu-binding.schema.json", news);
     // An address that fails the schema's pattern gets parseAddress's message, which says what form to use.
     const addressFailure = typeof inputs.device === "string" && !isUnknown(inputs.device) && !safeAddress(inputs.device) ? addressMessage(inputs.device) : undefined;
-    const failures = schemaFailures.filter((f) => !(addressFailure && f.property === "device"));
+    // Likewise each allowHostCritical entry that is a string but no address.
+    const allowList = Array.isArray(inputs.allowHostCritical) ? inputs.allowHostCritical : [];
+    const allowFailures = allowList.flatMap((a, i) => (typeof a === "string" && !isUnknown(a) && !safeAddress(a) ? [{ property: `allowHostCritical[${i}]`, reason: `allowHostCritical[${i}]: ${addressMessage(a)}` }] : []));
+    const failures = schemaFailures.filter((f) => !(addressFailure && f.property === "device") && !allowFailures.some((a) => a.property === f.property));
     if (addressFailure) failures.unshift({ property: "device", reason: `device: ${addressFailure}` });
+    failures.push(...allowFailures);
     if (failures.length) return { inputs, failures };
     if (containsUnknown(inputs.device) || containsUnknown(inputs.connection) || isUnknown(inputs.driver) || containsUnknown(inputs.allowHostCritical)) {
         // Preview of a value computed later: the host is checked again when it is known.
@@ -311,11 +315,7 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
         delete inputs.address;
         return { inputs, failures: [] };
     }
-    if (Array.isArray(inputs.allowHostCritical) && !containsUnknown(inputs.allowHostCritical)) {
-        const bad = inputs.allowHostCritical.filter((a) => !safeAddress(a));
-        if (bad.length) return { inputs, failures: [{ property: "allowHostCritical", reason: `allowHostCritical: ${addressMessage(bad[0])}` }] };
-        inputs.allowHostCritical = [...new Set(inputs.allowHostCritical.map((a) => safeAddress(a)!))];
-    }
+    if (allowList.length && !containsUnknown(allowList)) inputs.allowHostCritical = [...new Set(allowList.map((a) => safeAddress(a)!))];
     try {
         assertDriverName(defaults(inputs).driver);
         await withHost(inputs.connection, async (host) => {
