@@ -67,9 +67,10 @@ export function labSystemState(): FakeSystemState {
             { name: "sr0", dev: "11:0", path: "/sys/devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0/block/sr0" },
             ...[0, 1, 2, 3, 4, 5, 6, 7].map((i) => ({ name: `loop${i}`, dev: `7:${i}`, path: `/sys/devices/virtual/block/loop${i}` })),
         ],
+        // In ifindex order, as `ip` lists them: lo is 1.
         net: [
-            { name: "lab0", path: "/sys/devices/pci0000:00/0000:00:02.0/virtio0/net/lab0", addresses: ["10.0.2.15/24", "fec0::5054:ff:fe4c:4142/64", "fe80::5054:ff:fe4c:4142/64"] },
             { name: "lo", path: "/sys/devices/virtual/net/lo", addresses: ["127.0.0.1/8", "::1/128"] },
+            { name: "lab0", path: "/sys/devices/pci0000:00/0000:00:02.0/virtio0/net/lab0", addresses: ["10.0.2.15/24", "fec0::5054:ff:fe4c:4142/64", "fe80::5054:ff:fe4c:4142/64"] },
         ],
         // QEMU user networking: the host side appears as 10.0.2.2, the guest's sshd listens on 10.0.2.15:22.
         sshConnection: "10.0.2.2 37578 10.0.2.15 22",
