@@ -196,7 +196,7 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
         fail(
             "allowHostCritical",
             `${d.address} (${classLabel(d.class)} ${d.vendor}:${d.device}, on ${d.driver ?? "no driver"})${self ? "" : `, in IOMMU group ${view.group} with ${address},`} ${why}: binding ${self ? "it" : "the group"} to ${driver} takes it from the host. ` +
-                `Pass through a device in a group of its own instead (\`pulumi-vfio inventory\` marks such groups), or, if the host can really do without it, set allowHostCritical: ${allowAll}`,
+                `${self ? "Pass through another device" : "Pass through a device whose group holds nothing the host needs (`pulumi-vfio inventory` says which groups to bind)"}, or, if the host can really do without it, set allowHostCritical: ${allowAll}`,
         );
     }
 
@@ -240,7 +240,7 @@ export function bridgeMessage(d: PciDevice, behind: string[] | undefined, member
         d.class.startsWith("0600")
             ? "It is the host's root complex, not a device a VM can use; bind an endpoint device (`pulumi-vfio inventory` lists them)"
             : behind === undefined
-            ? "Bind the device behind it instead"
+              ? "Bind the device behind it instead"
             : behind.length
               ? `Bind the device behind it instead: ${behind.map(label).join(", ")}`
               : "Nothing is behind it on this host; bind an endpoint device (`pulumi-vfio inventory` lists them)";
