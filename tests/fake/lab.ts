@@ -47,9 +47,8 @@ export function labPciState(): ReturnType<typeof pci> {
         dev("0000:00:02.0", "1af4:1000", "0x020000", 2, "virtio-pci", { childDirs: ["virtio0"] }),
         // The lab numbers its group 3 (and the groups after it one higher than here); only the address counts.
         dev("0000:00:03.0", "1af4:1001", "0x010000", 20, "virtio-pci", { childDirs: ["virtio1"] }),
-        dev("0000:00:10.0", "1b36:000c", "0x060400", 3, "pcieport"),
-        dev("0000:00:10.1", "1b36:000c", "0x060400", 4, "pcieport"),
-        dev("0000:00:10.2", "1b36:000c", "0x060400", 5, "pcieport"),
+        // pcieport's services (AER, PME, DPC) are devices in the port's directory, named after it.
+        ...[3, 4, 5].map((g, i) => dev(`0000:00:10.${i}`, "1b36:000c", "0x060400", g, "pcieport", { childDirs: ["pcie001", "pcie002", "pcie010"].map((s) => `0000:00:10.${i}:${s}`) })),
         dev("0000:00:1f.0", "8086:2918", "0x060100", 6, "lpc_ich"),
         dev("0000:00:1f.2", "8086:2922", "0x010601", 6, "ahci"),
         dev("0000:00:1f.3", "8086:2930", "0x0c0500", 6, "i801_smbus"),

@@ -8,6 +8,7 @@
 import { createHash } from "crypto";
 import { SshHost } from "../../provider/host/ssh";
 import { Op } from "../../provider/host/types";
+import { getHostInventory } from "../../provider/inventory";
 import { CheckFailedError, Engine, PluginProcess } from "../engine/harness";
 import { guestCall } from "./guest";
 import { labSuite } from "./labState";
@@ -82,6 +83,17 @@ labDescribe("host-critical devices on the lab kernel", () => {
                 reason: "0000:00:10.0 is a PCI bridge (class 0604); a bridge cannot be passed through to a VM, and this one stays on pcieport. Bind the device behind it instead: 0000:01:00.0, 0000:01:00.1",
             },
         ]);
+    });
+
+    test("inventory tells the GPU's group (bind it) from the chipset's, the root disk's and the SSH NIC's (host-critical)", async () => {
+        const inv = await getHostInventory(host);
+        const of = (a: string) => inv.groups.find((g) => g.members.includes(a))!;
+        expect(of("0000:01:00.0")).toMatchObject({ verdict: "bind", hostCritical: [] });
+        expect(of("0000:00:1f.2").verdict).toBe("host-critical");
+        expect(of("0000:00:1f.2").hostCritical.map((c) => c.address)).toEqual(["0000:00:1f.0", "0000:00:1f.3"]);
+        expect(of("0000:00:03.0").hostCritical).toEqual([{ address: "0000:00:03.0", reason: "holds the root filesystem / (ext4 on /dev/vda)" }]);
+        expect(of("0000:00:02.0").hostCritical).toEqual([{ address: "0000:00:02.0", reason: expect.stringMatching(/^carries the SSH session we are connected over \(10\.0\.2\.2:\d+ → 10\.0\.2\.15:22 on lab0\)$/) }]);
+        expect(of("0000:00:10.0").verdict).toBe("bridges");
     });
 
     test("inside the guest (local host, reached by an SSH login) the same session NIC and the ICH9 group are refused", async () => {
