@@ -2,6 +2,7 @@
  * Host-critical functions (provider/sysfs/critical.ts): what the host uses, traced from mounts, swaps and the SSH
  * session to PCI addresses, and the classification a refusal quotes. Pure functions, fed the kernel's own text.
  */
+import { spawnSync } from "child_process";
 import { OpResult } from "../../provider/host/types";
 import {
     HostUses,
@@ -16,6 +17,7 @@ import {
     parseSshConnection,
     parseSwaps,
     pciAddressOfPath,
+    SSH_SESSION_SCRIPT,
 } from "../../provider/sysfs/critical";
 
 const ok = (data: string): OpResult => ({ ok: true, data });
@@ -192,5 +194,25 @@ describe("hostCriticalReason", () => {
         const r = hostCriticalReason({ address, class: cls }, u);
         if (expected === null) expect(r).toBeNull();
         else expect(r).toMatch(expected);
+    });
+});
+
+describe("the SSH session script, run by bash as the interpreter would", () => {
+    const run = (env: Record<string, string>, outer: string) =>
+        spawnSync("bash", ["-c", outer, "outer", SSH_SESSION_SCRIPT], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env }, encoding: "utf8", timeout: 10_000 });
+
+    test("finds SSH_CONNECTION in an ancestor when sudo-like env stripping left the script without it", () => {
+        // The outer bash plays sshd's session shell; `env -i` plays sudo's env_reset for the interpreter it starts.
+        const r = run({ SSH_CONNECTION: "192.0.2.7 50123 192.0.2.1 22" }, 'env -i PATH="$PATH" bash -c "$1" ssh-session; exit $?');
+        expect(r.status).toBe(0);
+        expect(r.stdout).toBe("192.0.2.7 50123 192.0.2.1 22\n");
+    });
+
+    test("prints nothing, successfully, when no ancestor was reached over SSH", () => {
+        const r = run({}, 'env -i PATH="$PATH" bash -c "$1" ssh-session; exit $?');
+        // The walk goes on past the outer bash to this test's own ancestors: inside an SSH login it rightly finds that.
+        expect(r.stdout).toMatch(/^(|\S+ \d+ \S+ \d+\n)$/);
+        expect(r.stdout).not.toContain("192.0.2.7");
+        expect(r.status).toBe(0);
     });
 });
