@@ -4,8 +4,13 @@
  * from pci.ids, driver, override, boot VGA, reset methods, SR-IOV), the mdev types of every mdev parent, the
  * vfio-related modules and the Looking Glass `/dev/kvmfr*` devices.
  *
- * Round trips: (1) directory listings, kernel facts and where pci.ids is; (2) every device's attributes, every
- * group's member list, every mdev parent's type list, every kvmfr node's type; (3) only when there is something
+ * Each group says whether binding it is refused because it holds host-critical functions (the chipset's LPC/SMBus,
+ * the disk the host runs from, the SSH session's NIC; see `sysfs/critical.ts`) or is a group to bind.
+ *
+ * Round trips: (1) directory listings, kernel facts, where pci.ids is, the host's mounts, swaps and SSH session;
+ * (2) every device's attributes, every group's member list, every mdev parent's type list, every kvmfr node's type,
+ * the sysfs links of the mounted block devices and the session's interface (a stacked device such as dm or md costs
+ * one more per level); (3) only when there is something
  * to look up: the pci.ids lines for the ids found, the attributes of the mdev types found, the driver of any group
  * member that is not a PCI device. The PCI device reads are the ones of `sysfs/pci.ts`; this does not go through
  * `scanHost` because its second round trip cannot carry the mdev type listings, which would cost a fourth.
@@ -16,7 +21,8 @@
  */
 import { Host, Op, OpResult } from "./host/types";
 import { IOMMU_GROUPS, IOMMU_OFF_FIX, iommuStatusOps, memberViable, parseIommuStatus, viabilityProblems } from "./sysfs/iommu";
-import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, isAddress, parseDevice } from "./sysfs/pci";
+import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, isAddress, isBridge, parseDevice } from "./sysfs/pci";
+import { CRITICAL_READ_OPS, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 
 /** Where distributions install pci.ids (Debian/Ubuntu `pci.ids`, Fedora/Arch/Alpine `hwdata`), in lookup order. */
 export const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
@@ -90,6 +96,17 @@ export interface InventoryGroup {
     problems: string[];
     /** `/dev/vfio/<n>` when it exists (a member is bound to vfio-pci), else null. */
     vfioDevice: string | null;
+    /**
+     * Members an IommuBinding of this group would take from the host although the host needs them (the chipset's
+     * ISA/LPC bridge or SMBus, the controller of a mounted filesystem or swap, the SSH session's NIC), with why; the
+     * binding is refused unless `allowHostCritical` lists them. Bridges are left as they are and never listed.
+     */
+    hostCritical: { address: string; reason: string }[];
+    /**
+     * What binding the group means: `host-critical` (refused, see `hostCritical`), `bind` (nothing host-critical;
+     * binding makes it viable), `viable` (usable as it is), `bridges` (only bridges: nothing to pass through).
+     */
+    verdict: "host-critical" | "bind" | "viable" | "bridges";
 }
 
 export interface KvmfrDevice {
@@ -244,8 +261,10 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
         { op: "list", path: MDEV_BUS },
         ...PCI_IDS_PATHS.map((path): Op => ({ op: "stat", path })),
         { op: "exec", argv: ["awk", "BEGIN { exit 0 }"], optional: true, timeoutMs: 10_000 },
+        ...criticalReadOps(),
     ];
     const r1 = await host.run(first);
+    const reads = parseCriticalReads(r1.slice(first.length - CRITICAL_READ_OPS));
     const addresses = lines(r1[0]).filter(isAddress).sort();
     const iommu = parseIommuStatus(r1.slice(1, 3));
     const kernelRelease = text(r1[3]);
@@ -268,6 +287,8 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
         ...groupNumbers.map((g): Op => ({ op: "list", path: `${IOMMU_GROUPS}/${g}/devices` })),
         ...mdevParents.map((p): Op => ({ op: "list", path: `${MDEV_BUS}/${p}/mdev_supported_types` })),
         ...kvmfrPaths.map((path): Op => ({ op: "stat", path })),
+        // What the host's mounts, swaps and SSH session lead to; stacked devices (dm, md) only cost more round trips.
+        ...linkOps(reads.uses),
     ];
     const r2 = second.length ? await host.run(second) : [];
     let at = 0;
@@ -284,6 +305,7 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
     const groupLists = take(groupNumbers.length).map(lines);
     const typeLists = take(mdevParents.length).map((r) => lines(r).filter(safeName).sort());
     const kvmfr = take(kvmfrPaths.length).map((r, i): KvmfrDevice => ({ path: kvmfrPaths[i], isCharDevice: !!r?.ok && r.data.startsWith("character special file") }));
+    const uses = await traceUses(host, reads, r2.slice(at));
 
     const byAddress = new Map(pciDevices.map((d) => [d.address, d]));
     const groupMembers = groupNumbers.map((g, i) => {
@@ -356,12 +378,22 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
     const groups: InventoryGroup[] = groupNumbers.map((g, i) => {
         const members = groupMembers[i];
         const view = members.map((m) => ({ address: m, driver: byAddress.get(m)?.driver ?? foreignDrivers.get(`${g}/${m}`) ?? null }));
+        // As IommuBinding plans it: bridges stay, every other member is bound (see planBinding).
+        const bound = members.map((m) => byAddress.get(m)).filter((d): d is PciDevice => !!d && !isBridge(d));
+        const hostCritical = bound.flatMap((d) => {
+            const reason = d.driver && /vfio|pci-stub/.test(d.driver) ? null : hostCriticalReason(d, uses);
+            return reason ? [{ address: d.address, reason }] : [];
+        });
+        const viable = view.every(memberViable);
+        const onlyBridges = bound.length === 0 && members.every((m) => byAddress.has(m));
         return {
             number: g,
             members,
-            viable: view.every(memberViable),
+            viable,
             problems: viabilityProblems(view),
             vfioDevice: vfioNodes.has(String(g)) ? `/dev/vfio/${g}` : null,
+            hostCritical,
+            verdict: hostCritical.length ? "host-critical" : onlyBridges ? "bridges" : viable ? "viable" : "bind",
         };
     });
     return {
@@ -406,6 +438,9 @@ function deviceNames(d: InventoryDevice): string {
 
 const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
 
+/** A reason up to its explanation: `is the SMBus controller (class 0c05)`. */
+const shortReason = (r: string) => r.split(": ")[0];
+
 /** A readable report: a warning with the fix first when the IOMMU is off, then one table grouped by IOMMU group. */
 export function formatInventory(inv: HostInventory): string {
     const out: string[] = [];
@@ -422,11 +457,19 @@ export function formatInventory(inv: HostInventory): string {
 
     type Row = string[];
     const sections: { title: string; rows: Row[] }[] = [];
-    const row = (d: InventoryDevice): Row => [d.address, `${d.className} [${d.class.slice(0, 4)}]`, `${d.vendor}:${d.device}`, d.driver ?? "-", deviceFlags(d).join("; "), deviceNames(d)];
+    const row = (d: InventoryDevice): Row => [d.address, `${d.className} [${d.class.slice(0, 4)}]`, `${d.vendor}:${d.device}`, d.driver ?? "-", [...(criticalAt.has(d.address) ? ["host-critical"] : []), ...deviceFlags(d)].join("; "), deviceNames(d)];
     const byAddress = new Map(inv.devices.map((d) => [d.address, d]));
     const grouped = new Set<string>();
+    const criticalAt = new Map(inv.groups.flatMap((g) => (g.hostCritical ?? []).map((c) => [c.address, c.reason] as const)));
     for (const g of inv.groups) {
-        const state = g.viable ? "viable" : `not viable: ${g.problems.join("; ")}`;
+        const state =
+            g.verdict === "host-critical"
+                ? `host-critical, do not bind: ${g.hostCritical.map((c) => `${c.address} ${shortReason(c.reason)}`).join("; ")}`
+                : g.verdict === "bridges"
+                  ? "bridges only, nothing to pass through"
+                  : g.viable
+                    ? "viable"
+                    : `not viable until bound, bind it (${g.problems.join("; ")})${g.members.some((m) => byAddress.get(m)?.bootVga) ? "; it holds the host's console GPU: binding it needs allowBootVga" : ""}`;
         const title = `IOMMU group ${g.number}: ${state}${g.vfioDevice ? `, ${g.vfioDevice}` : ""}`;
         const rows = g.members.map((m) => {
             grouped.add(m);
@@ -446,6 +489,10 @@ export function formatInventory(inv: HostInventory): string {
     for (const s of sections) {
         out.push(s.title);
         for (const r of s.rows) out.push(fmt(r));
+    }
+    if (criticalAt.size) {
+        out.push("host-critical devices (IommuBinding refuses their groups unless allowHostCritical lists them)");
+        for (const [a, why] of criticalAt) out.push(`  ${a} ${why}`);
     }
     const others = inv.mdev.filter((p) => !p.pci);
     if (others.length) {

@@ -3,8 +3,9 @@
  * group belong to vfio-pci".
  *
  * - check: validate the inputs, then read the host (nothing changes) and resolve the device, refuse what would
- *   break (bridge, boot VGA, unknown driver, a group left non-viable, IOMMU off), and list the planned per-device
- *   driver changes in `plan`, which `pulumi preview` shows.
+ *   break (bridge, boot VGA, a host-critical member such as the chipset's LPC/SMBus or the disk the host runs from,
+ *   unknown driver, a group left non-viable, IOMMU off), and list the planned per-device driver changes in `plan`,
+ *   which `pulumi preview` shows.
  * - create/update: under the host lock, load the driver module if needed and run driverctl's sequence for each
  *   member in one batch (right after check, planned from what check read and guarded, see `converge`); read every
  *   `driver` link back; on any failure restore every member to exactly its previous driver and override, then fail
@@ -33,6 +34,7 @@ import {
     driverFromLink,
     driverLinkOp,
     firstFailure,
+    isAddress,
     isBridge,
     moduleOf,
     overrideOf,
@@ -41,6 +43,7 @@ import {
     restoreOps,
 } from "./sysfs/pci";
 import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
+import { CriticalReads, HostUses, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 
 export interface IommuBindingInputs {
     /** A PCI address (`0000:01:00.0` or `01:00.0`) or a selector by ids. */
@@ -51,6 +54,12 @@ export interface IommuBindingInputs {
     wholeGroup?: boolean;
     /** Allow binding the host's console GPU (`boot_vga` = 1). Default false. */
     allowBootVga?: boolean;
+    /**
+     * PCI addresses of host-critical group members (see `sysfs/critical.ts`: host/ISA bridges, SMBus, the controller
+     * of a mounted filesystem or active swap, the NIC of our SSH session) that this binding may take from the host
+     * anyway. Default none: such a group is refused at check.
+     */
+    allowHostCritical?: string[];
     /** Survive reboots via /etc/driverctl.d (driverctl applies it at boot). Default false. */
     persistent?: boolean;
     connection?: Connection;
@@ -116,6 +125,10 @@ export interface BindingPlan {
 
 export interface PlanFacts {
     view: GroupView;
+    /** What the host uses (mounts, swap, the SSH session) by PCI address; absent: not read (the class still counts). */
+    uses?: HostUses;
+    /** PCI addresses behind the device when it is a bridge (its sysfs directory's PCI children). */
+    behind?: string[];
     /** The driver exists on the host (registered, or modprobe finds its module). */
     driverKnown: boolean;
     driverctlInstalled: boolean;
@@ -142,9 +155,7 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
         fail("device", `cannot bind ${address}: ${IOMMU_OFF_FIX}`);
         return { group: null, members: [], problems, lines: [] };
     }
-    if (isBridge(view.device)) {
-        fail("device", `${address} is a ${classLabel(view.device.class)}; bridges stay on pcieport. Bind the device behind it instead`);
-    }
+    if (isBridge(view.device)) fail("device", bridgeMessage(view.device, facts.behind, view.members));
     if (!facts.driverKnown) {
         fail("driver", `driver ${JSON.stringify(driver)} is neither registered (/sys/bus/pci/drivers) nor a module modprobe can load on this host; use vfio-pci or pci-stub, or install its module`);
     }
@@ -170,6 +181,23 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
                 `${m.device.address} is the host's boot console GPU (boot_vga=1)${self ? "" : ` in the same IOMMU group as ${address}`}: binding it away takes the host's console (efifb/simpledrm hold its BAR). Set allowBootVga: true if this host is headless or uses another GPU`,
             );
         }
+    }
+
+    const allowed = new Set(inputs.allowHostCritical ?? []);
+    const critical = members.flatMap((m) => {
+        if (!m.managed || m.target === m.device.driver || allowed.has(m.device.address)) return [];
+        const why = hostCriticalReason(m.device, facts.uses ?? null);
+        return why ? [{ m, why }] : [];
+    });
+    const allowAll = JSON.stringify([...allowed, ...critical.map((c) => c.m.device.address)]);
+    for (const { m, why } of critical) {
+        const d = m.device;
+        const self = d.address === address;
+        fail(
+            "allowHostCritical",
+            `${d.address} (${classLabel(d.class)} ${d.vendor}:${d.device}, on ${d.driver ?? "no driver"})${self ? "" : `, in IOMMU group ${view.group} with ${address},`} ${why}: binding ${self ? "it" : "the group"} to ${driver} takes it from the host. ` +
+                `${self ? "Pass through another device" : "Pass through a device whose group holds nothing the host needs (`pulumi-vfio inventory` says which groups to bind)"}, or, if the host can really do without it, set allowHostCritical: ${allowAll}`,
+        );
     }
 
     const finalState = members.map((m) => ({ address: m.device.address, driver: m.target ?? m.device.driver }));
@@ -198,6 +226,27 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
     return { group: view.group, members, problems, lines };
 }
 
+/**
+ * What is true of a bridge named as the device: it cannot be passed through (a VM gets endpoints; the bridge is the
+ * host's path to them), it is left on the driver it has (pcieport for PCIe ports) or on none, and what to bind instead.
+ */
+export function bridgeMessage(d: PciDevice, behind: string[] | undefined, members: PciDevice[]): string {
+    const left = d.driver ? `stays on ${d.driver}` : "has no driver and is left as is";
+    const label = (a: string) => {
+        const m = members.find((x) => x.address === a);
+        return m ? `${a} (${classLabel(m.class)} ${m.vendor}:${m.device})` : a;
+    };
+    const next =
+        d.class.startsWith("0600")
+            ? "It is the host's root complex, not a device a VM can use; bind an endpoint device (`pulumi-vfio inventory` lists them)"
+            : behind === undefined
+              ? "Bind the device behind it instead"
+            : behind.length
+              ? `Bind the device behind it instead: ${behind.map(label).join(", ")}`
+              : "Nothing is behind it on this host; bind an endpoint device (`pulumi-vfio inventory` lists them)";
+    return `${d.address} is a ${classLabel(d.class)} (class ${d.class.slice(0, 4)}); a bridge cannot be passed through to a VM, and this one ${left}. ${next}`;
+}
+
 // ------------------------------------------------------------------------------------------------ host facts
 
 function factOps(driver: string): Op[] {
@@ -214,13 +263,25 @@ function factOps(driver: string): Op[] {
  */
 async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true): Promise<PlanFacts> {
     // check (probe) shows the whole picture; create and update, under the lock, read only what binding needs.
-    const view = await readGroup(host, address, probe ? factOps(driver) : [], probe ? "full" : "binding");
-    const [modprobe, ...driverctl] = view.extra;
+    if (!probe) {
+        const view = await readGroup(host, address, [], "binding");
+        return { view, driverKnown: true, driverctlInstalled: true, previous };
+    }
+    // The host's uses (mounts, swap, SSH session) ride on the group's two batches: names in the first, the sysfs
+    // links they lead to in the second; only a stacked device (dm, md) costs a further round trip per level.
+    const own = [...factOps(driver), { op: "list", path: `${PCI_DEVICES}/${address}` } as Op];
+    let reads: CriticalReads | undefined;
+    const view = await readGroup(host, address, [...own, ...criticalReadOps()], "full", (ex) => linkOps((reads = parseCriticalReads(ex.slice(own.length))).uses));
+    const [modprobe, ...rest] = view.extra;
+    const driverctl = rest.slice(0, DRIVERCTL_BINARIES.length);
+    const children = rest[DRIVERCTL_BINARIES.length];
     return {
         view,
-        driverKnown: view.drivers.includes(driver) || !probe || !!modprobe?.ok,
-        driverctlInstalled: !probe || driverctl.some((r) => r.ok),
+        driverKnown: view.drivers.includes(driver) || !!modprobe?.ok,
+        driverctlInstalled: driverctl.some((r) => r.ok),
         previous,
+        uses: await traceUses(host, reads!, view.then),
+        behind: children?.ok ? children.data.split("\n").filter(isAddress).sort() : undefined,
     };
 }
 
@@ -241,15 +302,20 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
     const { inputs, failures: schemaFailures } = validate<IommuBindingInputs>("iommu-binding.schema.json", news);
     // An address that fails the schema's pattern gets parseAddress's message, which says what form to use.
     const addressFailure = typeof inputs.device === "string" && !isUnknown(inputs.device) && !safeAddress(inputs.device) ? addressMessage(inputs.device) : undefined;
-    const failures = schemaFailures.filter((f) => !(addressFailure && f.property === "device"));
+    // Likewise each allowHostCritical entry that is a string but no address.
+    const allowList = Array.isArray(inputs.allowHostCritical) ? inputs.allowHostCritical : [];
+    const allowFailures = allowList.flatMap((a, i) => (typeof a === "string" && !isUnknown(a) && !safeAddress(a) ? [{ property: `allowHostCritical[${i}]`, reason: `allowHostCritical[${i}]: ${addressMessage(a)}` }] : []));
+    const failures = schemaFailures.filter((f) => !(addressFailure && f.property === "device") && !allowFailures.some((a) => a.property === f.property));
     if (addressFailure) failures.unshift({ property: "device", reason: `device: ${addressFailure}` });
+    failures.push(...allowFailures);
     if (failures.length) return { inputs, failures };
-    if (containsUnknown(inputs.device) || containsUnknown(inputs.connection) || isUnknown(inputs.driver)) {
+    if (containsUnknown(inputs.device) || containsUnknown(inputs.connection) || isUnknown(inputs.driver) || containsUnknown(inputs.allowHostCritical)) {
         // Preview of a value computed later: the host is checked again when it is known.
         delete inputs.plan;
         delete inputs.address;
         return { inputs, failures: [] };
     }
+    if (allowList.length && !containsUnknown(allowList)) inputs.allowHostCritical = [...new Set(allowList.map((a) => safeAddress(a)!))];
     try {
         assertDriverName(defaults(inputs).driver);
         await withHost(inputs.connection, async (host) => {
@@ -292,6 +358,7 @@ export function diff(_id: string, olds: IommuBindingOutputs, news: IommuBindingI
     let changes = replaces.length > 0;
     for (const k of ["driver", "wholeGroup", "allowBootVga", "persistent"] as const) if (n[k] !== (olds as any)[k]) changes = true;
     if (JSON.stringify(news.device) !== JSON.stringify(olds.device)) changes = true;
+    if (JSON.stringify(news.allowHostCritical ?? []) !== JSON.stringify(olds.allowHostCritical ?? [])) changes = true;
     const drifted = (olds.members ?? []).some((m) => m.managed && m.driver !== olds.driver);
     if (drifted) changes = true;
     return { changes, replaces, deleteBeforeReplace: true };

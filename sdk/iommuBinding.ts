@@ -36,6 +36,13 @@ export interface IommuBindingArgs {
     /** Allow binding the GPU the host's console runs on (`boot_vga` = 1). Default false. */
     allowBootVga?: pulumi.Input<boolean>;
     /**
+     * PCI addresses of host-critical group members that may be bound anyway (default none): a host or ISA/LPC bridge
+     * (class 0600/0601), an SMBus controller (0c05), the controller holding a mounted filesystem or active swap, the
+     * NIC carrying the SSH session. Without it, a group containing one fails at preview naming the member and why.
+     * Risk: while bound, the host has lost that function (disks, network, chipset functions).
+     */
+    allowHostCritical?: pulumi.Input<pulumi.Input<string>[]>;
+    /**
      * Keep the binding across reboots (default false): writes `/etc/driverctl.d/pci-<address>` files, which
      * driverctl applies at boot. Requires driverctl on the host.
      */
@@ -71,6 +78,8 @@ export class IommuBinding extends pulumi.dynamic.Resource {
     public readonly driver!: pulumi.Output<string>;
     public readonly wholeGroup!: pulumi.Output<boolean>;
     public readonly allowBootVga!: pulumi.Output<boolean>;
+    /** The host-critical members allowed to be bound, normalized to `DDDD:BB:DD.F`. */
+    public readonly allowHostCritical!: pulumi.Output<string[] | undefined>;
     public readonly persistent!: pulumi.Output<boolean>;
     /** IOMMU group number. */
     public readonly group!: pulumi.Output<number>;
@@ -94,6 +103,7 @@ export class IommuBinding extends pulumi.dynamic.Resource {
                 driver: args.driver,
                 wholeGroup: args.wholeGroup,
                 allowBootVga: args.allowBootVga,
+                allowHostCritical: args.allowHostCritical,
                 persistent: args.persistent,
                 connection: secretConnection(args.connection),
                 address: undefined,

@@ -3,7 +3,7 @@
  * member is bound to a vfio driver, pci-stub, pcieport (bridges) or to no driver at all; otherwise QEMU fails with
  * "group N is not viable". The kernel does not refuse a non-viable bind (LAB.md), so the check is ours.
  */
-import { Host, Op } from "../host/types";
+import { Host, Op, OpResult } from "../host/types";
 import { pidsOf } from "./proc";
 import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PCI_DRIVERS, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
 
@@ -120,8 +120,16 @@ export function noteMemberStates(host: Host, address: string, states: Map<string
  * Read a device, its whole IOMMU group, the IOMMU status and the registered drivers: one round trip when the
  * group was seen before by this program (see `groupHints`), else two (the first learns the member list). The
  * `binding` view reads only what binding needs (see `bindingReadOps`), for the reads made under the host lock.
+ * `extra` ops ride in the first batch (their results in `extra`); `then`, given those results, returns ops for the
+ * second batch (their results in `then`), which is then always made.
  */
-export async function readGroup(host: Host, address: string, extra: Op[] = [], view: "full" | "binding" = "full"): Promise<GroupView & { extra: { ok: boolean; data: string }[] }> {
+export async function readGroup(
+    host: Host,
+    address: string,
+    extra: Op[] = [],
+    view: "full" | "binding" = "full",
+    then?: (extra: OpResult[]) => Op[],
+): Promise<GroupView & { extra: OpResult[]; then: OpResult[] }> {
     const [readOps, count, parse] = view === "full" ? [deviceReadOps, DEVICE_READ_OPS, parseDevice] : [bindingReadOps, BINDING_READ_OPS, parseBindingDevice];
     let hints = groupHints.get(host);
     if (!hints) groupHints.set(host, (hints = new Map()));
@@ -155,6 +163,9 @@ export async function readGroup(host: Host, address: string, extra: Op[] = [], v
     const second: Op[] = missing.flatMap((a) => readOps(a));
     const openersKnown = group !== null && group === hint.group;
     if (group !== null && !openersKnown) second.push({ op: "openers", path: `/dev/vfio/${group}` });
+    const openersAt = second.length - 1;
+    const thenOps = then?.(extraResults) ?? [];
+    second.push(...thenOps);
     const r2 = second.length ? await host.run(second) : [];
     missing.forEach((a, i) => hinted.set(a, r2.slice(i * count, (i + 1) * count)));
 
@@ -164,12 +175,12 @@ export async function readGroup(host: Host, address: string, extra: Op[] = [], v
         if (d) members.push(d);
     }
     members.sort((a, b) => a.address.localeCompare(b.address));
-    const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[r2.length - 1];
+    const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[openersAt];
     const openers = openersResult?.ok ? pidsOf(openersResult) : [];
     const result = { device, group, members, iommu, drivers, openers };
     if (device) hints.set(address, listed.ok ? { others, group, seen: { view: result, listing: listed.data } } : { others, group });
     else hints.delete(address);
-    return { ...result, extra: extraResults };
+    return { ...result, extra: extraResults, then: r2.slice(r2.length - thenOps.length) };
 }
 
 export interface GroupState {

@@ -160,9 +160,14 @@ export async function readDevices(host: Host, addresses: string[]): Promise<Map<
     return new Map(addresses.map((a, i) => [a, parseDevice(a, r.slice(i * DEVICE_READ_OPS, (i + 1) * DEVICE_READ_OPS))]));
 }
 
-/** PCI-to-PCI and host bridges: bound to pcieport or nothing, never handed to a VM. */
+/**
+ * Bridges a binding leaves as they are: host bridges (0600, the root complex) and PCI-to-PCI bridges (0604, and the
+ * semi-transparent 0609), on pcieport or on no driver. They are never handed to a VM, and VFIO counts them as
+ * harmless group members. Not the ISA/LPC bridge (0601): that is a chipset function with a host driver (lpc_ich)
+ * whose group cannot be bound without taking it from the host, see `sysfs/critical.ts`.
+ */
 export function isBridge(d: Pick<PciDevice, "class">): boolean {
-    return d.class.startsWith("0604") || d.class.startsWith("0600");
+    return ["0600", "0604", "0609"].includes(d.class.slice(0, 4));
 }
 
 export function classLabel(cls: string): string {
@@ -175,6 +180,10 @@ export function classLabel(cls: string): string {
         "0604": "PCI bridge",
         "0600": "Host bridge",
         "0601": "ISA bridge",
+        "0100": "SCSI storage controller",
+        "0101": "IDE controller",
+        "0104": "RAID controller",
+        "0107": "SAS controller",
         "0108": "NVMe controller",
         "0106": "SATA controller",
         "0c05": "SMBus",

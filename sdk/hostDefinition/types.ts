@@ -30,6 +30,7 @@ export interface BindingEntry {
     driver?: string;
     wholeGroup?: boolean;
     allowBootVga?: boolean;
+    allowHostCritical?: string[];
     persistent?: boolean;
 }
 

@@ -5,7 +5,8 @@
  */
 import { Host, Op, OpResult } from "../../provider/host/types";
 import { lastGroupView, readGroup } from "../../provider/sysfs/iommu";
-import { bindOps, restoreOps } from "../../provider/sysfs/pci";
+import { bindOps, isAddress, restoreOps } from "../../provider/sysfs/pci";
+import { CRITICAL_READ_OPS, criticalReadOps, linkOps, parseCriticalReads, parseMountinfo, parseSwaps, traceUses } from "../../provider/sysfs/critical";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -157,6 +158,54 @@ export function pciContract(describeFn: jest.Describe, target: () => ContractTar
             expect(r2[failed]).toMatchObject({ errno: "ESTALE", message: "found" });
             expect(r2[r2.length - 1].skipped).toBe(true);
             expect(await override(host, EDU)).toBe("(null)");
+        });
+
+        test("what the host uses: / is ext4 on the virtio disk 00:03.0 (254:0), no swap, the SSH session on lab0 (00:02.0); two round trips", async () => {
+            const before = host.roundTrips;
+            const r1 = await host.run(criticalReadOps());
+            expect(r1).toHaveLength(CRITICAL_READ_OPS);
+            expect(parseMountinfo(r1[0].data).filter((m) => !m.dev.startsWith("0:"))).toEqual([{ dev: "254:0", mountPoint: "/", fsType: "ext4", source: "/dev/vda" }]);
+            expect(parseSwaps(r1[1].data)).toEqual([]);
+            expect(r1[2].data).toMatch(/^10\.0\.2\.2 \d+ 10\.0\.2\.15 22\n$/);
+            expect(r1[3].data).toMatch(/^2: lab0 +inet 10\.0\.2\.15\/24 /m);
+            const reads = parseCriticalReads(r1);
+            expect(reads.uses.map((u) => u.path)).toEqual(["/sys/dev/block/254:0", "/sys/class/net/lab0"]);
+            const r2 = await host.run(linkOps(reads.uses));
+            expect(r2.map((x) => [x.ok, x.data.trim()])).toEqual([
+                [true, "/sys/devices/pci0000:00/0000:00:03.0/virtio1/block/vda"],
+                [true, ""],
+                [false, ""],
+                [true, "/sys/devices/pci0000:00/0000:00:02.0/virtio0/net/lab0"],
+                [true, expect.not.stringContaining("lower_")],
+            ]);
+            const uses = await traceUses(host, reads, r2);
+            expect(host.roundTrips - before).toBe(2);
+            expect(Object.fromEntries(uses.byAddress)).toEqual({
+                "0000:00:03.0": ["holds the root filesystem / (ext4 on /dev/vda)"],
+                "0000:00:02.0": [expect.stringMatching(/^carries the SSH session we are connected over \(10\.0\.2\.2:\d+ → 10\.0\.2\.15:22 on lab0\)$/)],
+            });
+            expect(uses.unknown).toEqual([]);
+        });
+
+        test("the ICH9 functions share a group: LPC 0601 on lpc_ich, AHCI 0106 on ahci, SMBus 0c05 on i801_smbus; the CD-ROM on AHCI is not mounted", async () => {
+            const view = await readGroup(host, "0000:00:1f.2");
+            expect(view.members.map((m) => [m.address, m.class.slice(0, 4), m.driver])).toEqual([
+                ["0000:00:1f.0", "0601", "lpc_ich"],
+                ["0000:00:1f.2", "0106", "ahci"],
+                ["0000:00:1f.3", "0c05", "i801_smbus"],
+            ]);
+            const [sr0] = await host.run([{ op: "readlink", path: "/sys/class/block/sr0" }]);
+            expect(sr0.data.trim()).toBe("/sys/devices/pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0/block/sr0");
+            const disk = await readGroup(host, "0000:00:03.0");
+            expect(disk.members.map((m) => [m.address, m.class, m.vendor, m.device, m.driver])).toEqual([["0000:00:03.0", "010000", "1af4", "1001", "virtio-pci"]]);
+        });
+
+        test("a root port's sysfs directory lists the devices behind it", async () => {
+            const r = await host.run(["0000:00:10.0", "0000:00:10.1", "0000:00:00.0"].map((a): Op => ({ op: "list", path: `${DEV}/${a}` })));
+            // A PCIe port also lists its port services (`0000:00:10.0:pcie001`: AER, PME, ...), which are no PCI devices.
+            expect(r[0].data.split("\n")).toEqual(expect.arrayContaining(["0000:00:10.0:pcie001", GPU, AUDIO]));
+            const behind = (x: OpResult) => x.data.split("\n").filter(isAddress);
+            expect(r.map(behind)).toEqual([[GPU, AUDIO], [EDU], []]);
         });
 
         test("driver_override survives an unbind; drivers_probe then binds the override's driver", async () => {

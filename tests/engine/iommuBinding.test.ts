@@ -91,7 +91,9 @@ test("bad input fails at preview with the field named, and nothing changes", asy
     const cases: [Record<string, unknown>, string, RegExp][] = [
         [{ device: "../../etc" }, "device", /not a PCI address/],
         [{ device: "0000:07:00.0" }, "device", /no PCI device 0000:07:00.0/],
-        [{ device: "00:10.0" }, "device", /PCI bridge/],
+        [{ device: "00:10.0" }, "device", /PCI bridge .* stays on pcieport\. Bind the device behind it instead: 0000:01:00\.0, 0000:01:00\.1/],
+        [{ device: "00:1f.2" }, "allowHostCritical", /^0000:00:1f\.0 \(ISA bridge 8086:2918, on lpc_ich\), in IOMMU group 6 with 0000:00:1f\.2, is the ISA\/LPC bridge/],
+        [{ device: "00:03.0" }, "allowHostCritical", /holds the root filesystem \/ \(ext4 on \/dev\/vda\)/],
         [{ device: "00:01.0" }, "allowBootVga", /boot console GPU/],
         [{ device: "01:00.0", driver: "nvidia-fake" }, "driver", /neither registered/],
         [{ device: "01:00.0", wholeGroup: false }, "wholeGroup", /group 7 would not be viable.*01:00.1 is bound to snd_hda_intel/],
@@ -105,6 +107,7 @@ test("bad input fails at preview with the field named, and nothing changes", asy
         expect(f?.reason).toMatch(reason);
     }
     expect(driverOf("0000:01:00.0")).toBe("bochs-drm");
+    expect(["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3", "0000:00:03.0"].map(driverOf)).toEqual(["lpc_ich", "ahci", "i801_smbus", "virtio-pci"]);
 });
 
 test("a selector with an index resolves to one address, shown in preview", async () => {

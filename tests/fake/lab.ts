@@ -2,7 +2,8 @@
  * A fake machine shaped like the lab host (tests/lab): QEMU q35 with an emulated intel-iommu, a console GPU at
  * 00:01.0, a secondary GPU (01:00.0, bochs-drm) with its HD audio function (01:00.1, snd_hda_intel) in one IOMMU
  * group, the edu device, an SR-IOV capable NVMe and the ICH9 functions that share a group. Addresses, ids and
- * drivers are the ones the lab kernel shows, so one contract test can run on both. (Group numbers differ: the
+ * drivers are the ones the lab kernel shows, so one contract test can run on both. What the guest itself uses (its
+ * root filesystem on the virtio disk 00:03.0, its SSH session on lab0 at 00:02.0) is in system.ts. (Group numbers differ: the
  * lab kernel numbers the GPU pair's group 8; nothing may depend on a group's number.)
  */
 import { FakeKernel, FakeState } from "./kernel";
@@ -10,10 +11,11 @@ import { FakePciDevice, FakePciDriver, pci, pciSubsystem } from "./pci";
 import { addKvmfr } from "./kvmfr";
 import { addQemu } from "./qemu";
 import { addMdev } from "./mdev";
+import { labSystemState, systemSubsystem } from "./system";
 
 /** Subsystems beyond PCI (mdev, kvmfr, QEMU) register here so every fake machine has them. */
 export const extraSubsystems: ((k: FakeKernel) => void)[] = [];
-extraSubsystems.push(addKvmfr, addQemu, addMdev);
+extraSubsystems.push(addKvmfr, addQemu, addMdev, (k) => void k.use(systemSubsystem));
 
 function dev(address: string, ids: string, cls: string, group: number, driver: string | null, extra: Partial<FakePciDevice> = {}): FakePciDevice {
     const [vendor, device] = ids.split(":");
@@ -42,17 +44,20 @@ export function labPciState(): ReturnType<typeof pci> {
     const devices = [
         dev("0000:00:00.0", "8086:29c0", "0x060000", 0, null),
         dev("0000:00:01.0", "1234:1111", "0x030000", 1, "bochs-drm", { bootVga: true }),
-        dev("0000:00:02.0", "1af4:1000", "0x020000", 2, "virtio-pci"),
-        dev("0000:00:10.0", "1b36:000c", "0x060400", 3, "pcieport"),
-        dev("0000:00:10.1", "1b36:000c", "0x060400", 4, "pcieport"),
-        dev("0000:00:10.2", "1b36:000c", "0x060400", 5, "pcieport"),
+        dev("0000:00:02.0", "1af4:1000", "0x020000", 2, "virtio-pci", { childDirs: ["virtio0"] }),
+        // The lab numbers its group 3 (and the groups after it one higher than here); only the address counts.
+        dev("0000:00:03.0", "1af4:1001", "0x010000", 20, "virtio-pci", { childDirs: ["virtio1"] }),
+        // pcieport's services (AER, PME, DPC) are devices in the port's directory, named after it.
+        ...[3, 4, 5].map((g, i) => dev(`0000:00:10.${i}`, "1b36:000c", "0x060400", g, "pcieport", { childDirs: ["pcie001", "pcie002", "pcie010"].map((s) => `0000:00:10.${i}:${s}`) })),
         dev("0000:00:1f.0", "8086:2918", "0x060100", 6, "lpc_ich"),
         dev("0000:00:1f.2", "8086:2922", "0x010601", 6, "ahci"),
         dev("0000:00:1f.3", "8086:2930", "0x0c0500", 6, "i801_smbus"),
-        dev("0000:01:00.0", "1234:1111", "0x030000", 7, "bochs-drm", { bootVga: false, resetMethods: ["bus"] }),
-        dev("0000:01:00.1", "8086:2668", "0x040300", 7, "snd_hda_intel"),
-        dev("0000:02:00.0", "1234:11e8", "0x00ff00", 8, null, { resetMethods: ["bus"] }),
+        dev("0000:01:00.0", "1234:1111", "0x030000", 7, "bochs-drm", { bootVga: false, resetMethods: ["bus"], parent: "0000:00:10.0" }),
+        dev("0000:01:00.1", "8086:2668", "0x040300", 7, "snd_hda_intel", { parent: "0000:00:10.0" }),
+        dev("0000:02:00.0", "1234:11e8", "0x00ff00", 8, null, { resetMethods: ["bus"], parent: "0000:00:10.1" }),
         dev("0000:03:00.0", "1b36:0010", "0x010802", 9, "nvme", {
+            parent: "0000:00:10.2",
+            childDirs: ["nvme"],
             subsystemVendor: "0x1af4",
             resetMethods: ["flr", "bus"],
             sriov: { totalVfs: 4, numVfs: 0, autoprobe: true, vfDevice: "0x0010", offset: 1, stride: 1 },
@@ -61,7 +66,7 @@ export function labPciState(): ReturnType<typeof pci> {
     const drivers = [
         drv("bochs-drm", "bochs", ["1234:1111"]),
         drv("snd_hda_intel", "snd_hda_intel", ["8086:2668"]),
-        drv("virtio-pci", "virtio_pci", ["1af4:1000"], { builtin: true }),
+        drv("virtio-pci", "virtio_pci", ["1af4:1000", "1af4:1001"], { builtin: true }),
         drv("pcieport", "pcieport", [], { classes: ["0x0604"], builtin: true }),
         drv("lpc_ich", "lpc_ich", ["8086:2918"]),
         drv("ahci", "ahci", ["8086:2922"]),
@@ -88,6 +93,7 @@ export function fakeLabKernel(state?: FakeState): FakeKernel {
     for (const add of extraSubsystems) add(k);
     if (!state) {
         k.state.ext.pci = labPciState();
+        k.state.ext.system = labSystemState();
         k.state.dirs.push("/etc", "/etc/modprobe.d", "/etc/modules-load.d", "/etc/udev/rules.d", "/run", "/run/lock", "/var/lib", "/usr/sbin");
         k.state.files["/usr/sbin/driverctl"] = { data: "#!/bin/bash\n", mode: 0o755 };
     }

@@ -29,6 +29,10 @@ export interface FakePciDevice {
     numaNode: number;
     sriov?: { totalVfs: number; numVfs: number; autoprobe: boolean; vfDevice: string; offset: number; stride: number };
     physfn?: string;
+    /** The bridge this device sits behind (its sysfs directory lists the device); absent: on the root bus. */
+    parent?: string;
+    /** Other entries of its sysfs directory that name child devices (`virtio0`, `nvme`). */
+    childDirs?: string[];
     /** The driver link vanished under a blocked unbind; /dev/vfio/<group> stays until the holder lets go. */
     stuck?: boolean;
 }
@@ -164,6 +168,7 @@ function setNumVfs(k: FakeKernel, pf: FakePciDevice, n: number): void {
             resetMethods: ["flr"],
             numaNode: pf.numaNode,
             physfn: pf.address,
+            parent: pf.parent,
         };
         s.devices[addr] = vf;
         if (sr.autoprobe) attach(k, vf);
@@ -255,6 +260,8 @@ function deviceNode(k: FakeKernel, d: FakePciDevice, rest: string[]): FakeNode |
     if (rest.length === 0) {
         return dir(() => {
             const names = Object.keys(attrs).filter((n) => attrs[n]() !== undefined);
+            // A bridge's directory holds the devices behind it, as /sys/devices/pci0000:00/<bridge>/<device>.
+            names.push(...(d.childDirs ?? []), ...Object.values(s.devices).filter((c) => c.parent === d.address).map((c) => c.address));
             if (d.sriov) for (const [i] of vfsOf(s, d).entries()) names.push(`virtfn${i}`);
             return names;
         });

@@ -82,7 +82,7 @@ describe("getHostInventory on the lab host", () => {
         const inv = await getHostInventory(host);
         expect(inv.iommu).toEqual({ enabled: true, fix: null });
         expect(inv.kernelRelease).toBe("6.1.0-fake-amd64");
-        expect(inv.groups.map((g) => g.number)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        expect(inv.groups.map((g) => g.number)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 20]);
         expect(group(inv, 7).members).toEqual(["0000:01:00.0", "0000:01:00.1"]);
         expect(group(inv, 6).members).toEqual(["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"]);
         expect(group(inv, 7).viable).toBe(false);
@@ -92,7 +92,7 @@ describe("getHostInventory on the lab host", () => {
         expect(group(inv, 8)).toMatchObject({ viable: true, problems: [] });
         expect(group(inv, 3)).toMatchObject({ viable: true, members: ["0000:00:10.0"] });
         expect(dev(inv, "0000:01:00.1")).toMatchObject({ group: 7, driver: "snd_hda_intel", class: "040300", className: "Audio device", vendor: "8086", device: "2668" });
-        expect(inv.devices).toHaveLength(13);
+        expect(inv.devices).toHaveLength(14);
         expect(host.roundTrips).toBeLessThanOrEqual(3);
     });
 
@@ -107,7 +107,7 @@ describe("getHostInventory on the lab host", () => {
         expect(line("0000:01:00.0")).not.toContain("boot-vga");
         expect(line("0000:03:00.0")).toContain("reset:flr,bus");
         expect(line("0000:03:00.0")).toContain("sriov 0/4");
-        expect(text).toMatch(/IOMMU group 7: not viable: 0000:01:00.0 is bound to bochs-drm; 0000:01:00.1 is bound to snd_hda_intel/);
+        expect(text).toMatch(/IOMMU group 7: not viable until bound, bind it \(0000:01:00.0 is bound to bochs-drm; 0000:01:00.1 is bound to snd_hda_intel\)\n/);
         expect(text).toMatch(/IOMMU group 8: viable\n/);
         // Members are listed under their group header, in order.
         const lines = text.split("\n");
@@ -115,6 +115,29 @@ describe("getHostInventory on the lab host", () => {
         expect(lines[g7 + 1]).toContain("0000:01:00.0");
         expect(lines[g7 + 2]).toContain("0000:01:00.1");
         expect(text).not.toContain("WARNING");
+    });
+
+    test("tells a group to bind apart from one that shares the chipset's or the host's own devices (both were just 'not viable')", async () => {
+        const host = new FakeHost(fakeLabKernel());
+        const inv = await getHostInventory(host);
+        expect(host.roundTrips).toBeLessThanOrEqual(3);
+        expect(group(inv, 7)).toMatchObject({ verdict: "bind", viable: false, hostCritical: [] });
+        expect(group(inv, 6).verdict).toBe("host-critical");
+        expect(group(inv, 6).hostCritical).toEqual([
+            { address: "0000:00:1f.0", reason: expect.stringMatching(/^is the ISA\/LPC bridge \(class 0601\)/) },
+            { address: "0000:00:1f.3", reason: expect.stringMatching(/^is the SMBus controller \(class 0c05\)/) },
+        ]);
+        // The guest's root disk and the NIC of the SSH session are alone in their groups, and just as critical.
+        expect(group(inv, 20).hostCritical).toEqual([{ address: "0000:00:03.0", reason: "holds the root filesystem / (ext4 on /dev/vda)" }]);
+        expect(group(inv, 2).hostCritical).toEqual([{ address: "0000:00:02.0", reason: "carries the SSH session we are connected over (10.0.2.2:37578 → 10.0.2.15:22 on lab0)" }]);
+        expect(group(inv, 3)).toMatchObject({ verdict: "bridges", hostCritical: [] });
+        expect(group(inv, 8).verdict).toBe("viable");
+        const text = formatInventory(inv);
+        expect(text).toContain("IOMMU group 6: host-critical, do not bind: 0000:00:1f.0 is the ISA/LPC bridge (class 0601); 0000:00:1f.3 is the SMBus controller (class 0c05)\n");
+        expect(text).toContain("IOMMU group 1: not viable until bound, bind it (0000:00:01.0 is bound to bochs-drm); it holds the host's console GPU: binding it needs allowBootVga\n");
+        expect(row(text, "0000:00:1f.0")).toMatch(/lpc_ich +host-critical; no-reset/);
+        expect(row(text, "0000:00:1f.2")).not.toContain("host-critical");
+        expect(text).toMatch(/host-critical devices \(IommuBinding refuses their groups unless allowHostCritical lists them\)\n  0000:00:02.0 carries the SSH session/);
     });
 
     test("after binding the whole group to vfio-pci, the group is viable and /dev/vfio/7 is shown", async () => {
@@ -192,7 +215,7 @@ describe("getHostInventory with the IOMMU off", () => {
         const inv = await getHostInventory(host);
         expect(inv.iommu).toEqual({ enabled: false, fix: IOMMU_OFF_FIX });
         expect(inv.groups).toEqual([]);
-        expect(inv.devices).toHaveLength(13);
+        expect(inv.devices).toHaveLength(14);
         expect(inv.devices.every((d) => d.group === null)).toBe(true);
         const text = formatInventory(inv);
         const first = text.split("\n")[0];

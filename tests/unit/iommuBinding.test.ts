@@ -5,6 +5,7 @@
 import { FakeHost } from "../fake/host";
 import { fakeKernelWithoutIommu, fakeLabKernel } from "../fake/lab";
 import { pci } from "../fake/pci";
+import { system } from "../fake/system";
 import { FakeKernel } from "../fake/kernel";
 import { Op } from "../../provider/host/types";
 import { IommuBindingOutputs, check, create, diff, read, remove, update } from "../../provider/iommuBinding";
@@ -222,4 +223,131 @@ test("allowBootVga: true takes the console GPU when asked", async () => {
 test("an unreachable SSH host fails check on the connection after bounded retries, naming the host", async () => {
     const c = await check({}, { device: "01:00.0", connection: { host: "127.0.0.1", port: 1, dialErrorLimit: 2, perDialTimeout: 2 } });
     expect(c.failures).toEqual([{ property: "connection", reason: expect.stringMatching(/cannot connect to root@127.0.0.1:1 over SSH: .*ECONNREFUSED/) }]);
+});
+
+describe("host-critical group members are refused at preview, naming the member and why", () => {
+    /** Everything a refused check must leave alone: no program but the read-only probes ran, every driver as it was. */
+    function unchanged(before: Record<string, string | null>): void {
+        expect(k.state.execLog.filter((a) => a[0] === "modprobe" && a[1] !== "-n")).toEqual([]);
+        expect(Object.fromEntries(Object.values(pci(k).devices).map((d) => [d.address, d.driver]))).toEqual(before);
+    }
+    const drivers = () => Object.fromEntries(Object.values(pci(k).devices).map((d) => [d.address, d.driver]));
+
+    test("the ICH9 SATA controller's group holds the LPC (ISA bridge) and the SMBus: each is named with its role, nothing is written", async () => {
+        const before = drivers();
+        const c = await check({}, { device: "0000:00:1f.2" }, host);
+        const critical = c.failures.filter((f) => f.property === "allowHostCritical");
+        expect(critical.map((f) => f.reason)).toEqual([
+            expect.stringMatching(/^0000:00:1f\.0 \(ISA bridge 8086:2918, on lpc_ich\), in IOMMU group 6 with 0000:00:1f\.2, is the ISA\/LPC bridge \(class 0601\): the chipset's legacy bus.*takes it from the host/),
+            expect.stringMatching(/^0000:00:1f\.3 \(SMBus 8086:2930, on i801_smbus\), in IOMMU group 6 with 0000:00:1f\.2, is the SMBus controller \(class 0c05\)/),
+        ]);
+        expect(critical[0].reason).toContain('set allowHostCritical: ["0000:00:1f.0","0000:00:1f.3"]');
+        // The plan still shows what binding would do, for the user to judge.
+        expect(c.inputs.plan).toContain("0000:00:1f.0 (ISA bridge 8086:2918): lpc_ich → vfio-pci");
+        unchanged(before);
+    });
+
+    test("allowHostCritical lists them (short addresses are normalized): the group binds, and destroy gives the chipset back", async () => {
+        const { outs } = await up({ device: "0000:00:1f.2", allowHostCritical: ["00:1f.0", "0000:00:1f.3"] });
+        expect(outs.allowHostCritical).toEqual(["0000:00:1f.0", "0000:00:1f.3"]);
+        expect(["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"].map((a) => dev(a).driver)).toEqual(["vfio-pci", "vfio-pci", "vfio-pci"]);
+        await remove(outs.address, outs, host);
+        expect(["0000:00:1f.0", "0000:00:1f.2", "0000:00:1f.3"].map((a) => dev(a).driver)).toEqual(["lpc_ich", "ahci", "i801_smbus"]);
+    });
+
+    test("allowing only one of the two still refuses the other", async () => {
+        const c = await check({}, { device: "0000:00:1f.2", allowHostCritical: ["0000:00:1f.0"] }, host);
+        expect(c.failures.map((f) => [f.property, f.reason.slice(0, 12)])).toEqual([["allowHostCritical", "0000:00:1f.3"]]);
+    });
+
+    test("a bad address in allowHostCritical is refused with the form to use", async () => {
+        const c = await check({}, { device: "0000:00:1f.2", allowHostCritical: ["00:1f.9"] }, host);
+        expect(c.failures).toEqual([{ property: "allowHostCritical[0]", reason: 'allowHostCritical[0]: "00:1f.9" is not a PCI address: write it as DDDD:BB:DD.F (e.g. 0000:01:00.0) or BB:DD.F as lspci prints it' }]);
+    });
+
+    test("the virtio disk the root filesystem is on is refused as such", async () => {
+        const before = drivers();
+        const c = await check({}, { device: "00:03.0" }, host);
+        expect(c.failures).toEqual([
+            {
+                property: "allowHostCritical",
+                reason: expect.stringMatching(/^0000:00:03\.0 \(SCSI storage controller 1af4:1001, on virtio-pci\) holds the root filesystem \/ \(ext4 on \/dev\/vda\): binding it to vfio-pci takes it from the host/),
+            },
+        ]);
+        unchanged(before);
+    });
+
+    test("an active swap partition makes its controller host-critical too (the NVMe here)", async () => {
+        const s = system(k);
+        s.block.push({ name: "nvme0n1", dev: "259:0", path: "/sys/devices/pci0000:00/0000:00:10.2/0000:03:00.0/nvme/nvme0/nvme0n1" });
+        s.block.push({ name: "nvme0n1p2", dev: "259:2", path: "/sys/devices/pci0000:00/0000:00:10.2/0000:03:00.0/nvme/nvme0/nvme0n1/nvme0n1p2" });
+        s.swaps += "/dev/nvme0n1p2                          partition\t1048572\t\t0\t\t-2\n";
+        const c = await check({}, { device: "03:00.0" }, host);
+        expect(c.failures.map((f) => f.reason)).toEqual([expect.stringMatching(/^0000:03:00\.0 \(NVMe controller 1b36:0010, on nvme\) holds the active swap \/dev\/nvme0n1p2:/)]);
+    });
+
+    test("a root filesystem on device-mapper is traced through slaves/ to its disk, one round trip per level", async () => {
+        const s = system(k);
+        s.mountinfo = s.mountinfo.replace("254:0 / / rw,noatime shared:1 - ext4 /dev/vda rw", "253:0 / / rw,noatime shared:1 - ext4 /dev/mapper/vg-root rw");
+        s.block.push({ name: "dm-0", dev: "253:0", path: "/sys/devices/virtual/block/dm-0", slaves: ["vda"] });
+        const first = host.roundTrips;
+        const c = await check({}, { device: "00:03.0" }, host);
+        expect(c.failures.map((f) => f.reason)).toEqual([expect.stringMatching(/^0000:00:03\.0 .* holds the root filesystem \/ \(ext4 on \/dev\/mapper\/vg-root\)/)]);
+        expect(host.roundTrips - first).toBe(3);
+    });
+
+    test("the NIC carrying our SSH session is refused, naming the session and the interface", async () => {
+        const c = await check({}, { device: "00:02.0" }, host);
+        expect(c.failures).toEqual([
+            {
+                property: "allowHostCritical",
+                reason: expect.stringMatching(/^0000:00:02\.0 \(Ethernet controller 1af4:1000, on virtio-pci\) carries the SSH session we are connected over \(10\.0\.2\.2:37578 → 10\.0\.2\.15:22 on lab0\)/),
+            },
+        ]);
+    });
+
+    test("not over SSH, the NIC is free to bind", async () => {
+        system(k).sshConnection = null;
+        const c = await check({}, { device: "00:02.0" }, host);
+        expect(c.failures).toEqual([]);
+    });
+
+    test("over SSH on a host without `ip`, any NIC may be the session's: refused, saying why it cannot tell", async () => {
+        system(k).noIp = true;
+        const c = await check({}, { device: "00:02.0" }, host);
+        expect(c.failures.map((f) => f.reason)).toEqual([expect.stringMatching(/may carry the SSH session we are connected over \(10\.0\.2\.2 → 10\.0\.2\.15\).*`ip -o addr show` failed/)]);
+    });
+
+    test("the GPU pair is not affected: its group has no host-critical member", async () => {
+        const c = await check({}, { device: "01:00.0" }, host);
+        expect(c.failures).toEqual([]);
+    });
+});
+
+describe("naming a bridge says what is true of it", () => {
+    test.each<[string, string, (k: FakeKernel) => void, RegExp]>([
+        [
+            "a root port on pcieport stays there; the devices behind it are named",
+            "0000:00:10.0",
+            () => undefined,
+            /^0000:00:10\.0 is a PCI bridge \(class 0604\); a bridge cannot be passed through to a VM, and this one stays on pcieport\. Bind the device behind it instead: 0000:01:00\.0, 0000:01:00\.1$/,
+        ],
+        [
+            "a root port with no driver is left as is",
+            "0000:00:10.1",
+            (k) => void (pci(k).devices["0000:00:10.1"].driver = null),
+            /^0000:00:10\.1 is a PCI bridge .* this one has no driver and is left as is\. Bind the device behind it instead: 0000:02:00\.0$/,
+        ],
+        ["the host bridge: the root complex, with no driver", "0000:00:00.0", () => undefined, /^0000:00:00\.0 is a Host bridge \(class 0600\); .* has no driver and is left as is\. It is the host's root complex/],
+    ])("%s", async (_what, address, setup, expected) => {
+        setup(k);
+        const c = await check({}, { device: address }, host);
+        expect(c.failures.find((f) => f.property === "device")?.reason).toMatch(expected);
+    });
+
+    test("an ISA bridge is not a bridge left on pcieport: named as the device, it is refused as host-critical", async () => {
+        const c = await check({}, { device: "00:1f.0" }, host);
+        expect(c.failures.some((f) => /bridges? (stay|cannot)/.test(f.reason))).toBe(false);
+        expect(c.failures.find((f) => f.reason.startsWith("0000:00:1f.0"))?.reason).toMatch(/^0000:00:1f\.0 \(ISA bridge 8086:2918, on lpc_ich\) is the ISA\/LPC bridge/);
+    });
 });

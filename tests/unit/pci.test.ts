@@ -59,9 +59,15 @@ describe("VFIO group viability (vfio.rst): every member on vfio, pci-stub, pciep
     test("the classic failure names the HDMI audio function left on its host driver", () => {
         expect(viabilityProblems([{ address: "0000:01:00.0", driver: "vfio-pci" }, { address: "0000:01:00.1", driver: "snd_hda_intel" }])).toEqual(["0000:01:00.1 is bound to snd_hda_intel"]);
     });
-    test("bridges are recognised by class", () => {
-        expect(isBridge({ class: "060400" })).toBe(true);
-        expect(isBridge({ class: "030000" })).toBe(false);
+    test.each([
+        ["060400", "PCI-to-PCI bridge (a root port, on pcieport)", true],
+        ["060401", "subtractive-decode PCI-to-PCI bridge", true],
+        ["060900", "semi-transparent PCI-to-PCI bridge", true],
+        ["060000", "host bridge (no driver, left as is)", true],
+        ["060100", "ISA/LPC bridge: a chipset function on lpc_ich, host-critical, not a bridge left alone", false],
+        ["030000", "VGA controller", false],
+    ])("class %s (%s) is a bridge a binding leaves alone: %s", (cls, _what, expected) => {
+        expect(isBridge({ class: cls })).toBe(expected);
     });
 });
 
