@@ -60,8 +60,11 @@ const notThere = (uuid: string, typeId: string, parent: string, back: ReadBack) 
 
 /** Remove the mdev we just made; returns a note for the error message. */
 async function rollback(host: Host, uuid: string): Promise<string> {
-    const r = await host.run([removeOp(uuid, true), { op: "read", path: `${MDEV_DEVICES}/${uuid}/uevent` }]);
-    return r[1]?.ok ? ` Rollback failed: ${MDEV_DEVICES}/${uuid} still exists (${r[0].errno ?? "remove did not take"}); remove it by hand.` : ` The mdev ${uuid} was removed again.`;
+    const q = new BatchQuery();
+    const removed = q.one(removeOp(uuid, true), (r) => r.errno);
+    const still = q.one({ op: "read", path: `${MDEV_DEVICES}/${uuid}/uevent` }, (r) => r.ok);
+    const r = await q.run(host);
+    return still(r) ? ` Rollback failed: ${MDEV_DEVICES}/${uuid} still exists (${removed(r) ?? "remove did not take"}); remove it by hand.` : ` The mdev ${uuid} was removed again.`;
 }
 
 // ------------------------------------------------------------------------------------------------ apply
@@ -77,8 +80,11 @@ export async function applyBus(host: Host, inputs: MdevInputsWithUuid, plan: Mde
     const parent = plan.parent!;
     const t = plan.type!;
     if (plan.action === "recreate") {
-        const r = await host.run([removeOp(uuid)]);
-        if (!r[0].ok) throw new Error(`removing mdev ${uuid} (type ${facts.existing?.typeId}) to recreate it as ${t.id} failed: ${mdevError(removeOp(uuid), r[0]).message}`);
+        const q = new BatchQuery();
+        const remove = removeOp(uuid);
+        const refused = q.one(remove, (r) => (r.ok ? null : mdevError(remove, r)));
+        const error = refused(await q.run(host));
+        if (error) throw new Error(`removing mdev ${uuid} (type ${facts.existing?.typeId}) to recreate it as ${t.id} failed: ${error.message}`);
     }
     const creating = plan.action === "create" || plan.action === "recreate";
     const q = new BatchQuery();

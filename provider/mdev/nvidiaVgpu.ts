@@ -3,9 +3,9 @@
  * written to a VF's `nvidia/current_vgpu_type` (`0` clears it), the choices listed in its `creatable_vgpu_types`.
  * The VF itself is what a VM opens (`-device vfio-pci,host=<VF>`).
  */
-import { PlanError } from "../errors";
+import { PlanError, SysfsError } from "../errors";
 import { BatchQuery, Part } from "../host/query";
-import { Host, Op } from "../host/types";
+import { Host, Op, OpResult } from "../host/types";
 import { describeHolders } from "../sysfs/proc";
 import { MdevType, NVIDIA_CURRENT, VgpuVf, listLines, vgpuFilesQuery, vgpuVf, vramOf } from "../sysfs/mdev";
 import { PCI_DEVICES } from "../sysfs/pci";
@@ -45,7 +45,7 @@ export function vgpuVfsQuery(q: BatchQuery, pf: string, virtfns: string[]): Part
     const each = virtfns.map((v) => {
         const link = q.one({ op: "readlink", path: `${dir}/${v}` }, (r) => (r.ok ? basename(r.data.trim()) : null));
         const files = vgpuFilesQuery(q, `${dir}/${v}`);
-        return (r: Parameters<Part<unknown>>[0]): VgpuVf | null => {
+        return (r: OpResult[]): VgpuVf | null => {
             const address = link(r);
             const f = files(r);
             return address !== null && f.hasCreatable ? vgpuVf(Number(v.slice(6)), address, f) : null;
@@ -71,6 +71,20 @@ export function vgpuTypes(vfs: VgpuVf[]): MdevType[] {
 // ------------------------------------------------------------------------------------------------ apply
 
 /**
+ * Write `value` to a VF's `current_vgpu_type` and read back what it says, in one round trip; `refused` is the
+ * kernel's error when the write failed (the read-back then did not run).
+ */
+async function setCurrentType(host: Host, address: string, value: string): Promise<{ refused: SysfsError | null; now: string }> {
+    const path = `${PCI_DEVICES}/${address}/${NVIDIA_CURRENT}`;
+    const q = new BatchQuery();
+    const write: Op = { op: "write", path, data: value };
+    const refused = q.one(write, (r) => (r.ok ? null : mdevError(write, r)));
+    const now = q.one({ op: "read", path }, (r) => r.data.trim());
+    const r = await q.run(host, { stopOnError: true });
+    return { refused: refused(r), now: now(r) };
+}
+
+/**
  * Clear the VF of a vGPU we recreate, write the type to the chosen VF's `current_vgpu_type` and read it back, then
  * observe the parent again (`reobserve`) for the VF's group and the capacity left.
  */
@@ -78,16 +92,17 @@ export async function applyVgpu(host: Host, inputs: MdevInputsWithUuid, plan: Md
     const t = plan.type!;
     let vf = plan.vf!;
     if (plan.action === "recreate" && olds?.address) {
+        const q = new BatchQuery();
         const clear: Op = { op: "write", path: `${PCI_DEVICES}/${olds.address}/${NVIDIA_CURRENT}`, data: "0" };
-        const r = await host.run([clear]);
-        if (!r[0].ok) throw new Error(`clearing the vGPU on ${olds.address} failed: ${mdevError(clear, r[0]).message}`);
+        const refused = q.one(clear, (r) => (r.ok ? null : mdevError(clear, r)));
+        const error = refused(await q.run(host));
+        if (error) throw new Error(`clearing the vGPU on ${olds.address} failed: ${error.message}`);
     }
     if (plan.action !== "keep") {
         if (!vf) throw new PlanError("type", `no free VF of ${plan.parent} can create vGPU type ${t.id}`);
-        const set: Op = { op: "write", path: `${PCI_DEVICES}/${vf.address}/${NVIDIA_CURRENT}`, data: t.id };
-        const r = await host.run([set, { op: "read", path: `${PCI_DEVICES}/${vf.address}/${NVIDIA_CURRENT}` }], { stopOnError: true });
-        if (!r[0].ok) throw new Error(`creating vGPU ${t.id} (${t.name}) on ${vf.address} failed: ${mdevError(set, r[0]).message}`);
-        if (r[1]?.data.trim() !== t.id) throw new Error(`${vf.address}/${NVIDIA_CURRENT} reads ${r[1]?.data.trim() || "nothing"} after writing ${t.id}; check dmesg`);
+        const { refused, now } = await setCurrentType(host, vf.address, t.id);
+        if (refused) throw new Error(`creating vGPU ${t.id} (${t.name}) on ${vf.address} failed: ${refused.message}`);
+        if (now !== t.id) throw new Error(`${vf.address}/${NVIDIA_CURRENT} reads ${now || "nothing"} after writing ${t.id}; check dmesg`);
     }
     const facts = await reobserve();
     vf = facts.vfs.find((v) => v.address === vf.address) ?? vf;
@@ -119,8 +134,7 @@ export async function removeVgpu(host: Host, props: MdevInstanceOutputs): Promis
     if (!now.hasCurrent || now.current === "0" || now.current !== props.typeId) return;
     const held = openers(r1);
     if (held.length) throw new Error(`refusing to remove the vGPU on ${props.address}: /dev/vfio/${props.iommuGroup} is held open by ${await describeHolders(host, held)}. Stop the VM first`);
-    const clear: Op = { op: "write", path: `${vf}/${NVIDIA_CURRENT}`, data: "0" };
-    const r2 = await host.run([clear, { op: "read", path: `${vf}/${NVIDIA_CURRENT}` }], { stopOnError: true });
-    if (!r2[0].ok) throw new Error(`removing the vGPU on ${props.address} failed: ${mdevError(clear, r2[0]).message}`);
-    if (r2[1]?.data.trim() !== "0") throw new Error(`${vf}/${NVIDIA_CURRENT} reads ${r2[1]?.data.trim()} after writing 0; check dmesg`);
+    const { refused, now: after } = await setCurrentType(host, props.address!, "0");
+    if (refused) throw new Error(`removing the vGPU on ${props.address} failed: ${refused.message}`);
+    if (after !== "0") throw new Error(`${vf}/${NVIDIA_CURRENT} reads ${after} after writing 0; check dmesg`);
 }
