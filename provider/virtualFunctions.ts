@@ -62,6 +62,10 @@ const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? fal
 
 // ------------------------------------------------------------------------------------------------ host facts
 
+/**
+ * The observation: what {@link readVfFacts} read of a PF, as a value handed to {@link planVfs}. Check plans from one;
+ * create and update read a fresh one under the host lock (nothing of check's reaches them but its inputs).
+ */
 export interface VfFacts {
     pf: PciDevice | null;
     sriov: SriovState | null;
@@ -105,6 +109,10 @@ export async function readVfFacts(host: Host, pf: string): Promise<VfFacts> {
 
 // ------------------------------------------------------------------------------------------------ planning
 
+/**
+ * What `up` does to a PF. No rollback list: a batch that fails part-way leaves a state the plan did not foresee, so
+ * apply undoes it from what the PF reads afterwards (count back through 0, autoprobe as it was).
+ */
 export interface VfPlan {
     problems: CheckFailure[];
     lines: string[];
