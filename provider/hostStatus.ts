@@ -12,7 +12,7 @@
 import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
 import { DEVICE_READ_OPS, PCI_DEVICES, classLabel, deviceReadOps, isAddress, parseDevice } from "./sysfs/pci";
-import { MDEVCTL_DIR, MDEV_DEVICES, MDEV_READ_OPS, isUuid, mdevReadOps, parseMdevDevice, parseMdevctlConfig } from "./sysfs/mdev";
+import { MDEVCTL_DIR, MDEV_DEVICES, isUuid, mdevReadOps, parseMdevDevice, parseMdevctlConfig } from "./sysfs/mdev";
 import { KVMFR_MODULE, LOADED_SIZES, MODPROBE_CONF, MODULES_LOAD_CONF, UDEV_RULES } from "./sysfs/kvmfr";
 import { UNIT_DIR, VM_NAME, VM_RUN_ROOT, vmPaths } from "./qemu/cmdline";
 import { DRIVERCTL_DIR } from "./iommuBinding";
@@ -168,7 +168,7 @@ export async function getHostStatus(host: Host): Promise<HostStatus> {
     let at = 0;
     const take = (n: number) => r2.slice(at, (at += n));
     const pci = addresses.map((a) => parseDevice(a, take(DEVICE_READ_OPS))).filter((d): d is NonNullable<typeof d> => d !== null);
-    const mdevDevices = uuids.map((u) => parseMdevDevice(u, take(MDEV_READ_OPS))).filter((d): d is NonNullable<typeof d> => d !== null);
+    const mdevDevices = uuids.map((u) => parseMdevDevice(u, take(mdevReadOps(u).length))).filter((d): d is NonNullable<typeof d> => d !== null);
     const openers = take(groups.length).map(pidsOf);
     const kvmfrStats = take(kvmfrPaths.length);
     const driverctlTexts = take(driverctlFiles.length);

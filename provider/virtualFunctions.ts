@@ -14,13 +14,14 @@
  */
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
-import { withHost } from "./host";
+import { ConnectionError, withHost } from "./host";
+import { BatchQuery } from "./host/query";
 import { pidsOf } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
-import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, parseAddress, parseDevice } from "./sysfs/pci";
-import { SRIOV_READ_OPS, SriovState, VF_READ_OPS, VfView, numVfsOps, parseSriov, parseVfs, sriovReadOps, vfAddress, vfReadOps, virtfnCount } from "./sysfs/sriov";
+import { PCI_DEVICES, PciDevice, classLabel, deviceReadOps, parseAddress, parseDevice } from "./sysfs/pci";
+import { SriovState, VfView, numVfsOps, sriovQuery, vfAddress, vfsQuery, virtfnCount } from "./sysfs/sriov";
 
 export interface VirtualFunctionsInputs {
     /** The PF's PCI address (`0000:03:00.0` or `03:00.0`). */
@@ -61,6 +62,10 @@ const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? fal
 
 // ------------------------------------------------------------------------------------------------ host facts
 
+/**
+ * The observation: what {@link readVfFacts} read of a PF, as a value handed to {@link planVfs}. Check plans from one;
+ * create and update read a fresh one under the host lock (nothing of check's reaches them but its inputs).
+ */
 export interface VfFacts {
     pf: PciDevice | null;
     sriov: SriovState | null;
@@ -78,23 +83,25 @@ export interface VfFacts {
  * VFs are not known before trip 2, so every /dev/vfio/<n> is asked; there are few).
  */
 export async function readVfFacts(host: Host, pf: string): Promise<VfFacts> {
-    const r1 = await host.run([
-        ...deviceReadOps(pf),
-        ...sriovReadOps(pf),
-        { op: "list", path: `${PCI_DEVICES}/${pf}` },
-        { op: "read", path: "/sys/module/vfio_pci/parameters/enable_sriov" },
-        { op: "list", path: "/dev/vfio" },
-    ]);
-    const at = DEVICE_READ_OPS + SRIOV_READ_OPS;
-    const dev = parseDevice(pf, r1.slice(0, DEVICE_READ_OPS));
-    const sriov = dev ? parseSriov(r1.slice(DEVICE_READ_OPS, at)) : null;
-    const n = r1[at]?.ok ? virtfnCount(r1[at].data.split("\n")) : 0;
-    const vfioEnableSriov = !!r1[at + 1]?.ok && /^[Y1]/.test(r1[at + 1].data.trim());
-    const groups = r1[at + 2]?.ok ? r1[at + 2].data.split("\n").map((g) => g.trim()).filter((g) => /^\d+$/.test(g)) : [];
+    const q1 = new BatchQuery();
+    const device = q1.add(deviceReadOps(pf), (r) => parseDevice(pf, r));
+    const sriovPart = sriovQuery(q1, pf);
+    const virtfns = q1.one({ op: "list", path: `${PCI_DEVICES}/${pf}` }, (r) => (r.ok ? virtfnCount(r.data.split("\n")) : 0));
+    const enableSriov = q1.one({ op: "read", path: "/sys/module/vfio_pci/parameters/enable_sriov" }, (r) => r.ok && /^[Y1]/.test(r.data.trim()));
+    const vfioGroups = q1.one({ op: "list", path: "/dev/vfio" }, (r) => (r.ok ? r.data.split("\n").map((g) => g.trim()).filter((g) => /^\d+$/.test(g)) : []));
+    const r1 = await q1.run(host);
+    const dev = device(r1);
+    const sriov = dev ? sriovPart(r1) : null;
+    const n = virtfns(r1);
+    const vfioEnableSriov = enableSriov(r1);
     if (!dev || n === 0) return { pf: dev, sriov, vfs: [], openers: {}, vfioEnableSriov };
-    const r2 = await host.run([...vfReadOps(pf, n), ...groups.map((g): Op => ({ op: "openers", path: `/dev/vfio/${g}` }))]);
-    const vfs = parseVfs(n, r2.slice(0, n * VF_READ_OPS));
-    const byGroup = new Map(groups.map((g, i) => [Number(g), r2[n * VF_READ_OPS + i]?.ok ? pidsOf(r2[n * VF_READ_OPS + i]) : []]));
+
+    const q2 = new BatchQuery();
+    const vfsPart = vfsQuery(q2, pf, n);
+    const holders = q2.each(vfioGroups(r1), (g): Op[] => [{ op: "openers", path: `/dev/vfio/${g}` }], (g, [r]) => [Number(g), r?.ok ? pidsOf(r) : []] as const);
+    const r2 = await q2.run(host);
+    const vfs = vfsPart(r2);
+    const byGroup = new Map(holders(r2));
     const openers: Record<string, number[]> = {};
     for (const v of vfs) if (v.group !== null && (byGroup.get(v.group) ?? []).length) openers[v.address] = byGroup.get(v.group)!;
     return { pf: dev, sriov, vfs, openers, vfioEnableSriov };
@@ -102,6 +109,10 @@ export async function readVfFacts(host: Host, pf: string): Promise<VfFacts> {
 
 // ------------------------------------------------------------------------------------------------ planning
 
+/**
+ * What `up` does to a PF. No rollback list: a batch that fails part-way leaves a state the plan did not foresee, so
+ * apply undoes it from what the PF reads afterwards (count back through 0, autoprobe as it was).
+ */
 export interface VfPlan {
     problems: CheckFailure[];
     lines: string[];
@@ -202,7 +213,7 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
         );
     } catch (e) {
         const err = e as Error;
-        failures.push({ property: err.name === "ConnectionError" ? "connection" : "physicalFunction", reason: err.message });
+        failures.push({ property: e instanceof ConnectionError ? "connection" : "physicalFunction", reason: err.message });
     }
     return { inputs, failures };
 }
@@ -256,21 +267,25 @@ async function converge(host: Host, inputs: VirtualFunctionsInputs, previousAuto
         const plan = planVfs(withPf, facts);
         if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
         const before = facts.sriov!;
-        const ops = plan.ops;
-        const readBack = [...sriovReadOps(pf), ...vfReadOps(pf, inputs.count)];
-        const r = await host.run([...ops, ...readBack], { stopOnError: true });
-        const failure = firstError(ops, r);
+        const q = new BatchQuery();
+        const applied = q.add(plan.ops, (r) => firstError(plan.ops, r));
+        const afterPart = sriovQuery(q, pf);
+        const vfsPart = vfsQuery(q, pf, inputs.count);
+        const r = await q.run(host, { stopOnError: true });
+        const failure = applied(r);
         if (failure) {
             // Put back what the PF had: count (through 0) and autoprobe, from whatever it is now.
-            const now = parseSriov((await host.run(sriovReadOps(pf))).slice(0, SRIOV_READ_OPS)) ?? before;
+            const qNow = new BatchQuery();
+            const nowPart = sriovQuery(qNow, pf);
+            const now = nowPart(await qNow.run(host)) ?? before;
             const undo = numVfsOps(pf, now, { count: before.numVfs, autoprobe: before.autoprobe });
             const ur = undo.length ? await host.run(undo, { stopOnError: true }) : [];
             const undoFailure = firstError(undo, ur);
             const note = undoFailure ? ` Rollback failed too: ${undoFailure.message}.` : ` ${pf} is back to ${before.numVfs} VF(s), autoprobe ${before.autoprobe ? 1 : 0}.`;
             throw new Error(`setting ${inputs.count} VF(s) on ${pf} failed: ${failure.message}.${note}`);
         }
-        const after = parseSriov(r.slice(ops.length, ops.length + SRIOV_READ_OPS))!;
-        const vfs = parseVfs(inputs.count, r.slice(ops.length + SRIOV_READ_OPS));
+        const after = afterPart(r)!;
+        const vfs = vfsPart(r);
         if (after.numVfs !== inputs.count || vfs.length !== inputs.count || after.autoprobe !== autoprobe) {
             throw new Error(`${pf} reads sriov_numvfs ${after.numVfs} with ${vfs.length} virtfn link(s) and autoprobe ${after.autoprobe ? 1 : 0} after the writes, not ${inputs.count} and ${autoprobe ? 1 : 0}; check dmesg`);
         }
@@ -294,11 +309,16 @@ export async function read(id: string, props: VirtualFunctionsOutputs, onHost?: 
         props.connection,
         async (host) => {
             const pf = props.physicalFunction ?? id;
-            const r1 = await host.run([...sriovReadOps(pf), { op: "list", path: `${PCI_DEVICES}/${pf}` }]);
-            const sriov = parseSriov(r1.slice(0, SRIOV_READ_OPS));
-            if (!sriov || !r1[SRIOV_READ_OPS].ok) return { id: "" };
-            const n = virtfnCount(r1[SRIOV_READ_OPS].data.split("\n"));
-            const vfs = n ? parseVfs(n, await host.run(vfReadOps(pf, n))) : [];
+            const q1 = new BatchQuery();
+            const sriovPart = sriovQuery(q1, pf);
+            const virtfns = q1.one({ op: "list", path: `${PCI_DEVICES}/${pf}` }, (r) => (r.ok ? virtfnCount(r.data.split("\n")) : null));
+            const r1 = await q1.run(host);
+            const sriov = sriovPart(r1);
+            const n = virtfns(r1);
+            if (!sriov || n === null) return { id: "" };
+            const q2 = new BatchQuery();
+            const vfsPart = vfsQuery(q2, pf, n);
+            const vfs = vfsPart(await q2.runIfAny(host));
             const outs = outputsOf({ ...props, physicalFunction: pf }, sriov, vfs, props.previousAutoprobe, props.plan ?? []);
             return { id, props: outs };
         },
@@ -322,10 +342,13 @@ export async function remove(id: string, props: VirtualFunctionsOutputs, onHost?
                     );
                 }
                 const ops = numVfsOps(pf, facts.sriov, { count: 0, autoprobe: props.previousAutoprobe ?? true });
-                const r = await host.run([...ops, ...sriovReadOps(pf)], { stopOnError: true });
-                const failure = firstError(ops, r);
+                const q = new BatchQuery();
+                const applied = q.add(ops, (r) => firstError(ops, r));
+                const afterPart = sriovQuery(q, pf);
+                const r = await q.run(host, { stopOnError: true });
+                const failure = applied(r);
                 if (failure) throw new Error(`removing the VFs of ${pf} failed: ${failure.message}`);
-                const after = parseSriov(r.slice(ops.length));
+                const after = afterPart(r);
                 if (after && after.numVfs !== 0) throw new Error(`${pf} still has ${after.numVfs} VF(s) after writing 0 to sriov_numvfs; check dmesg`);
             }),
         onHost,

@@ -27,9 +27,20 @@ export class BatchQuery {
         return this.add([op], ([r]) => parse(r));
     }
 
+    /** One part per item (the same ops for each, e.g. every type of a parent), parsed into an array in item order. */
+    each<I, T>(items: readonly I[], ops: (item: I) => Op[], parse: (item: I, results: OpResult[]) => T): Part<T[]> {
+        const parts = items.map((item) => this.add(ops(item), (r) => parse(item, r)));
+        return (results) => parts.map((p) => p(results));
+    }
+
     /** Run the batch in one round trip. */
     run(host: Host, opts?: RunOptions): Promise<OpResult[]> {
         return host.run(this.ops, opts);
+    }
+
+    /** Run the batch, or answer without a round trip when nothing was added (a second read that turned out needless). */
+    async runIfAny(host: Host, opts?: RunOptions): Promise<OpResult[]> {
+        return this.ops.length ? host.run(this.ops, opts) : [];
     }
 }
 

@@ -16,6 +16,7 @@
  *   `creatable_vgpu_types`); `0` clears it.
  */
 import { createHash } from "crypto";
+import { BatchQuery, Part } from "../host/query";
 import { Op, OpResult } from "../host/types";
 import { parseAddress } from "./pci";
 
@@ -172,25 +173,31 @@ export function describeType(t: MdevType): string {
 
 // ------------------------------------------------------------------------------------------------ reading
 
-const typeDir = (parent: string, type: string) => `${MDEV_BUS}/${parent}/mdev_supported_types/${type}`;
-const TYPE_ATTRS = ["name", "description", "device_api", "available_instances"] as const;
-
-export function typeReadOps(parent: string, type: string): Op[] {
-    return TYPE_ATTRS.map((a): Op => ({ op: "read", path: `${typeDir(parent, type)}/${a}` }));
-}
-export const TYPE_READ_OPS = TYPE_ATTRS.length;
-
-export function parseType(id: string, r: OpResult[]): MdevType {
-    const get = (a: (typeof TYPE_ATTRS)[number]) => {
-        const x = r[TYPE_ATTRS.indexOf(a)];
-        return x?.ok ? x.data.trim() : "";
-    };
-    const t = { id, name: get("name") || id, description: get("description"), deviceApi: get("device_api"), available: Number(get("available_instances") || 0) };
-    return { ...t, vramMiB: vramOf(t) };
-}
+export const typesDir = (parent: string) => `${MDEV_BUS}/${parent}/mdev_supported_types`;
+const typeDir = (parent: string, type: string) => `${typesDir(parent)}/${type}`;
 
 export const listLines = (r: OpResult | undefined): string[] => (r?.ok ? r.data.split("\n").map((s) => s.trim()).filter(Boolean) : []);
 const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
+/** The last component of a link's target (`.../iommu_groups/8` → 8), or null when the link is absent. */
+export const groupOf = (r: OpResult | undefined): number | null => (r?.ok && r.data.trim() ? Number(basename(r.data.trim())) : null);
+
+/**
+ * One type's attributes (`name`, `description`, `device_api`, `available_instances`) as a part of `q`. An unreadable
+ * `name` (optional in the ABI) falls back to the id, an unreadable count to 0.
+ */
+export function typeQuery(q: BatchQuery, parent: string, type: string): Part<MdevType> {
+    const attr = (a: string) => q.one({ op: "read", path: `${typeDir(parent, type)}/${a}` }, (r) => (r.ok ? r.data.trim() : ""));
+    const [name, description, deviceApi, available] = ["name", "description", "device_api", "available_instances"].map(attr);
+    return (results) => {
+        const t = { id: type, name: name(results) || type, description: description(results), deviceApi: deviceApi(results), available: Number(available(results) || 0) };
+        return { ...t, vramMiB: vramOf(t) };
+    };
+}
+
+/** The UUIDs of a type's instances (its `devices/`), or null when the type does not exist, as a part of `q`. */
+export function typeDevicesQuery(q: BatchQuery, parent: string, type: string): Part<string[] | null> {
+    return q.one({ op: "list", path: `${typeDir(parent, type)}/devices` }, (r) => (r.ok ? listLines(r) : null));
+}
 
 /** What the kernel says about one mdev UUID: where it lives and what it is, or null when no such mdev exists. */
 export interface MdevDevice {
@@ -201,7 +208,7 @@ export interface MdevDevice {
     group: number | null;
 }
 
-/** Ops that locate an mdev by UUID (parse with {@link parseMdevDevice}). */
+/** Ops that locate an mdev by UUID (parse with {@link parseMdevDevice}, or compose with {@link mdevDeviceQuery}). */
 export function mdevReadOps(uuid: string): Op[] {
     const d = `${MDEV_DEVICES}/${uuid}`;
     return [
@@ -210,17 +217,21 @@ export function mdevReadOps(uuid: string): Op[] {
         { op: "readlink", path: `${d}/iommu_group` },
     ];
 }
-export const MDEV_READ_OPS = 3;
 
 /**
  * `/sys/bus/mdev/devices/<uuid>` links to `<parent device>/<uuid>`, so the parent is the link's second-to-last
  * component (`../../../devices/virtual/mtty/mtty/<uuid>`, `.../pci0000:00/0000:00:02.0/<uuid>`).
  */
 export function parseMdevDevice(uuid: string, r: OpResult[]): MdevDevice | null {
-    if (!r[0]?.ok || !r[0].data.trim()) return null;
-    const parts = r[0].data.trim().split("/").filter(Boolean);
-    const group = r[2]?.ok && r[2].data.trim() ? Number(basename(r[2].data.trim())) : null;
-    return { uuid, parent: parts[parts.length - 2] ?? "", typeId: r[1]?.ok ? basename(r[1].data.trim()) : "", group };
+    const [dev, type, group] = r;
+    if (!dev?.ok || !dev.data.trim()) return null;
+    const parts = dev.data.trim().split("/").filter(Boolean);
+    return { uuid, parent: parts[parts.length - 2] ?? "", typeId: type?.ok ? basename(type.data.trim()) : "", group: groupOf(group) };
+}
+
+/** The mdev that has `uuid` (any parent), as a part of `q`. */
+export function mdevDeviceQuery(q: BatchQuery, uuid: string): Part<MdevDevice | null> {
+    return q.add(mdevReadOps(uuid), (r) => parseMdevDevice(uuid, r));
 }
 
 // ------------------------------------------------------------------------------------------------ sequences
@@ -275,14 +286,19 @@ export function parseMdevctlConfig(text: string): MdevctlConfig | null {
     }
 }
 
-/** Ops that tell whether mdevctl is installed and whether its boot hook works (parse with {@link parseBootHook}). */
+/** Ops that tell whether mdevctl is installed and whether its boot hook works (parse with {@link parseBootHook}, or
+ *  compose with {@link bootHookQuery}). */
 export function bootHookOps(): Op[] {
     return [
         ...MDEVCTL_BINARIES.map((p): Op => ({ op: "stat", path: p })),
         ...MDEVCTL_RULE_DIRS.map((d): Op => ({ op: "read", path: `${d}/${MDEVCTL_RULE_NAME}` })),
     ];
 }
-export const BOOT_HOOK_OPS = MDEVCTL_BINARIES.length + MDEVCTL_RULE_DIRS.length;
+
+/** Whether mdevctl is installed and its boot hook works, as a part of `q`. */
+export function bootHookQuery(q: BatchQuery): Part<BootHook> {
+    return q.add(bootHookOps(), parseBootHook);
+}
 
 export interface BootHook {
     /** The mdevctl binary found, or null when mdevctl is not installed. */
@@ -341,3 +357,39 @@ export interface VgpuVf {
     creatable: { id: string; name: string }[];
     group: number | null;
 }
+
+/** What a function's vGPU files say (see {@link vgpuFilesQuery}). */
+export interface VgpuFiles {
+    /** `current_vgpu_type`, "0" when none (or unreadable). */
+    current: string;
+    creatable: { id: string; name: string }[];
+    group: number | null;
+    /** `current_vgpu_type` was readable: the function exists and the vGPU manager drives it. */
+    hasCurrent: boolean;
+    /** `creatable_vgpu_types` was readable: a vGPU VF, not a plain SR-IOV one. */
+    hasCreatable: boolean;
+}
+
+/**
+ * A function's vGPU files (`current_vgpu_type`, `creatable_vgpu_types`) and its IOMMU group, as a part of `q`; `dev`
+ * is its sysfs directory. The files exist only on a function the NVIDIA vGPU manager drives.
+ */
+export function vgpuFilesQuery(q: BatchQuery, dev: string): Part<VgpuFiles> {
+    return q.add(
+        [
+            { op: "read", path: `${dev}/${NVIDIA_CURRENT}` },
+            { op: "read", path: `${dev}/${NVIDIA_CREATABLE}` },
+            { op: "readlink", path: `${dev}/iommu_group` },
+        ],
+        ([current, creatable, group]) => ({
+            current: current?.ok ? current.data.trim() || "0" : "0",
+            creatable: creatable?.ok ? parseCreatableVgpuTypes(creatable.data) : [],
+            group: groupOf(group),
+            hasCurrent: !!current?.ok,
+            hasCreatable: !!creatable?.ok,
+        }),
+    );
+}
+
+/** The VF view of a function's vGPU files. */
+export const vgpuVf = (index: number, address: string, f: VgpuFiles): VgpuVf => ({ index, address, current: f.current, creatable: f.creatable, group: f.group });

@@ -9,6 +9,7 @@
  * - VF `N` is the link `virtfnN`, at routing id PF + `sriov_offset` + N × `sriov_stride`; each VF gets its own group.
  * - Removing VFs while a VM holds one of them blocks in the kernel, like an unbind.
  */
+import { BatchQuery, Part } from "../host/query";
 import { Op, OpResult } from "../host/types";
 import { PCI_DEVICES } from "./pci";
 
@@ -22,26 +23,17 @@ export interface SriovState {
     stride: number;
 }
 
-/** Ops that read a PF's SR-IOV attributes (parse with {@link parseSriov}). */
-export function sriovReadOps(pf: string): Op[] {
-    return ATTRS.map((a): Op => ({ op: "read", path: `${PCI_DEVICES}/${pf}/${a}` }));
-}
-export const SRIOV_READ_OPS = ATTRS.length;
-
-/** The PF's SR-IOV state, or null when it has no SR-IOV capability (no `sriov_totalvfs`). */
-export function parseSriov(r: OpResult[]): SriovState | null {
-    const get = (a: (typeof ATTRS)[number]) => {
-        const x = r[ATTRS.indexOf(a)];
-        return x?.ok ? x.data.trim() : undefined;
-    };
-    const total = get("sriov_totalvfs");
-    if (total === undefined) return null;
-    return {
-        totalVfs: Number(total),
-        numVfs: Number(get("sriov_numvfs") ?? 0),
-        autoprobe: get("sriov_drivers_autoprobe") !== "0",
-        offset: Number(get("sriov_offset") ?? 1),
-        stride: Number(get("sriov_stride") ?? 1),
+/**
+ * The PF's SR-IOV state as a part of `q`: null when it has no SR-IOV capability (no `sriov_totalvfs`). Missing
+ * `sriov_offset`/`sriov_stride` default to 1, a missing autoprobe to on (the kernel's default).
+ */
+export function sriovQuery(q: BatchQuery, pf: string): Part<SriovState | null> {
+    const attr = (a: (typeof ATTRS)[number]) => q.one({ op: "read", path: `${PCI_DEVICES}/${pf}/${a}` }, (r) => (r.ok ? r.data.trim() : undefined));
+    const [total, num, autoprobe, offset, stride] = ATTRS.map(attr);
+    return (r) => {
+        const t = total(r);
+        if (t === undefined) return null;
+        return { totalVfs: Number(t), numVfs: Number(num(r) ?? 0), autoprobe: autoprobe(r) !== "0", offset: Number(offset(r) ?? 1), stride: Number(stride(r) ?? 1) };
     };
 }
 
@@ -80,32 +72,30 @@ export interface VfView {
     group: number | null;
 }
 
-/** Ops that read VFs 0..count-1 through the PF's `virtfnN` links (parse with {@link parseVfs}). */
-export function vfReadOps(pf: string, count: number): Op[] {
-    const ops: Op[] = [];
-    for (let i = 0; i < count; i++) {
-        const v = `${PCI_DEVICES}/${pf}/virtfn${i}`;
-        ops.push({ op: "readlink", path: v }, { op: "readlink", path: `${v}/driver` }, { op: "readlink", path: `${v}/iommu_group` });
-    }
-    return ops;
-}
-export const VF_READ_OPS = 3;
-
 const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
+const linkLeaf = (r: OpResult | undefined): string | null => (r?.ok && r.data.trim() ? basename(r.data.trim()) : null);
 
-export function parseVfs(count: number, r: OpResult[]): VfView[] {
-    const out: VfView[] = [];
-    for (let i = 0; i < count; i++) {
-        const [link, drv, grp] = r.slice(i * VF_READ_OPS, (i + 1) * VF_READ_OPS);
-        if (!link?.ok || !link.data.trim()) continue;
-        out.push({
-            index: i,
-            address: basename(link.data.trim()),
-            driver: drv?.ok && drv.data.trim() ? basename(drv.data.trim()) : null,
-            group: grp?.ok && grp.data.trim() ? Number(basename(grp.data.trim())) : null,
-        });
-    }
-    return out;
+/** VFs 0..count-1 through the PF's `virtfnN` links (link, driver, group each), as a part of `q`; absent ones left out. */
+export function vfsQuery(q: BatchQuery, pf: string, count: number): Part<VfView[]> {
+    const indexes = Array.from({ length: count }, (_, i) => i);
+    const each = q.each(
+        indexes,
+        (i): Op[] => {
+            const v = `${PCI_DEVICES}/${pf}/virtfn${i}`;
+            return [
+                { op: "readlink", path: v },
+                { op: "readlink", path: `${v}/driver` },
+                { op: "readlink", path: `${v}/iommu_group` },
+            ];
+        },
+        (index, [link, drv, grp]): VfView | null => {
+            const address = linkLeaf(link);
+            if (address === null) return null;
+            const group = linkLeaf(grp);
+            return { index, address, driver: linkLeaf(drv), group: group === null ? null : Number(group) };
+        },
+    );
+    return (r) => each(r).filter((v): v is VfView => v !== null);
 }
 
 /** `virtfnN` entries in a PF's directory listing: how many VFs exist now, whatever `sriov_numvfs` says. */

@@ -4,10 +4,10 @@
  */
 import { OpResult } from "../../provider/host/types";
 import {
-    BOOT_HOOK_OPS,
     MdevType,
     defaultMdevUuid,
     mdevctlConfig,
+    bootHookOps,
     parseBootHook,
     parseCreatableVgpuTypes,
     parseMdevctlConfig,
@@ -117,7 +117,7 @@ describe("mdevctl's boot hook", () => {
     test("upstream layout (binary in /usr/sbin) works as installed; no mdevctl at all has nothing to fix", () => {
         expect(parseBootHook(results([true, false], [null, null, DEBIAN_MDEVCTL_RULE, null]))).toMatchObject({ works: true, fix: null });
         expect(parseBootHook(results([false, false], [null, null, null, null]))).toMatchObject({ mdevctl: null, works: false, fix: null });
-        expect(BOOT_HOOK_OPS).toBe(6);
+        expect(bootHookOps()).toHaveLength(6);
     });
 });
 
