@@ -10,10 +10,11 @@ import { FakePciDevice, FakePciDriver, pci, pciSubsystem } from "./pci";
 import { addKvmfr } from "./kvmfr";
 import { addQemu } from "./qemu";
 import { addMdev } from "./mdev";
+import { bootSubsystem } from "./boot";
 
 /** Subsystems beyond PCI (mdev, kvmfr, QEMU) register here so every fake machine has them. */
 export const extraSubsystems: ((k: FakeKernel) => void)[] = [];
-extraSubsystems.push(addKvmfr, addQemu, addMdev);
+extraSubsystems.push(addKvmfr, addQemu, addMdev, (k) => k.use(bootSubsystem, { first: true }));
 
 function dev(address: string, ids: string, cls: string, group: number, driver: string | null, extra: Partial<FakePciDevice> = {}): FakePciDevice {
     const [vendor, device] = ids.split(":");
