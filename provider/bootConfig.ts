@@ -419,7 +419,7 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
         const why = parameterProblem(p);
         if (why) paramFailures.push({ property: "kernelParameters", reason: `kernelParameters[${i}]: ${why}` });
     });
-    const failures = [...paramFailures, ...schemaFailures.filter((f) => !(paramFailures.length && f.property === "kernelParameters"))];
+    const failures = [...paramFailures, ...schemaFailures.filter((f) => !(paramFailures.length && f.property.startsWith("kernelParameters")))];
     if (failures.length) return { inputs, failures };
     if (containsUnknown(inputs)) {
         delete inputs.plan;
