@@ -4,7 +4,8 @@
  */
 import * as fs from "fs";
 import * as path from "path";
-import Ajv2020, { ErrorObject, ValidateFunction } from "ajv/dist/2020";
+import Ajv2020, { ValidateFunction } from "ajv/dist/2020";
+import { dotted, schemaProblems } from "./schemaErrors";
 
 /** What the engine sends for an input whose value is not known yet (a preview of a value computed on apply). */
 export const UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
@@ -71,35 +72,6 @@ export function validator(schemaFile: string): ValidateFunction {
     return v;
 }
 
-/** `/device/vendor` → `device.vendor`; `/members/0` → `members[0]`. */
-export function propertyOf(instancePath: string, missing?: string): string {
-    const parts = instancePath.split("/").filter(Boolean);
-    if (missing) parts.push(missing);
-    return parts.map((p, i) => (/^\d+$/.test(p) ? `[${p}]` : i === 0 ? p : "." + p)).join("") || "(inputs)";
-}
-
-function describe(e: ErrorObject): string {
-    switch (e.keyword) {
-        case "required":
-            return `is required`;
-        case "additionalProperties":
-            return `is not a known property`;
-        case "type":
-            return `must be ${e.params.type}`;
-        case "pattern":
-            return `must match ${e.params.pattern}`;
-        case "enum":
-            return `must be one of ${(e.params.allowedValues as unknown[]).map((x) => JSON.stringify(x)).join(", ")}`;
-        case "minimum":
-        case "maximum":
-        case "exclusiveMinimum":
-        case "exclusiveMaximum":
-            return `must be ${e.params.comparison} ${e.params.limit}`;
-        default:
-            return e.message ?? e.keyword;
-    }
-}
-
 function at(obj: unknown, instancePath: string): unknown {
     let cur: any = obj;
     for (const p of instancePath.split("/").filter(Boolean)) {
@@ -111,7 +83,8 @@ function at(obj: unknown, instancePath: string): unknown {
 
 /**
  * Validate `inputs` against a schema (applying its defaults), skipping complaints about values that are unknown in
- * a preview. The special `__provider` input is not the user's and is left out.
+ * a preview. The special `__provider` input is not the user's and is left out. Each failure's reason is
+ * `<property>: <message>`, the message from provider/schemaErrors (what the field is, an example, did you mean).
  */
 export function validate<T>(schemaFile: string, news: Record<string, unknown>): CheckResult<T> {
     const inputs: Record<string, unknown> = JSON.parse(JSON.stringify(news ?? {}));
@@ -119,21 +92,13 @@ export function validate<T>(schemaFile: string, news: Record<string, unknown>): 
     delete inputs.__provider;
     const v = validator(schemaFile);
     v(inputs);
-    // Skip complaints about values not known yet, and a branch's type complaint about an object or list that is
-    // only partly known (its known parts are checked by the other branch; the rest is checked when known).
-    const errors = (v.errors ?? []).filter(
-        (e) => e.keyword !== "oneOf" && e.keyword !== "anyOf" && e.keyword !== "if" && !pathHasUnknown(inputs, e.instancePath) && !(e.keyword === "type" && containsUnknown(at(inputs, e.instancePath))),
-    );
-    const failures: CheckFailure[] = [];
-    const seen = new Set<string>();
-    for (const e of mergeBranchTypeErrors(errors)) {
-        const property = propertyOf(e.instancePath, e.keyword === "required" ? (e.params.missingProperty as string) : e.keyword === "additionalProperties" ? (e.params.additionalProperty as string) : undefined);
-        const reason = `${property} ${describe(e)}`;
-        if (!seen.has(reason)) {
-            seen.add(reason);
-            failures.push({ property, reason });
-        }
-    }
+    // Skip complaints about values not known yet, and a branch's type complaint (or the oneOf's) about an object or
+    // list that is only partly known (its known parts are checked by the other branch; the rest is checked when known).
+    const errors = (v.errors ?? []).filter((e) => !pathHasUnknown(inputs, e.instancePath) && !(["type", "oneOf", "anyOf"].includes(e.keyword) && containsUnknown(at(inputs, e.instancePath))));
+    const failures: CheckFailure[] = schemaProblems(errors, inputs, { ajv: schemas(), schema: schemaFile }).map((p) => {
+        const property = dotted(p.field) || "(inputs)";
+        return { property, reason: `${property}: ${p.message}` };
+    });
     if (provider !== undefined) inputs.__provider = provider;
     return { inputs: inputs as T, failures };
 }
@@ -144,32 +109,6 @@ function pathHasUnknown(obj: unknown, instancePath: string): boolean {
         if (isUnknown(at(obj, "/" + parts.slice(0, i).join("/")))) return true;
     }
     return false;
-}
-
-/**
- * A oneOf (address string or selector object) reports a `type` error from every branch the value is not. When the
- * value has the type of some branch, that branch's own errors say what is wrong and the type errors are noise;
- * when it has none, the type errors merge into one "must be string or object".
- */
-function mergeBranchTypeErrors(errors: ErrorObject[]): ErrorObject[] {
-    const byPath = new Map<string, ErrorObject[]>();
-    for (const e of errors) if (e.keyword === "type") byPath.set(e.instancePath, [...(byPath.get(e.instancePath) ?? []), e]);
-    const out: ErrorObject[] = [];
-    const merged = new Set<string>();
-    for (const e of errors) {
-        if (e.keyword !== "type") {
-            out.push(e);
-            continue;
-        }
-        const prefix = e.instancePath + "/";
-        const explained = errors.some((o) => o.keyword !== "type" && (o.instancePath === e.instancePath || o.instancePath.startsWith(prefix)));
-        if (explained) continue;
-        if (merged.has(e.instancePath)) continue;
-        merged.add(e.instancePath);
-        const types = [...new Set(byPath.get(e.instancePath)!.map((x) => String(x.params.type)))];
-        out.push({ ...e, params: { type: types.join(" or ") } });
-    }
-    return out;
 }
 
 /** Strip the engine's bookkeeping from a props/outputs object. */

@@ -2,9 +2,10 @@
  * KvmfrDevice: what happens on `pulumi preview` / `up` / `refresh` / `destroy` for "/dev/kvmfrN exists, this big,
  * with these permissions" — Looking Glass's shared memory through its kvmfr module.
  *
- * - check: validate (size as a power of two, or from a resolution with the B7 or the current formula; a mode never
- *   world-writable), then read the host: the module must be installed (no distribution ships it: the error says
- *   how to install the DKMS module), the owner and group must exist, and the planned module reload is named.
+ * - check: validate (size as a power of two, or from a resolution with the B7 or the current formula; a mode with no
+ *   permission for others: other-readable would show the guest's screen to every local user), then read the host:
+ *   the module must be installed (no distribution ships it: the error says how to install the DKMS module), the
+ *   owner and group must exist, and the planned module reload is named.
  * - create/update: under the host lock, merge this device's size into the one `static_size_mb` array every
  *   KvmfrDevice shares (/etc/modprobe.d/kvmfr.conf), write modules-load.d and this device's udev rule, load the
  *   module (or reload it — refused while any /dev/kvmfr* is open), set owner/group/mode, and read it all back:

@@ -313,13 +313,7 @@ export function planMdev(inputs: MdevInstanceInputs & { uuid: string }, facts: M
         }
         return plan;
     }
-    if (inputs.type !== undefined && inputs.vram !== undefined) fail("vram", "give either type (an exact type id) or vram (bounds in MiB), not both");
-    if (inputs.type === undefined && inputs.vram === undefined) {
-        fail("type", `give type (an exact type id) or vram (bounds in MiB); types of ${facts.parent}: ${facts.types.map(describeType).join("; ") || "none"}`);
-    }
-    if (inputs.vram && inputs.vram.min !== undefined && inputs.vram.max !== undefined && inputs.vram.min > inputs.vram.max) {
-        fail("vram", `vram.min (${inputs.vram.min}) is above vram.max (${inputs.vram.max})`);
-    }
+    problems.push(...choiceProblems(inputs, `types of ${facts.parent}: ${facts.types.map(describeType).join("; ") || "none"}`));
     if (facts.backend === "nvidia-vgpu") {
         if (persistent) fail("persistent", "NVIDIA vGPU 17+ vGPUs are not mdevs: mdevctl cannot recreate them at boot. Set persistent: false and let the program (pulumi up) recreate it after a reboot");
         if (attrs.length) fail("attrs", "NVIDIA vGPU 17+ vGPUs have no mdev attributes; remove attrs");
@@ -466,21 +460,12 @@ function message(f: () => unknown): string {
     }
 }
 
-/**
- * Validate and normalize inputs (UUID in lower case). Reads the host (never writes) unless something it needs is
- * unknown in preview, and returns `parentDevice`, `typeId` and `plan` in the inputs so `pulumi preview` shows them.
- */
-export async function check(olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<MdevInstanceInputs>> {
-    const { inputs, failures: schemaFailures } = validate<MdevInstanceInputs>("mdev-instance.schema.json", news);
-    delete inputs.parentDevice;
-    delete inputs.typeId;
-    delete inputs.plan;
-    // Fields with a pattern get our parsers' messages, which say what form to use.
+/** Fields with a pattern, checked by our parsers, whose messages say what form to use. No host. Pure. */
+export function fieldProblems(inputs: Pick<MdevInstanceInputs, "uuid" | "parent" | "attrs">): CheckFailure[] {
     const own: CheckFailure[] = [];
     if (typeof inputs.uuid === "string" && !isUnknown(inputs.uuid)) {
         const m = message(() => parseUuid(inputs.uuid!));
         if (m) own.push({ property: "uuid", reason: `uuid: ${m}` });
-        else inputs.uuid = parseUuid(inputs.uuid);
     }
     if (typeof inputs.parent === "string" && !isUnknown(inputs.parent)) {
         const m = message(() => parseParent(inputs.parent));
@@ -492,6 +477,34 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
             if (m) own.push({ property: `attrs[${i}].name`, reason: `attrs[${i}].name: ${m}` });
         }
     });
+    return own;
+}
+
+/**
+ * type or vram, exactly one, with sane bounds. No host: `typesHint` (the parent's types, when they were read) only
+ * makes the "neither" message more helpful; the host file runs this at load time without it. Pure.
+ */
+export function choiceProblems(inputs: Pick<MdevInstanceInputs, "type" | "vram">, typesHint = "`pulumi-vfio inventory` lists each parent's types"): CheckFailure[] {
+    const out: CheckFailure[] = [];
+    if (inputs.type !== undefined && inputs.vram !== undefined) out.push({ property: "vram", reason: "give either type (an exact type id) or vram (bounds in MiB), not both" });
+    if (inputs.type === undefined && inputs.vram === undefined) out.push({ property: "type", reason: `give type (an exact type id) or vram (bounds in MiB); ${typesHint}` });
+    if (inputs.vram && inputs.vram.min !== undefined && inputs.vram.max !== undefined && inputs.vram.min > inputs.vram.max) {
+        out.push({ property: "vram", reason: `vram.min (${inputs.vram.min}) is above vram.max (${inputs.vram.max})` });
+    }
+    return out;
+}
+
+/**
+ * Validate and normalize inputs (UUID in lower case). Reads the host (never writes) unless something it needs is
+ * unknown in preview, and returns `parentDevice`, `typeId` and `plan` in the inputs so `pulumi preview` shows them.
+ */
+export async function check(olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<MdevInstanceInputs>> {
+    const { inputs, failures: schemaFailures } = validate<MdevInstanceInputs>("mdev-instance.schema.json", news);
+    delete inputs.parentDevice;
+    delete inputs.typeId;
+    delete inputs.plan;
+    const own = fieldProblems(inputs);
+    if (!own.some((f) => f.property === "uuid") && typeof inputs.uuid === "string" && !isUnknown(inputs.uuid)) inputs.uuid = parseUuid(inputs.uuid);
     const covered = new Set(own.map((f) => f.property));
     const failures = [...own, ...schemaFailures.filter((f) => !covered.has(f.property))];
     if (failures.length) return { inputs, failures };

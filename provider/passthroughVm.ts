@@ -3,7 +3,9 @@
  * devices passed through".
  *
  * - check: validate, expand every passed-through device to the functions of its IOMMU group (read from the host),
- *   and return the exact QEMU argv as `commandLine`, so the preview shows what will run and what changes.
+ *   refuse what QEMU's start would fail on and no other resource of the same `up` can provide (QEMU itself, KVM,
+ *   OVMF, disks, hugepages, bridge: provider/qemu/preflight.ts, read in the same batch), and return the exact QEMU
+ *   argv as `commandLine`, so the preview shows what will run and what changes.
  * - create: under the host lock, preflight (every group viable and bound to vfio-pci, /dev/vfio/N present and
  *   free, mdevs present, the shared memory of the right kind and size, firmware, disks, KVM, hugepages), then
  *   start QEMU daemonized with a pidfile and a QMP socket (0600) in a 0700 run dir, wait for QMP, and check with
@@ -29,9 +31,11 @@ import {
     VmSpec,
     buildCommandLine,
     expectedDevices,
+    layoutProblems,
     systemdUnit,
     vmPaths,
 } from "./qemu/cmdline";
+import { HostEnv, PreflightWant, envOps, envProblems, parseEnv } from "./qemu/preflight";
 import { QmpClient, QmpCpu, QmpTimeout, flattenPci } from "./qemu/qmp";
 import { LOADED_SIZES, parseModprobeConf, parseStat } from "./sysfs/kvmfr";
 import { isVfioDriver, memberViable } from "./sysfs/iommu";
@@ -129,6 +133,8 @@ type Normalized = Omit<VmSpec, "hostDevices" | "paths" | "cpu"> & {
     running: boolean;
     autostart: boolean;
     shutdownTimeoutSeconds: number;
+    /** The input field of each disk's path (`disks[0]` or `disks[0].path`), for messages. */
+    diskFields: string[];
 };
 
 /** Defaults applied, shorthand forms expanded. Pure. */
@@ -159,6 +165,22 @@ export function normalize(i: PassthroughVmInputs): Normalized {
         autostart: i.autostart ?? false,
         shutdownTimeoutSeconds: i.shutdownTimeoutSeconds ?? DEFAULT_SHUTDOWN_TIMEOUT_S,
         extraArgs: i.extraArgs ?? [],
+        diskFields: (i.disks ?? []).map((d, k) => (typeof d === "string" ? `disks[${k}]` : `disks[${k}].path`)),
+    };
+}
+
+/** What the VM asks of its host beyond devices (see provider/qemu/preflight.ts). Pure. */
+export function preflightWant(n: Normalized): PreflightWant {
+    const paths = vmPaths(n.name);
+    return {
+        accel: n.accel,
+        memoryMb: n.memoryMb,
+        hugepages: n.hugepages,
+        firmware: n.firmware ? { code: n.firmware.code, vars: n.firmware.vars, copy: paths.varsFile } : undefined,
+        disks: n.disks.map((d, k) => ({ path: d.path, field: n.diskFields[k] })),
+        cdrom: n.cdrom,
+        romfiles: n.devices.flatMap((d, k) => (d.romfile ? [{ path: d.romfile, field: `devices[${k}].romfile` }] : [])),
+        bridge: n.network.mode === "bridge" ? n.network.bridge : undefined,
     };
 }
 
@@ -208,8 +230,8 @@ export interface VmFacts {
     vfioDevice: Map<number, boolean>;
     vfioOpeners: Map<number, number[]>;
     paths: Map<string, ReturnType<typeof parseStat>>;
-    kvm: boolean;
-    hugepagesFreeMb: number | null;
+    /** QEMU, KVM, firmware, disks, hugepages, bridge: what {@link preflightWant} asks of the host. */
+    env: HostEnv;
     onlineCpus: number[] | null;
     /** Sizes the loaded kvmfr was given (our record), or null. */
     kvmfrSizes: number[] | null;
@@ -243,23 +265,19 @@ function devFrom(r: OpResult[]): DeviceFacts {
 
 /**
  * Everything the preflight and the group expansion need, in two round trips whatever the number of devices: the
- * named devices with their group lists, files, KVM, hugepages, CPUs; then the other group members and the groups'
- * /dev/vfio nodes and holders.
+ * named devices with their group lists, files, CPUs and the host environment (QEMU, KVM, firmware, disks,
+ * hugepages: {@link envOps}); then the other group members and the groups' /dev/vfio nodes and holders.
  */
 export async function readVmFacts(host: Host, n: Normalized, paths: VmPaths): Promise<VmFacts> {
     const addresses = [...new Set([...n.devices.flatMap((d) => [d.address, ...(d.functions ?? [])]), ...n.mdevs.flatMap((m) => (m.address ? [m.address] : []))])];
-    const files = [
-        ...(n.firmware ? [n.firmware.code, n.firmware.vars, paths.varsFile] : []),
-        ...n.disks.map((d) => d.path),
-        ...(n.cdrom ? [n.cdrom] : []),
-        ...(n.sharedMemory ? [n.sharedMemory.path] : []),
-        ...n.mdevs.filter((m) => !m.address).map((m) => `/sys/bus/mdev/devices/${m.uuid}`),
-        "/dev/kvm",
-    ];
+    const files = [...(n.sharedMemory ? [n.sharedMemory.path] : []), ...n.mdevs.filter((m) => !m.address).map((m) => `/sys/bus/mdev/devices/${m.uuid}`)];
+    const want = preflightWant(n);
     const ops: Op[] = [];
     for (const a of addresses) ops.push(...devOps(a), { op: "list", path: `/sys/bus/pci/devices/${a}/iommu_group/devices` });
     for (const f of files) ops.push({ op: "stat", path: f });
-    ops.push({ op: "read", path: "/proc/meminfo" }, { op: "read", path: "/sys/devices/system/cpu/online" }, { op: "read", path: LOADED_SIZES }, { op: "read", path: paths.pidFile });
+    ops.push({ op: "read", path: "/sys/devices/system/cpu/online" }, { op: "read", path: LOADED_SIZES }, { op: "read", path: paths.pidFile });
+    const envAt = ops.length;
+    ops.push(...envOps(want));
     const r = await host.run(ops);
     const devices = new Map<string, DeviceFacts>();
     const groups = new Map<number, string[]>();
@@ -272,12 +290,10 @@ export async function readVmFacts(host: Host, n: Normalized, paths: VmPaths): Pr
     let at = addresses.length * 4;
     const stats = new Map<string, ReturnType<typeof parseStat>>();
     for (const f of files) stats.set(f, parseStat(r[at].ok, r[at++].data));
-    const meminfo = r[at++];
     const online = r[at++];
     const loaded = r[at++];
     const pidFile = r[at++];
-    const free = meminfo.ok ? /HugePages_Free:\s+(\d+)/.exec(meminfo.data) : null;
-    const size = meminfo.ok ? /Hugepagesize:\s+(\d+) kB/.exec(meminfo.data) : null;
+    const env = parseEnv(want, r.slice(envAt));
     const pidFilePid = pidFile.ok && /^\d+$/.test(pidFile.data.trim()) ? Number(pidFile.data.trim()) : null;
 
     const others = [...new Set([...groups.values()].flat())].filter((a) => !devices.has(a));
@@ -303,8 +319,7 @@ export async function readVmFacts(host: Host, n: Normalized, paths: VmPaths): Pr
         vfioDevice,
         vfioOpeners,
         paths: stats,
-        kvm: stats.get("/dev/kvm")?.kind === "char",
-        hugepagesFreeMb: free && size ? (Number(free[1]) * Number(size[1])) / 1024 : null,
+        env,
         onlineCpus: online.ok ? parseCpuList(online.data) : null,
         kvmfrSizes: loaded.ok ? parseModprobeConf(`options kvmfr static_size_mb=${loaded.data.trim()}`) : null,
         pidFilePid,
@@ -376,10 +391,12 @@ export function structuralProblems(n: Normalized, facts: VmFacts): CheckFailure[
 }
 
 /**
- * Everything that would make QEMU fail, found before starting it, each naming the field and the fix. Pure.
- * `ownPid` is a QEMU of this VM that is being replaced (its holds do not count).
+ * Everything that would make QEMU fail, found before starting it, each naming the field and the fix: the devices
+ * (bound, viable, free), mdevs and shared memory, then the host environment ({@link envProblems}, also checked at
+ * preview). Pure. `ownPid` is a QEMU of this VM that is being replaced (its holds do not count), and
+ * `heldHugepagesMb` the hugepage memory that QEMU gives back when it stops.
  */
-export function preflightProblems(n: Normalized, hostDevices: HostDevice[], facts: VmFacts, ownPid?: number): CheckFailure[] {
+export function preflightProblems(n: Normalized, hostDevices: HostDevice[], facts: VmFacts, ownPid?: number, heldHugepagesMb = 0): CheckFailure[] {
     const out = structuralProblems(n, facts);
     const fail = (property: string, reason: string) => out.push({ property, reason });
     const groups = new Set<number>();
@@ -434,19 +451,7 @@ export function preflightProblems(n: Normalized, hostDevices: HostDevice[], fact
             fail("sharedMemory", `${s.path} is ${st.size} bytes, smaller than sharedMemory.sizeMb (${s.sizeMb} MiB): QEMU refuses it ("backing store size does not match"); delete it so QEMU creates it at the new size`);
         }
     }
-    if (n.firmware) {
-        for (const [k, p] of [["firmware.code", n.firmware.code], ["firmware.vars", n.firmware.vars]] as const) {
-            if (facts.paths.get(p)?.kind !== "file") fail(k, `${p} ${facts.paths.get(p)?.kind === "absent" ? "does not exist" : "is not a regular file"} (Debian/Ubuntu: apt install ovmf → /usr/share/OVMF/OVMF_CODE_4M.fd and OVMF_VARS_4M.fd)`);
-        }
-    }
-    n.disks.forEach((d, i) => {
-        if (facts.paths.get(d.path)?.kind === "absent") fail(`disks[${i}]`, `disk image ${d.path} does not exist`);
-    });
-    if (n.cdrom && facts.paths.get(n.cdrom)?.kind === "absent") fail("cdrom", `${n.cdrom} does not exist`);
-    if (n.accel === "kvm" && !facts.kvm) fail("accel", `/dev/kvm does not exist: enable VT-x/AMD-V in the firmware and load kvm_intel or kvm_amd, or use accel: "tcg" (slow, for tests)`);
-    if (n.hugepages && facts.hugepagesFreeMb !== null && facts.hugepagesFreeMb < n.memoryMb) {
-        fail("hugepages", `${n.memoryMb} MiB of hugepages are needed but ${facts.hugepagesFreeMb} MiB are free (/proc/meminfo HugePages_Free): reserve more (vm.nr_hugepages) or set hugepages: false`);
-    }
+    out.push(...envProblems(preflightWant(n), facts.env, heldHugepagesMb));
     return out;
 }
 
@@ -633,7 +638,7 @@ async function startQemu(host: Host, n: Normalized, spec: VmSpec, argv: string[]
         { op: "remove", path: p.pidFile },
         { op: "remove", path: p.qmpSocket },
     ];
-    if (n.firmware && facts.paths.get(p.varsFile)?.kind !== "file") ops.push({ op: "exec", argv: ["cp", "--", n.firmware.vars, p.varsFile] }, { op: "exec", argv: ["chmod", "0600", p.varsFile] });
+    if (n.firmware && facts.env.nodes.get(p.varsFile) !== "file") ops.push({ op: "exec", argv: ["cp", "--", n.firmware.vars, p.varsFile] }, { op: "exec", argv: ["chmod", "0600", p.varsFile] });
     const qemuAt = ops.length;
     ops.push({ op: "exec", argv, timeoutMs: 120_000 });
     ops.push({ op: "exec", argv: ["chmod", "0600", p.qmpSocket] });
@@ -672,6 +677,11 @@ async function startQemu(host: Host, n: Normalized, spec: VmSpec, argv: string[]
 
 // ------------------------------------------------------------------------------------------------ check / diff
 
+/** MiB of hugepages the QEMU started from these (previous) inputs holds while it runs. */
+function hugepagesHeldBy(previous: Record<string, any> | undefined): number {
+    return previous?.hugepages === true ? (typeof previous.memoryMb === "number" ? previous.memoryMb : 4096) : 0;
+}
+
 function safeNormalize(i: PassthroughVmInputs): { n?: Normalized; failures: CheckFailure[] } {
     try {
         const n = normalize(i);
@@ -685,7 +695,7 @@ function safeNormalize(i: PassthroughVmInputs): { n?: Normalized; failures: Chec
  * Validate, expand devices to their groups (reading the host, changing nothing) and return the command line.
  * With unknown inputs (values computed in the same `up`) the host is not read and `commandLine` stays unknown.
  */
-export async function check(_olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<PassthroughVmInputs>> {
+export async function check(olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<PassthroughVmInputs>> {
     const { inputs, failures } = validate<PassthroughVmInputs>("passthrough-vm.schema.json", news);
     if (typeof inputs.name === "string" && !isUnknown(inputs.name) && !VM_NAME.test(inputs.name)) {
         const i = failures.findIndex((f) => f.property === "name");
@@ -706,10 +716,16 @@ export async function check(_olds: Record<string, any>, news: Record<string, any
             inputs.connection,
             async (host) => {
                 const facts = await readVmFacts(host, n, vmPaths(n.name));
-                failures.push(...structuralProblems(n, facts));
                 const hostDevices = resolveHostDevices(n.devices, facts);
+                const spec = specOf(n, hostDevices);
+                // What would fail at start and no other resource of this up can provide: refused at preview. A QEMU of
+                // this VM that runs now gives its hugepages back before the new one starts.
+                const running = facts.pidFilePid !== null && (facts.comm.get(facts.pidFilePid) ?? "").startsWith("qemu-system");
+                const layout = layoutProblems(spec);
+                failures.push(...structuralProblems(n, facts), ...envProblems(preflightWant(n), facts.env, running ? hugepagesHeldBy(olds) : 0), ...layout);
+                if (layout.length) return;
                 inputs.hostDevices = hostDevices;
-                inputs.commandLine = buildCommandLine(specOf(n, hostDevices));
+                inputs.commandLine = buildCommandLine(spec);
             },
             onHost,
         );
@@ -876,7 +892,7 @@ async function converge(host: Host, inputs: PassthroughVmInputs, previous?: Pass
         actions = planVm({ running: n.running, commandLine: argv, pinning: n.cpu.pinning }, seen).actions;
         if (actions.includes("start")) {
             // Refuse before stopping a VM that works: the new one must be able to start (its old self's holds aside).
-            const problems = preflightProblems(n, spec.hostDevices, facts, seen.pid ?? undefined);
+            const problems = preflightProblems(n, spec.hostDevices, facts, seen.pid ?? undefined, hugepagesHeldBy(previous));
             if (problems.length) throw new PlanError(problems[0].property, `VM ${n.name} cannot start: ${problems.map((p) => p.reason).join("; ")}`);
         }
     }

@@ -16,7 +16,7 @@ export interface GetHostOutputArgs {
     connection?: pulumi.Input<ConnectionArgs>;
 }
 
-const FIELDS = ["host", "port", "user", "password", "privateKey", "privateKeyPassword", "agentSocketPath", "hostKey", "perDialTimeout", "dialErrorLimit"] as const;
+const FIELDS = ["host", "port", "user", "password", "privateKey", "privateKeyPassword", "agentSocketPath", "hostKey", "hostKeyCheck", "perDialTimeout", "dialErrorLimit"] as const;
 
 /** The plain {@link Connection} for plain (or promised) connection args. Outputs are refused: use getHostOutput. */
 async function plainConnection(args: ConnectionArgs | undefined): Promise<Connection | undefined> {

@@ -22,7 +22,7 @@ export interface KvmfrDeviceArgs {
     owner?: pulumi.Input<string>;
     /** Group of the device. Default `kvm`. */
     group?: pulumi.Input<string>;
-    /** Octal mode. Default `0660`; world-writable modes are refused. */
+    /** Octal mode. Default `0660`; a mode with any permission for others (e.g. `0664`) is refused. */
     mode?: pulumi.Input<string>;
     /** SSH connection to the host; absent means the machine running pulumi. Stored as a secret. */
     connection?: pulumi.Input<ConnectionArgs>;

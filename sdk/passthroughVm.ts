@@ -98,7 +98,7 @@ export interface PassthroughVmArgs {
     mdevs?: (MdevInstance | pulumi.Input<string | MdevArgs>)[];
     /** Looking Glass shared memory: a KvmfrDevice, or `{ path: "/dev/shm/looking-glass", sizeMb: 32 }`. */
     sharedMemory?: pulumi.Input<SharedMemoryArgs> | SharedMemoryArgs;
-    /** The NVIDIA "Error 43" workaround: `kvm=off`, `hv_vendor_id`, `kernel_irqchip=on`. Default false. */
+    /** The NVIDIA "Error 43" workaround: `kvm=off`; on KVM also `hv-vendor-id` with the Hyper-V enlightenments that make it effective (QEMU hyperv.rst; Proxmox's set) and `kernel_irqchip=on`. Default false. */
     hideHypervisor?: pulumi.Input<boolean>;
     /** Hyper-V vendor id shown with hideHypervisor (at most 12 characters). */
     hvVendorId?: pulumi.Input<string>;

@@ -8,12 +8,15 @@
  *   -object memory-backend-file,id=looking-glass,mem-path=/dev/kvmfr0,size=64M,share=yes
  *   -device ivshmem-plain,id=shmem0,memdev=looking-glass
  *   -drive if=pflash,format=raw,readonly=on,file=OVMF_CODE.fd   (+ a per-VM copy of the VARS file)
- *   -cpu host,kvm=off,hv_vendor_id=<12 chars>                    (NVIDIA "Error 43"; q35: kernel_irqchip=on)
+ *   -cpu host,kvm=off,hv-vendor-id=<12 chars>,hv-...              (NVIDIA "Error 43"; q35: kernel_irqchip=on)
  *   -daemonize -pidfile <file> -qmp unix:<sock>,server=on,wait=off -name <name>
  *
  * Each passed-through physical slot (the functions of one device in one IOMMU group) goes behind its own
  * pcie-root-port, function 0 with multifunction=on, as libvirt places host devices on q35: guest drivers (NVIDIA's
  * in particular) expect a GPU on a PCIe port, and the GPU's audio function must stay in the same slot.
+ *
+ * Every device on pcie.0 (root ports included) gets a fixed `addr=` from {@link GUEST_PCI_LAYOUT}, so what the guest
+ * sees at an address never depends on what else is on the command line.
  */
 import { createHash } from "crypto";
 
@@ -127,10 +130,96 @@ export function deterministicMac(name: string): string {
     return `52:54:00:${[h[0], h[1], h[2]].map((b) => b.toString(16).padStart(2, "0")).join(":")}`;
 }
 
-/** Looking Glass's IVSHMEM arguments (ivshmem_kvmfr.rst): `size` must equal the kvmfr device's or file's size. */
-export function ivshmemArgs(path: string, sizeMb: number, index = 0): string[] {
+/**
+ * Looking Glass's IVSHMEM arguments (ivshmem_kvmfr.rst): `size` must equal the kvmfr device's or file's size.
+ * `placement` (`bus=pcie.0,addr=...`) is appended to the device when given (PassthroughVm pins its address).
+ */
+export function ivshmemArgs(path: string, sizeMb: number, index = 0, placement?: string): string[] {
     const backend = index === 0 ? "looking-glass" : `looking-glass${index}`;
-    return ["-object", `memory-backend-file,id=${backend},mem-path=${optValue(path)},size=${sizeMb}M,share=yes`, "-device", `ivshmem-plain,id=shmem${index},memdev=${backend}`];
+    return ["-object", `memory-backend-file,id=${backend},mem-path=${optValue(path)},size=${sizeMb}M,share=yes`, "-device", `ivshmem-plain,id=shmem${index},memdev=${backend}${placement ? `,${placement}` : ""}`];
+}
+
+/**
+ * Hyper-V enlightenments given to a KVM guest with `hideHypervisor`, in the order Proxmox VE emits them for a VM
+ * with an `x-vga` GPU (qemu-server, PVE/QemuServer/CPUConfig.pm `add_hyperv_enlightenments`: hv_vendor_id then
+ * spinlocks=0x1fff, vapic, time, reset, vpindex, runtime, relaxed, synic, stimer, ipi), plus hv-frequencies, which
+ * QEMU's docs recommend with the rest. They are what makes `hv-vendor-id` do anything: QEMU's
+ * docs/system/i386/hyperv.rst says "hv-vendor-id is not an enlightenment and thus doesn't enable Hyper-V
+ * identification when specified without some other enlightenment", so `kvm=off,hv_vendor_id=...` alone leaves the
+ * guest seeing KVM's CPUID leaves, not a Hyper-V vendor. Dependencies (hyperv.rst "Requires"): synic needs vpindex;
+ * stimer needs vpindex, synic and time; ipi needs vpindex; all are here. Left out as that page advises: the
+ * nested-only, debugging and hardware-specific ones (evmcs, syndbg, passthrough, avic, crash, reenlightenment,
+ * no-nonarch-coresharing). Spelled with dashes, QEMU's property names (`hv_x` is the same property, QEMU maps `_`).
+ */
+export const HYPERV_ENLIGHTENMENTS = ["hv-spinlocks=0x1fff", "hv-vapic", "hv-time", "hv-reset", "hv-vpindex", "hv-runtime", "hv-relaxed", "hv-synic", "hv-stimer", "hv-ipi", "hv-frequencies"] as const;
+
+/** The `-cpu` value: the model, then (hideHypervisor) `kvm=off` and, on KVM, the Hyper-V identity and enlightenments. */
+export function cpuOption(spec: Pick<VmSpec, "cpu" | "accel" | "hideHypervisor" | "hvVendorId">): string {
+    const cpu = [spec.cpu.model];
+    if (spec.hideHypervisor) {
+        // kvm=off hides KVM's own signature (CPUID 0x40000000 "KVMKVMKVM"), which NVIDIA's pre-465 drivers refused.
+        cpu.push("kvm=off");
+        // Hyper-V emulation is KVM's (hyperv.rst: "KVM on x86 implements Hyper-V Enlightenments"): TCG has none,
+        // and a vendor id without them has no effect, so with TCG neither is emitted (as Proxmox: only `if $kvm`).
+        if (spec.accel === "kvm") cpu.push(`hv-vendor-id=${spec.hvVendorId}`, ...HYPERV_ENLIGHTENMENTS);
+    }
+    return cpu.join(",");
+}
+
+/**
+ * Where each kind of device sits on q35's root bus (pcie.0), as slot ranges; `n` devices of a kind fill a range
+ * function by function (8 per slot, function 0 `multifunction=on` when its slot has more), in declared order.
+ * Fixed ranges rather than "the next free slot" (QEMU's default) so adding a disk, an mdev or a NIC never moves the
+ * GPU: Windows keys a PCI device's instance to its parent port's location, and a GPU at a new address is a new
+ * device to it (driver reinstalled, display settings lost). As libvirt and Proxmox do (Proxmox's fixed
+ * `hostpciN` → root port table, `get_pcie_addr_map` in PVE/QemuServer/PCI.pm), the position comes from the device's class and declared
+ * index, not from a hash. Slot 0x00 is q35's host bridge and 0x1f its ICH9 functions; 0x01, 0x08-0x0f and
+ * 0x1c-0x1e are left for `extraArgs` devices without an `addr=` (QEMU gives them the lowest free slot).
+ */
+export const GUEST_PCI_LAYOUT = {
+    nic: { first: 0x02, slots: 1 },
+    sharedMemory: { first: 0x03, slots: 1 },
+    /** virtio-blk and NVMe disks (SATA disks and the cdrom are on the built-in AHCI at 0x1f.2). */
+    disks: { first: 0x04, slots: 4 },
+    /** One pcie-root-port per guest slot of passed-through host functions ({@link guestSlots}), in declared order. */
+    hostPorts: { first: 0x10, slots: 8 },
+    /** One pcie-root-port per mdev, in declared order. */
+    mdevPorts: { first: 0x18, slots: 4 },
+} as const;
+
+export type PciClass = keyof typeof GUEST_PCI_LAYOUT;
+
+/** How many devices of a kind fit in its range. */
+export const capacity = (cls: PciClass) => GUEST_PCI_LAYOUT[cls].slots * 8;
+
+/**
+ * The pcie.0 address of device `i` of `count` of a kind: `addr=0xSS.F`, with `multifunction=on` on function 0 when
+ * its slot holds more than one. Throws past the kind's capacity ({@link layoutProblems} says so at check).
+ */
+export function pcieAddress(cls: PciClass, i: number, count: number): { slot: number; fn: number; opts: string } {
+    const r = GUEST_PCI_LAYOUT[cls];
+    if (i >= capacity(cls)) throw new Error(`more than ${capacity(cls)} ${cls} devices do not fit in slots 0x${r.first.toString(16)}-0x${(r.first + r.slots - 1).toString(16)}`);
+    const slot = r.first + Math.floor(i / 8);
+    const fn = i % 8;
+    const inSlot = Math.min(8, count - (slot - r.first) * 8);
+    return { slot, fn, opts: `bus=pcie.0,addr=0x${slot.toString(16)}.${fn}${fn === 0 && inSlot > 1 ? ",multifunction=on" : ""}` };
+}
+
+/** A root port at its fixed address; its chassis number is its devfn (slot × 8 + function), unique on pcie.0. */
+function rootPort(id: string, cls: "hostPorts" | "mdevPorts", i: number, count: number): string {
+    const at = pcieAddress(cls, i, count);
+    return `pcie-root-port,id=${id},chassis=${at.slot * 8 + at.fn},${at.opts}`;
+}
+
+/** Devices beyond what the fixed layout holds, each naming the field. Pure. */
+export function layoutProblems(spec: Pick<VmSpec, "disks" | "mdevs" | "hostDevices">): { property: string; reason: string }[] {
+    const out: { property: string; reason: string }[] = [];
+    const pciDisks = spec.disks.filter((d) => d.bus !== "sata").length;
+    if (pciDisks > capacity("disks")) out.push({ property: "disks", reason: `${pciDisks} virtio/NVMe disks: at most ${capacity("disks")} fit; put the others on bus "sata"` });
+    if (spec.mdevs.length > capacity("mdevPorts")) out.push({ property: "mdevs", reason: `${spec.mdevs.length} mdevs: at most ${capacity("mdevPorts")} fit` });
+    const slots = guestSlots(spec.hostDevices).length;
+    if (slots > capacity("hostPorts")) out.push({ property: "devices", reason: `the devices need ${slots} guest slots: at most ${capacity("hostPorts")} fit` });
+    return out;
 }
 
 export interface GuestSlot {
@@ -192,9 +281,7 @@ export function buildCommandLine(spec: VmSpec): string[] {
     if (spec.hugepages) machine.push("memory-backend=mem0");
     a.push("-machine", machine.join(","));
 
-    const cpu = [spec.cpu.model];
-    if (spec.hideHypervisor) cpu.push("kvm=off", `hv_vendor_id=${spec.hvVendorId}`);
-    a.push("-cpu", cpu.join(","));
+    a.push("-cpu", cpuOption(spec));
     const { sockets, cores, threads } = spec.cpu;
     a.push("-smp", `${sockets * cores * threads},sockets=${sockets},cores=${cores},threads=${threads}`);
     a.push("-m", `${spec.memoryMb}M`);
@@ -210,11 +297,14 @@ export function buildCommandLine(spec: VmSpec): string[] {
 
     // q35's built-in AHCI has ports ide.0..ide.5: the cdrom takes ide.0, SATA disks the next ones.
     let ahci = spec.cdrom ? 1 : 0;
+    const pciDisks = spec.disks.filter((d) => d.bus !== "sata").length;
+    let pciDisk = 0;
     spec.disks.forEach((d, i) => {
         const id = `disk${i}`;
         a.push("-drive", `file=${optValue(d.path)},if=none,id=${id},format=${d.format}${d.readOnly ? ",readonly=on" : ""}`);
-        if (d.bus === "virtio") a.push("-device", `virtio-blk-pci,drive=${id},id=${id}-dev`);
-        else if (d.bus === "nvme") a.push("-device", `nvme,drive=${id},serial=${spec.name.slice(0, 12)}-${i},id=${id}-dev`);
+        const at = () => pcieAddress("disks", pciDisk++, pciDisks).opts;
+        if (d.bus === "virtio") a.push("-device", `virtio-blk-pci,drive=${id},id=${id}-dev,${at()}`);
+        else if (d.bus === "nvme") a.push("-device", `nvme,drive=${id},serial=${spec.name.slice(0, 12)}-${i},id=${id}-dev,${at()}`);
         else a.push("-device", `ide-hd,drive=${id},bus=ide.${ahci++},id=${id}-dev`);
     });
     if (spec.cdrom) {
@@ -224,12 +314,12 @@ export function buildCommandLine(spec: VmSpec): string[] {
 
     if (spec.network.mode !== "none") {
         a.push("-netdev", spec.network.mode === "bridge" ? `bridge,id=net0,br=${spec.network.bridge}` : "user,id=net0");
-        a.push("-device", `${spec.network.model},netdev=net0,mac=${spec.network.mac ?? deterministicMac(spec.name)},id=nic0`);
+        a.push("-device", `${spec.network.model},netdev=net0,mac=${spec.network.mac ?? deterministicMac(spec.name)},id=nic0,${pcieAddress("nic", 0, 1).opts}`);
     }
 
-    let chassis = 1;
-    for (const slot of guestSlots(spec.hostDevices)) {
-        a.push("-device", `pcie-root-port,id=${slot.port},bus=pcie.0,chassis=${chassis++}`);
+    const slots = guestSlots(spec.hostDevices);
+    slots.forEach((slot, i) => {
+        a.push("-device", rootPort(slot.port, "hostPorts", i, slots.length));
         for (const f of slot.functions) {
             const o = [`vfio-pci,host=${f.device.address}`];
             if (f.guestFunction === 0 && slot.functions.length > 1) o.push("multifunction=on");
@@ -238,18 +328,17 @@ export function buildCommandLine(spec: VmSpec): string[] {
             o.push(`id=${f.id}`, `bus=${slot.port}`, `addr=00.${f.guestFunction}`);
             a.push("-device", o.join(","));
         }
-    }
-    let port = guestSlots(spec.hostDevices).length;
+    });
     spec.mdevs.forEach((m, i) => {
-        const rp = `rp${port++}`;
-        a.push("-device", `pcie-root-port,id=${rp},bus=pcie.0,chassis=${chassis++}`);
+        const rp = `rp-mdev${i}`;
+        a.push("-device", rootPort(rp, "mdevPorts", i, spec.mdevs.length));
         const o = [m.address ? `vfio-pci,host=${m.address}` : `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${m.uuid}`];
         if (m.display !== undefined) o.push(`display=${m.display ? "on" : "off"}`);
         o.push(`id=mdev${i}`, `bus=${rp}`, "addr=00.0");
         a.push("-device", o.join(","));
     });
 
-    if (spec.sharedMemory) a.push(...ivshmemArgs(spec.sharedMemory.path, spec.sharedMemory.sizeMb));
+    if (spec.sharedMemory) a.push(...ivshmemArgs(spec.sharedMemory.path, spec.sharedMemory.sizeMb, 0, pcieAddress("sharedMemory", 0, 1).opts));
 
     const p = spec.paths;
     a.push("-serial", `file:${p.serialLog}`);

@@ -164,11 +164,18 @@ export function parseStat(ok: boolean, data: string): KvmfrNode {
     return { kind, mode: m[2].padStart(4, "0"), uid: Number(m[3]), gid: Number(m[4]), size: Number(m[5]) };
 }
 
-/** A mode string that gives others write access is refused: anyone could read or scribble on the guest's frames. */
+/**
+ * /dev/kvmfrN holds the guest's frames as the Looking Glass client reads them: permission for "other" is refused.
+ * Other-readable (0664, 0644) lets every local user watch the guest's screen, other-writable lets them draw on it;
+ * the client's user gets access through `owner` or `group` instead.
+ */
 export function modeProblem(mode: string): string | undefined {
     if (!/^0?[0-7]{3}$/.test(mode)) return `mode ${JSON.stringify(mode)} is not an octal file mode such as "0660"`;
     const bits = parseInt(mode, 8);
-    if (bits & 0o002) return `mode ${mode} makes the device world-writable; use "0660" with a group such as kvm`;
+    const what = [bits & 0o004 ? "read the guest's framebuffer (other-readable)" : "", bits & 0o002 ? "write into it (other-writable)" : ""].filter(Boolean);
+    const fix = `use "0660" (or "0600") and give the Looking Glass client's user access with owner or group (e.g. group: kvm)`;
+    if (what.length) return `mode ${mode} lets every local user ${what.join(" and ")}; ${fix}`;
+    if (bits & 0o001) return `mode ${mode} gives other users a permission bit (o+x); ${fix}`;
     return undefined;
 }
 

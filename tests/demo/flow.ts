@@ -35,8 +35,10 @@ export function labHostYaml(lab: LabHandle, s: FlowSettings | null): string {
         `  port: ${lab.connection.port}`,
         "  user: root",
         `  privateKeyFile: ${lab.keyPath}`,
+        `  hostKey: "${lab.connection.hostKey}"`,
     ];
-    if (!s) return head.join("\n") + "\n# Nothing else: every resource goes.\n";
+    // Written empty, not left out: a host file with no section is refused as truncated.
+    if (!s) return head.join("\n") + "\n# Nothing else: every resource goes.\nbindings: {}\nvms: {}\n";
     return [
         ...head,
         "bindings:",
@@ -167,7 +169,7 @@ export async function runWholeFlow(lab: LabHandle, opts: { main: string; log: (l
     const plugin = await PluginProcess.start();
     const engine = new ProgramEngine(plugin, STACK, PROJECT);
     // The root program gives every resource the file's connection with the key file read (a secret in state).
-    const connection = { host: lab.connection.host, port: lab.connection.port, user: "root", privateKey: fs.readFileSync(lab.keyPath, "utf8") };
+    const connection = { host: lab.connection.host, port: lab.connection.port, user: "root", privateKey: fs.readFileSync(lab.keyPath, "utf8"), hostKey: lab.connection.hostKey };
 
     const program = async (settings: FlowSettings | null) => {
         fs.writeFileSync(hostFile, labHostYaml(lab, settings));

@@ -96,7 +96,7 @@ test("bad input fails at preview with the field named, and nothing changes", asy
         [{ device: "01:00.0", driver: "nvidia-fake" }, "driver", /neither registered/],
         [{ device: "01:00.0", wholeGroup: false }, "wholeGroup", /group 7 would not be viable.*01:00.1 is bound to snd_hda_intel/],
         [{ device: { vendor: "1234", device: "1111" } }, "device", /matches 2 devices: 0000:00:01.0.*0000:01:00.0/],
-        [{ device: "01:00.0", colour: "red" }, "colour", /not a known property/],
+        [{ device: "01:00.0", colour: "red" }, "colour", /unknown key "colour"/],
     ];
     for (const [inputs, property, reason] of cases) {
         const err = await engine.preview([{ name: "gpu", kind: "iommuBinding", type: TYPE, inputs }]).catch((e) => e);

@@ -81,8 +81,8 @@ test("bad input fails at preview with the field named", async () => {
         [{ name: "../../etc" }, "name", /is not a VM name/],
         [{ cpu: { cores: 2, pinning: [0] } }, "cpu.pinning", /1 host CPU\(s\) for 2 vCPU\(s\)/],
         [{ devices: ["00:10.0"] }, "devices[0]", /PCI bridge/],
-        [{ sharedMemory: { path: "/etc/passwd", sizeMb: 32 } }, "sharedMemory.path", /must match/],
-        [{ colour: "red" }, "colour", /not a known property/],
+        [{ sharedMemory: { path: "/etc/passwd", sizeMb: 32 } }, "sharedMemory.path", /"\/etc\/passwd" is not a valid path/],
+        [{ colour: "red" }, "colour", /unknown key "colour"/],
     ];
     for (const [inputs, property, reason] of cases) {
         const err = await new Engine(fake.plugin).preview([vm(inputs)]).catch((e) => e);

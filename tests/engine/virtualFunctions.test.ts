@@ -57,7 +57,7 @@ test("bad input fails at preview with the field named, and nothing changes", asy
         [{ count: 9 }, "count", /count 9 is above sriov_totalvfs of 0000:03:00.0: the maximum is 4/],
         [{ physicalFunction: "02:00.0" }, "physicalFunction", /has no SR-IOV capability/],
         [{ physicalFunction: "zz:00.0" }, "physicalFunction", /is not a PCI address/],
-        [{ count: -2 }, "count", /count must be >= 0/],
+        [{ count: -2 }, "count", /count: must be >= 0, not -2/],
     ];
     for (const [inputs, property, reason] of cases) {
         const err = await new Engine(fake.plugin).preview([vfs(inputs)]).catch((e) => e);

@@ -3,7 +3,7 @@
  * through an exec op starts a fake VM process that checks its devices the way QEMU does (with QEMU's messages),
  * holds what it opens (/dev/vfio/N, /dev/kvmfrN, shared-memory files), writes its pidfile, and answers QMP on an
  * in-memory socket (see FakeHost.openUnixSocket). Around it, the userland a VM host has: kill, taskset, cp, chmod,
- * systemctl, /proc/<pid>, /proc/meminfo (hugepages), /dev/kvm.
+ * systemctl, /proc/<pid>, hugepages (/proc/meminfo, /proc/mounts, /sys/kernel/mm/hugepages), /dev/kvm, `--version`.
  *
  * Behaviour modelled on QEMU 7.2 and the lab (LAB.md):
  * - vfio-pci: `/dev/vfio/N` missing → "failed to open /dev/vfio/N"; a member on a host driver → "group N is not
@@ -53,7 +53,14 @@ export interface FakeQemuState {
     /** /dev/kvm works (the lab's nested KVM does not: TCG there). */
     kvm: boolean;
     cpus: number;
+    /** The 2 MiB pool (the default size: meminfo's Hugepagesize). */
     hugepages: { total: number; free: number };
+    /** The 1 GiB pool (hugepagesz=1G hugepages=N on the kernel command line). */
+    gigantic: { total: number; free: number };
+    /** The page size of the hugetlbfs mounted at /dev/hugepages (systemd's dev-hugepages.mount), null: not mounted. */
+    hugetlbfsPageKb: 2048 | 1048576 | null;
+    /** `qemu-system-x86_64` is installed (on PATH). */
+    installed: boolean;
     nextPid: number;
     /** Sizes of regular files QEMU (or a test) made as shared memory; fake files hold text, not megabytes. */
     fileSizes: Record<string, number>;
@@ -73,12 +80,20 @@ export function qemu(k: FakeKernel): FakeQemuState {
         kvm: true,
         cpus: 4,
         hugepages: { total: 0, free: 0 },
+        gigantic: { total: 0, free: 0 },
+        hugetlbfsPageKb: 2048,
+        installed: true,
         nextPid: 4000,
         fileSizes: {},
         units: {},
         dirModes: {},
         started: [],
     }));
+}
+
+/** The pool the /dev/hugepages mount draws from. */
+function hugepagePool(q: FakeQemuState): { total: number; free: number } {
+    return q.hugetlbfsPageKb === 1048576 ? q.gigantic : q.hugepages;
 }
 
 /** Open QMP connections in this process, by pid, so a process exit closes them as the real socket would. */
@@ -179,9 +194,11 @@ function plan(k: FakeKernel, argv: string[]): StartPlan {
         if (p[""] !== "memory-backend-file") continue;
         const path = p["mem-path"];
         const size = sizeBytes(p.size ?? "0");
-        if (path === "/dev/hugepages") {
-            if (q.hugepages.free * 2 * MiB < size) fail(`qemu-system-x86_64: unable to map backing store for guest RAM: Cannot allocate memory`);
-            q.hugepages.free -= size / (2 * MiB);
+        if (path === "/dev/hugepages" && q.hugetlbfsPageKb !== null) {
+            const pool = hugepagePool(q);
+            const pages = Math.ceil(size / (q.hugetlbfsPageKb * 1024));
+            if (pool.free < pages) fail(`qemu-system-x86_64: unable to map backing store for guest RAM: Cannot allocate memory`);
+            pool.free -= pages;
             continue;
         }
         const n = k.node(path);
@@ -207,7 +224,7 @@ function plan(k: FakeKernel, argv: string[]): StartPlan {
         if (p.media !== "cdrom" && p.if !== "pflash" && file) proc.answersPowerdown = true;
     }
 
-    // PCI: q35's host bridge and ICH9 functions, then every -device in order (auto slots from 1, or behind a port).
+    // PCI: q35's host bridge and ICH9 functions, then every -device in order (at its addr=, else the lowest free slot).
     let driverNow: string | undefined;
     const dev = (bus: number, slot: number, f: number, vendor: number, device: number, cls: number, qdevId: string, secondary?: number) =>
         proc.pciDevices.push({ bus, slot, function: f, vendor, device, class: cls, qdevId, secondary, driver: driverNow });
@@ -215,9 +232,10 @@ function plan(k: FakeKernel, argv: string[]): StartPlan {
     dev(0, 0x1f, 0, 0x8086, 0x2918, 0x0601, "");
     dev(0, 0x1f, 2, 0x8086, 0x2922, 0x0106, "");
     dev(0, 0x1f, 3, 0x8086, 0x2930, 0x0c05, "");
-    let nextSlot = 1;
-    let nextBus = 1;
+    // Every bus's devfn → the device there (its driver, id and multifunction bit), for QEMU's placement rules.
+    const placed = new Map<number, Map<number, { what: string; multifunction: boolean }>>();
     const ports = new Map<string, number>();
+    let nextBus = 1;
     const vfioOpen = new Set<number>();
     for (const d of all("-device")) {
         const p = parseQemuOpts(d);
@@ -228,18 +246,35 @@ function plan(k: FakeKernel, argv: string[]): StartPlan {
             continue;
         }
         let bus = 0;
-        let slot: number;
-        let func = 0;
         if (p.bus && p.bus !== "pcie.0") {
             if (!ports.has(p.bus)) fail(`qemu-system-x86_64: -device ${d}: Bus '${p.bus}' not found`);
             bus = ports.get(p.bus)!;
-            const [sl, f] = (p.addr ?? "00.0").split(".");
+        }
+        const onBus = placed.get(bus) ?? new Map<number, { what: string; multifunction: boolean }>();
+        placed.set(bus, onBus);
+        if (bus === 0 && onBus.size === 0) for (const devfn of [0, 0x1f * 8, 0x1f * 8 + 2, 0x1f * 8 + 3]) onBus.set(devfn, { what: "ich9", multifunction: devfn >= 0x1f * 8 });
+        let slot: number;
+        let func = 0;
+        if (p.addr !== undefined) {
+            const [sl, f] = p.addr.replace(/^0x/i, "").split(".");
             slot = hex(sl);
             func = Number(f ?? 0);
         } else {
-            slot = nextSlot++;
-            if (slot >= 0x1f) fail(`qemu-system-x86_64: -device ${d}: PCI: no slot/function available for ${driver}, all in use`);
+            // QEMU's pci_bus_devfn_available: the lowest slot whose function 0 is free.
+            slot = -1;
+            for (let s2 = bus === 0 ? 1 : 0; s2 < 32 && slot < 0; s2++) if (!onBus.has(s2 * 8)) slot = s2;
+            if (slot < 0) fail(`qemu-system-x86_64: -device ${d}: PCI: no slot/function available for ${driver}, all in use`);
         }
+        if (bus !== 0 && slot !== 0) fail(`qemu-system-x86_64: -device ${d}: PCI: slot ${slot} is not valid for ${driver}, parent device only allows plugging into slot 0.`);
+        const devfn = slot * 8 + func;
+        const taken = onBus.get(devfn);
+        if (taken) fail(`qemu-system-x86_64: -device ${d}: PCI: slot ${slot.toString(16)} function ${func} not available for ${driver}, in use by ${taken.what}`);
+        const multifunction = p.multifunction === "on";
+        // QEMU's pci_init_multifunction: function 0 must say multifunction=on before a function > 0 joins it.
+        const f0 = onBus.get(slot * 8);
+        if (func > 0 && f0 && !f0.multifunction) fail(`qemu-system-x86_64: -device ${d}: PCI: single function device can't be populated in function ${slot.toString(16)}.${func}`);
+        if (func === 0 && !multifunction && [...onBus.keys()].some((k2) => k2 >> 3 === slot && (k2 & 7) > 0)) fail(`qemu-system-x86_64: -device ${d}: PCI: ${slot.toString(16)}.0 indicates single function, but ${slot.toString(16)}.x is already populated.`);
+        onBus.set(devfn, { what: `${driver},id=${p.id ?? ""}`, multifunction });
         const id = p.id ?? "";
         driverNow = driver;
         switch (driver) {
@@ -322,12 +357,12 @@ function plan(k: FakeKernel, argv: string[]): StartPlan {
 
 function start(k: FakeKernel, argv: string[]): ExecResult {
     const q = qemu(k);
-    const hugeBefore = q.hugepages.free;
+    const hugeBefore = [q.hugepages.free, q.gigantic.free];
     let p: StartPlan;
     try {
         p = plan(k, argv);
     } catch (e) {
-        q.hugepages.free = hugeBefore;
+        [q.hugepages.free, q.gigantic.free] = hugeBefore;
         if (e instanceof QemuFailure) return { code: 1, stderr: e.message };
         throw e;
     }
@@ -356,7 +391,7 @@ export function exitProcess(k: FakeKernel, pid: number, clean: boolean): void {
     delete q.processes[String(pid)];
     k.release(pid);
     const huge = p.argv.find((a) => a.includes("mem-path=/dev/hugepages"));
-    if (huge) q.hugepages.free += sizeBytes(parseQemuOpts(huge).size ?? "0") / (2 * MiB);
+    if (huge && q.hugetlbfsPageKb !== null) hugepagePool(q).free += Math.ceil(sizeBytes(parseQemuOpts(huge).size ?? "0") / (q.hugetlbfsPageKb * 1024));
     if (clean) {
         if (p.pidFile) delete k.state.files[p.pidFile];
         if (p.qmpSocket) delete k.state.files[p.qmpSocket];
@@ -443,7 +478,17 @@ export const qemuSubsystem: FakeSubsystem = {
         const q = qemu(k);
         if (path === "/dev/kvm") return q.kvm ? { kind: "char", major: 10, minor: 232, mode: 0o660, gid: 104 } : undefined;
         if (path === "/proc/meminfo") {
-            return fileNode(() => `MemTotal:       8000000 kB\nHugePages_Total: ${q.hugepages.total}\nHugePages_Free: ${q.hugepages.free}\nHugepagesize:       2048 kB\n`);
+            return fileNode(() => `MemTotal:       8000000 kB\nHugePages_Total: ${q.hugepages.total}\nHugePages_Free: ${q.hugepages.free}\nHugePages_Rsvd:        0\nHugepagesize:       2048 kB\n`);
+        }
+        // hugetlbfs_show_options always prints pagesize= (fs/hugetlbfs/inode.c): 2M, or 1024M for 1 GiB pages.
+        if (path === "/proc/mounts") {
+            const hp = q.hugetlbfsPageKb === null ? "" : `hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=${q.hugetlbfsPageKb / 1024}M 0 0\n`;
+            return fileNode(() => `sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\ntmpfs /run tmpfs rw,nosuid,nodev,mode=755 0 0\n${hp}`);
+        }
+        const pool = /^\/sys\/kernel\/mm\/hugepages\/hugepages-(2048|1048576)kB\/(free|resv|nr)_hugepages$/.exec(path);
+        if (pool) {
+            const p = pool[1] === "2048" ? q.hugepages : q.gigantic;
+            return fileNode(() => `${pool[2] === "free" ? p.free : pool[2] === "nr" ? p.total : 0}\n`);
         }
         if (path === "/sys/devices/system/cpu/online") return fileNode(() => `0-${q.cpus - 1}\n`);
         const f = k.state.files[path];
@@ -474,7 +519,11 @@ export const qemuSubsystem: FakeSubsystem = {
     exec(k, argv) {
         const [cmd, ...rest] = argv;
         const q = qemu(k);
-        if (/(^|\/)qemu-system-x86_64$/.test(cmd)) return start(k, argv);
+        if (/(^|\/)qemu-system-x86_64$/.test(cmd)) {
+            if (!q.installed) return { code: 127, stderr: `bash: line 1: ${cmd}: command not found` };
+            if (rest.length === 1 && rest[0] === "--version") return { code: 0, stdout: "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n" };
+            return start(k, argv);
+        }
         if (cmd === "kill") return kill(k, rest);
         if (cmd === "taskset") return taskset(k, rest);
         if (cmd === "systemctl") return systemctl(k, rest);

@@ -26,6 +26,9 @@ export interface LabConnection {
     user: string;
     /** OpenSSH private key text (ed25519, no passphrase). */
     privateKey: string;
+    /** The guest sshd's ed25519 host key (`ssh-ed25519 AAAA...`), read once the VM is up, so every SSH host under
+     *  test verifies it as a user's connection would (the provider refuses a key it cannot verify). */
+    hostKey: string;
 }
 
 export interface LabManifest {
@@ -974,7 +977,7 @@ async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (m
         live.set(pid, runDir);
         startWatchdog(pid);
         const st: LabRunState = {
-            connection: { host: "127.0.0.1", port: started.port, user: "root", privateKey },
+            connection: { host: "127.0.0.1", port: started.port, user: "root", privateKey, hostKey: "" },
             keyPath,
             pid,
             runDir,
@@ -986,7 +989,14 @@ async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (m
             bootMs: 0,
         };
         log(`qemu pid ${pid}, ssh 127.0.0.1:${started.port}, run dir ${runDir}`);
-        await waitForSsh(new LabClient(st), SSH_BOOT_TIMEOUT_MS);
+        const client = new LabClient(st);
+        await waitForSsh(client, SSH_BOOT_TIMEOUT_MS);
+        // The harness's own ssh does not check the key (a VM booted here a moment ago, on loopback); the SSH host
+        // under test gets it as `hostKey` and checks it.
+        const hk = await client.ssh(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]);
+        const hostKey = hk.stdout.trim().split(/\s+/).slice(0, 2).join(" ");
+        if (hk.code !== 0 || !hostKey.startsWith("ssh-ed25519 AAAA")) throw new Error(`lab: cannot read the guest's host key: ${hk.stderr.trim() || hk.stdout.trim()}`);
+        st.connection.hostKey = hostKey;
         st.bootMs = Date.now() - t0;
         const vm = new BootedLab(st, image, st.bootMs);
         await vm.ensureMux();

@@ -45,7 +45,7 @@ labDescribe("SSH host on the lab", () => {
     });
 
     test("a wrong password fails with the host named and the password nowhere in the message", async () => {
-        const host = new SshHost({ host: lab!.connection.host, port: lab!.connection.port, user: "root", password: "hunter2-secret", dialErrorLimit: 3 });
+        const host = new SshHost({ host: lab!.connection.host, port: lab!.connection.port, user: "root", password: "hunter2-secret", hostKey: hostKeyLine, dialErrorLimit: 3 });
         const err: Error = await host.run([{ op: "read", path: "/etc/hostname" }]).catch((e) => e);
         await host.close();
         expect(err.message).toMatch(/cannot connect to root@127.0.0.1:\d+ over SSH/);

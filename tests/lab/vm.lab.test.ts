@@ -99,11 +99,16 @@ labDescribe("PassthroughVm on the lab kernel (nested QEMU, TCG)", () => {
             const peripheral = (await client.execute("qom-list", { path: "/machine/peripheral" })).map((p) => p.name);
             expect(peripheral).toEqual(expect.arrayContaining(want));
             let ids: string[] = [];
+            let pci: ReturnType<typeof flattenPci> = [];
             for (let i = 0; i < 120 && !want.every((w) => ids.includes(w)); i++) {
-                ids = flattenPci(await client.execute("query-pci")).map((d) => d.qdev_id);
+                pci = flattenPci(await client.execute("query-pci"));
+                ids = pci.map((d) => d.qdev_id);
                 if (!want.every((w) => ids.includes(w))) await new Promise((r) => setTimeout(r, 500));
             }
             expect(ids).toEqual(expect.arrayContaining(want));
+            // Real QEMU put the root bus's devices where the command line's fixed addr= said (cmdline.ts's layout).
+            const at = (id: string) => pci.filter((d) => d.qdev_id === id && d.bus === 0).map((d) => `${d.slot.toString(16)}.${d.function}`);
+            expect([at("rp0"), at("rp1"), at("rp-mdev0"), at("shmem0")]).toEqual([["10.0"], ["10.1"], ["18.0"], ["3.0"]]);
             expect((await client.execute("query-name")).name).toBe(NAME);
         } finally {
             client.close();

@@ -14,7 +14,7 @@ import { addNvidiaVgpuGpu } from "../fake/mdev";
 import { getHostInventory } from "../../provider/inventory";
 import { renderHostYaml } from "../../provider/hostInit";
 import { defaultMdevUuid } from "../../provider/sysfs/mdev";
-import { HostDefinitionError, checkHostDefinition, loadHostDefinition, parseHostDefinition } from "../../sdk/hostDefinition";
+import { HostDefinitionError, checkHostDefinition, formatProblem, loadHostDefinition, parseHostDefinition } from "../../sdk/hostDefinition";
 import { planHost, resolveOutputRef } from "../../sdk/hostPlan";
 
 /** The problems of a host file as "line:column: path: message" lines. */
@@ -72,13 +72,13 @@ describe("a good host file", () => {
 
     test("the name defaults to the file name; an empty section is empty", () => {
         expect(parseHostDefinition("bindings:\nvms:\n", { file: "/etc/hosts.d/gpu-box.yaml" })).toEqual({ name: "gpu-box" });
-        expect(parseHostDefinition("{}\n").name).toBe("host");
+        expect(parseHostDefinition("vms: {}\n").name).toBe("host");
     });
 
     test("privateKeyFile is resolved next to the host file; ~ is the home directory", () => {
-        const def = parseHostDefinition("connection: { host: h, privateKeyFile: keys/id }\n", { file: "/srv/fleet/hosts/a.yaml" });
+        const def = parseHostDefinition("connection: { host: h, privateKeyFile: keys/id }\nvms: {}\n", { file: "/srv/fleet/hosts/a.yaml" });
         expect(def.connection).toEqual({ host: "h", privateKeyFile: "/srv/fleet/hosts/keys/id" });
-        const home = parseHostDefinition("connection: { host: h, privateKeyFile: ~/.ssh/id }\n", { file: "a.yaml" });
+        const home = parseHostDefinition("connection: { host: h, privateKeyFile: ~/.ssh/id }\nvms: {}\n", { file: "a.yaml" });
         expect(home.connection!.privateKeyFile).toBe(path.join(os.homedir(), ".ssh/id"));
     });
 
@@ -89,6 +89,20 @@ describe("a good host file", () => {
         expect(() => loadHostDefinition(f)).toThrow(`${f}:2:18: vms.a.memoryMb: must be an integer, not "lots"`);
         expect(() => loadHostDefinition(path.join(dir, "nope.yaml"))).toThrow(/does not exist \(write one with `pulumi-vfio init -o .*nope\.yaml`\)/);
         fs.rmSync(dir, { recursive: true });
+    });
+
+    test("a file below the working directory (a Pulumi project's) is named relative to it", () => {
+        const dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "pv-hostdef-")));
+        fs.mkdirSync(path.join(dir, "hosts"));
+        fs.writeFileSync(path.join(dir, "hosts", "box.yaml"), "vms:\n  a: { memoryMb: lots }\n");
+        const cwd = process.cwd();
+        try {
+            process.chdir(dir);
+            expect(() => loadHostDefinition(path.join(dir, "hosts", "box.yaml"))).toThrow("\n  hosts/box.yaml:2:18: vms.a.memoryMb: must be an integer");
+        } finally {
+            process.chdir(cwd);
+            fs.rmSync(dir, { recursive: true });
+        }
     });
 });
 
@@ -101,12 +115,24 @@ describe("bad input: errors with line, column and the offending key", () => {
         ],
         ["a typo'd section", "vm:\n  a: {}\n", ['1:1: vm: unknown key "vm"; did you mean "vms"? (allowed here: name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms)']],
         ["a typo'd key deep in a VM", "vms:\n  a:\n    cpu: { cores: 2, thread: 2 }\n", ['3:22: vms.a.cpu.thread: unknown key "thread"; did you mean "threads"? (allowed here: model, sockets, cores, threads, pinning)']],
-        ["a wrong type", "vms:\n  a:\n    memoryMb: 8 GiB\n", ['3:15: vms.a.memoryMb: must be an integer, not "8 GiB"']],
-        ["a wrong type in a list", "vms:\n  a:\n    devices: [gpu, 7]\n", ["3:20: vms.a.devices[1]: must be a string or a map, not 7"]],
-        ["an unquoted octal mode", "kvmfr:\n  lg: { index: 0, sizeMb: 32, mode: 0660 }\n", ['2:37: kvmfr.lg.mode: must be a string, not 660 (YAML read 0660 as a number: quote it, "0660")']],
+        ["a wrong type", "vms:\n  a:\n    memoryMb: 8 GiB\n", ['3:15: vms.a.memoryMb: must be an integer, not "8 GiB". Guest memory in MiB.']],
+        ["a wrong type in a list", "vms:\n  a:\n    devices: [gpu, 7]\n", ["3:20: vms.a.devices[1]: must be a string or a map, not 7. The name of an entry under `bindings`. For example: \"gpu\" or \"win11\"."]],
+        ["an unquoted octal mode", "kvmfr:\n  lg: { index: 0, sizeMb: 32, mode: 0660 }\n", ['2:37: kvmfr.lg.mode: must be a string, not 660 (YAML read 0660 as a number: quote it, "0660"). Octal mode of /dev/kvmfrN, quoted in YAML. No permission for others: other-readable would let every local user read the guest\'s framebuffer, other-writable write into it; give the Looking Glass client\'s user access with owner or group. For example: "0660" or "0600".']],
         ["a value out of range", "virtualFunctions:\n  v: { physicalFunction: \"03:00.0\", count: -1 }\n", ["2:44: virtualFunctions.v.count: must be >= 0, not -1"]],
+        // Pattern errors say what the field is and show an example (the schema's description and examples), no regex.
+        [
+            "a PCI address that is not one",
+            "bindings:\n  gpu: { device: \"1:00.0\" }\n",
+            ['2:18: bindings.gpu.device: "1:00.0" is not a valid device. The device: a PCI address (quoted in YAML), or a selector by vendor/device id that must match exactly one device. A PCI address DDDD:BB:DD.F: domain, bus, device (00-1f) and function (0-7) in hex, as `lspci -D` and `pulumi-vfio inventory` print it; BB:DD.F (plain `lspci`) means domain 0000. Quote it in YAML. For example: "0000:01:00.0" or {"vendor":"10de","device":"2204"} or "01:00.0".'],
+        ],
+        [
+            "a driver name with a space",
+            "bindings:\n  gpu: { device: \"01:00.0\", driver: vfio pci }\n",
+            ["2:37: bindings.gpu.driver: \"vfio pci\" is not a valid driver. The driver the group's members are bound to (default vfio-pci). A kernel PCI driver name, as a directory under /sys/bus/pci/drivers: letters, digits, '_', '.' and '-', no spaces or slashes. For example: \"vfio-pci\" or \"pci-stub\"."],
+        ],
+        ["a reference that cannot be a name", "vms:\n  a: { devices: [gpu.0] }\n", ["2:18: vms.a.devices[0]: \"gpu.0\" is not a valid devices entry. The name of an entry under `bindings`. A name: letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters (no '.' or spaces). For example: \"gpu\" or \"win11\"."]],
         ["an enum value", "vms:\n  a: { accel: hvf }\n", ['2:15: vms.a.accel: must be one of "kvm", "tcg", not "hvf"']],
-        ["a missing required key", "bindings:\n  gpu: { driver: vfio-pci }\n", ['2:3: bindings.gpu: "device" is required in bindings.gpu']],
+        ["a missing required key", "bindings:\n  gpu: { driver: vfio-pci }\n", ['2:3: bindings.gpu: "device" is required in bindings.gpu. The device: a PCI address (quoted in YAML), or a selector by vendor/device id that must match exactly one device. For example: "0000:01:00.0" or {"vendor":"10de","device":"2204"} or "01:00.0".']],
         ["a bad entry name", "mdevs:\n  \"my vgpu\": { parent: mtty, type: mtty-1 }\n", ['2:3: mdevs.my vgpu: "my vgpu" is not a valid name: use letters, digits, \'_\' and \'-\', starting with a letter or digit (at most 63 characters)']],
         [
             "a connection on one resource",
@@ -183,7 +209,7 @@ describe("bad input: errors with line, column and the offending key", () => {
             "mdevs:\n  a: { parent: mtty, type: mtty-1, uuid: 6c1f3e0a-4b9d-4c6e-9a51-0d2f7b8e1a35 }\n  b: { parent: mtty, type: mtty-1, uuid: 6C1F3E0A-4B9D-4C6E-9A51-0D2F7B8E1A35 }\n",
             ["3:42: mdevs.b.uuid: UUID 6c1f3e0a-4b9d-4c6e-9a51-0d2f7b8e1a35 is already the UUID of mdevs.a (line 2); mdev UUIDs are unique on a host (the kernel answers EEXIST)"],
         ],
-        ["broken YAML", "vms:\n  a: { memoryMb: 1024\n", [expect.stringMatching(/^3:1: : .*(flow|Flow)/)]],
+        ["broken YAML", "vms:\n  a: { memoryMb: 1024\n", ["3:1: : YAML syntax: Flow map in block collection must be sufficiently indented and end with a }"]],
         ["not a map", "- a\n- b\n", ["1:1: : a host definition is a map with the keys name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms"]],
     ])("%s", (_what, text, expected) => {
         expect(problems(text)).toEqual(expected);
@@ -206,6 +232,103 @@ describe("bad input: errors with line, column and the offending key", () => {
             { path: "kvmfr.y.index", message: "/dev/kvmfr0 is already kvmfr.x; each kvmfr device needs its own index" },
             { path: "vms.a.devices[0]", message: 'no binding named "gpu" under `bindings` (`bindings` is empty)' },
         ]);
+    });
+});
+
+describe("a file with nothing in it is refused, not read as a host with nothing on it", () => {
+    // Loaded as an empty host, a truncated file would make `pulumi up` delete every binding and VM.
+    const EXPLICIT = "a host meant to have nothing says so with its sections written empty, e.g. `name: <host>` then `bindings: {}` and `vms: {}` (what `pulumi-vfio init` writes does this)";
+    test.each([
+        ["an empty file", "", `1:1: : the host file is empty: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
+        ["a file of whitespace", "\n\n  \n", `1:1: : the host file is empty: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
+        ["a comment-only file", "# yaml-language-server: $schema=./schema.json\n# bindings:\n#   gpu: { device: \"01:00.0\" }\n", `1:1: : the host file has only comments: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
+        ["null", "null\n", `1:1: : the host file is null: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
+        ["~", "--- ~\n", `1:1: : the host file is null: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
+        ["a file cut after its name", "name: gpu-box\n", `1:1: : none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
+        ["an empty map", "{}\n", `1:1: : none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
+    ])("%s", (_what, text, expected) => {
+        expect(problems(text)).toEqual([expected]);
+    });
+
+    test("an intentionally empty host: its sections written empty", () => {
+        expect(parseHostDefinition("name: spare\nbindings: {}\nvms: {}\n")).toEqual({ name: "spare", bindings: {}, vms: {} });
+        expect(parseHostDefinition("name: spare\nbindings:\nvms:\n")).toEqual({ name: "spare" });
+    });
+});
+
+describe("what each resource checks without a host is checked at load time, at its position", () => {
+    test.each([
+        ["kvmfr: a mode other users can read", "kvmfr:\n  lg: { index: 0, sizeMb: 32, mode: \"0664\" }\n", ['2:37: kvmfr.lg.mode: mode 0664 lets every local user read the guest\'s framebuffer (other-readable); use "0660" (or "0600") and give the Looking Glass client\'s user access with owner or group (e.g. group: kvm)']],
+        ["kvmfr: a mode other users can write", "kvmfr:\n  lg:\n    index: 0\n    sizeMb: 32\n    mode: \"0606\"\n", ['5:11: kvmfr.lg.mode: mode 0606 lets every local user read the guest\'s framebuffer (other-readable) and write into it (other-writable); use "0660" (or "0600") and give the Looking Glass client\'s user access with owner or group (e.g. group: kvm)']],
+        ["kvmfr: a size that is not a power of two", "kvmfr:\n  lg: { index: 0, sizeMb: 48 }\n", ["2:27: kvmfr.lg.sizeMb: sizeMb 48 is not a power of two (kvmfr and Looking Glass expect 32, 64, 128, ...)"]],
+        ["kvmfr: neither size nor resolution", "kvmfr:\n  lg: { index: 0 }\n", ["2:7: kvmfr.lg.sizeMb: sizeMb is required, or width and height to compute it (Looking Glass's formula: 1920×1080 → 32 MiB)"]],
+        ["mdev: vram.min above vram.max", "mdevs:\n  v:\n    parent: mbochs\n    vram: { min: 64, max: 4 }\n", ["4:11: mdevs.v.vram: vram.min (64) is above vram.max (4)"]],
+        ["mdev: both type and vram", "mdevs:\n  v: { parent: mtty, type: mtty-1, vram: { min: 1 } }\n", ["2:42: mdevs.v.vram: give either type (an exact type id) or vram (bounds in MiB), not both"]],
+        ["mdev: neither type nor vram", "mdevs:\n  v: { parent: mtty }\n", ["2:6: mdevs.v.type: give type (an exact type id) or vram (bounds in MiB); `pulumi-vfio inventory` lists each parent's types"]],
+        ["mdev: an attribute path out of the device", "mdevs:\n  v: { parent: mtty, type: mtty-1, attrs: [{ name: ../../x, value: \"1\" }] }\n", [expect.stringMatching(/^2:52: mdevs\.v\.attrs\[0\]\.name: "\.\.\/\.\.\/x" is not an mdev attribute name/)]],
+        ["vm: pinning that does not match the vCPUs", "vms:\n  a:\n    cpu: { cores: 2, pinning: [3] }\n", ["3:31: vms.a.cpu.pinning: cpu.pinning lists 1 host CPU(s) for 2 vCPU(s) (sockets × cores × threads): give one host CPU per vCPU"]],
+        ["vm: a bridge network without a bridge", "vms:\n  a:\n    network: { mode: bridge }\n", ['3:14: vms.a.network.bridge: network.mode "bridge" needs network.bridge (e.g. "br0", allowed in /etc/qemu/bridge.conf)']],
+        ["vm: cpu model host under tcg", "vms:\n  a: { accel: tcg, cpu: { model: host } }\n", ['2:34: vms.a.cpu.model: cpu.model "host" needs accel "kvm"; with tcg use "max" or a named model']],
+    ])("%s", (_what, text, expected) => {
+        expect(problems(text)).toEqual(expected);
+    });
+});
+
+describe("a YAML syntax error is reported where the yaml library puts it, with no key that is not at fault", () => {
+    test.each([
+        ["a key indented less than its siblings", "bindings:\n  gpu:\n    device: \"01:00.0\"\n   driver: vfio-pci\nvms:\n  a: {}\n", ["4:1: : YAML syntax: All mapping items must start at the same column"]],
+        ["an unclosed quote", "name: x\nbindings:\n  gpu:\n    device: \"01:00.0\n    driver: vfio-pci\nvms:\n  a: {}\n", ['8:1: : YAML syntax: Missing closing "quote']],
+        ["a tab as indentation", "name: x\nbindings:\n  gpu:\n\tdevice: \"01:00.0\"\n", ["4:1: : YAML syntax: Tabs are not allowed as indentation"]],
+        ["a value that is a map in a compact map", "name: x\nbindings:\n  gpu:\n    device: a: b\n", ["4:13: : YAML syntax: Nested mappings are not allowed in compact mappings"]],
+        ["a list item indented less than the list", "vms:\n  a:\n    devices:\n    - gpu\n   - x\n", ["5:1: : YAML syntax: A block sequence may not be used as an implicit map key", "5:4: : YAML syntax: Implicit keys need to be on a single line"]],
+    ])("%s", (_what, text, expected) => {
+        expect(problems(text)).toEqual(expected);
+    });
+});
+
+describe("the errors the READMEs quote are what the loader prints", () => {
+    const root = path.join(__dirname, "../..");
+    /**
+     * A README says "misspell `persistent` on line N, or make line M `<text>`" and then quotes what preview says:
+     * each mistake made alone in the file, loaded, gives the quoted line, exactly.
+     */
+    function check(readme: string, yamlText: string, quoted: string[]) {
+        const m = /[Mm]isspell\s+`persistent`\s+on\s+line\s+(\d+)[\s\S]*?make\s+line\s+(\d+)\s+`([^`]+)`/.exec(readme);
+        expect(m).not.toBeNull();
+        const lines = yamlText.split("\n");
+        const typo = [...lines];
+        expect(typo[Number(m![1]) - 1]).toContain("persistent");
+        typo[Number(m![1]) - 1] = typo[Number(m![1]) - 1].replace("persistent", "persistant");
+        const ref = [...lines];
+        const [indent, key] = /^(\s*)([A-Za-z]+):/.exec(ref[Number(m![2]) - 1])!.slice(1);
+        expect(m![3].startsWith(`${key}:`)).toBe(true);
+        ref[Number(m![2]) - 1] = indent + m![3];
+        const printed = [typo, ref].map((l) => {
+            try {
+                parseHostDefinition(l.join("\n"), { file: "host.yaml" });
+            } catch (e) {
+                if (e instanceof HostDefinitionError) return e.problems.map(formatProblem).join("\n");
+                throw e;
+            }
+            return "(no problem)";
+        });
+        expect(printed).toEqual(quoted);
+    }
+
+    test("README.md, \"Your host in a file: host.yaml\"", () => {
+        const readme = fs.readFileSync(path.join(root, "README.md"), "utf8");
+        const section = readme.slice(readme.indexOf("## Your host in a file: host.yaml"), readme.indexOf("### The root program"));
+        const example = /```yaml\n([\s\S]*?)```/.exec(section)![1];
+        const quoted = section.split("\n").filter((l) => l.startsWith("    host.yaml:")).map((l) => l.slice(4));
+        expect(quoted).toHaveLength(2);
+        check(section, example, quoted);
+    });
+
+    test("examples/yaml-host/README.md, on the example's host.yaml", () => {
+        const readme = fs.readFileSync(path.join(root, "examples/yaml-host/README.md"), "utf8");
+        const quoted = readme.split("\n").filter((l) => l.startsWith("host.yaml:"));
+        expect(quoted).toHaveLength(2);
+        check(readme, fs.readFileSync(path.join(root, "examples/yaml-host/host.yaml"), "utf8"), quoted);
     });
 });
 

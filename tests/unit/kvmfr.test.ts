@@ -138,8 +138,11 @@ describe("KvmfrDevice on a host", () => {
         [{ index: 0, sizeMb: 32, width: 1920, height: 1080 }, "sizeMb", /either sizeMb or width\/height/],
         [{ index: 0 }, "sizeMb", /sizeMb is required, or width and height/],
         [{ index: 0, width: 1920 }, "height", /width and height go together/],
-        [{ index: 0, sizeMb: 32, mode: "0666" }, "mode", /world-writable/],
-        [{ index: 0, sizeMb: 32, mode: "rw" }, "mode", /must match|not an octal/],
+        [{ index: 0, sizeMb: 32, mode: "0666" }, "mode", /other-writable/],
+        // Other-readable is refused too: any local user could read the guest's framebuffer (issue 15).
+        [{ index: 0, sizeMb: 32, mode: "0664" }, "mode", /mode 0664 lets every local user read the guest's framebuffer \(other-readable\); use "0660"/],
+        [{ index: 0, sizeMb: 32, mode: "644" }, "mode", /other-readable/],
+        [{ index: 0, sizeMb: 32, mode: "rw" }, "mode", /"rw" is not a valid mode\. Octal mode .* For example: "0660"/],
         [{ index: 10, sizeMb: 32 }, "index", /must be <= 9/],
         [{ index: 0, sizeMb: 32, owner: 'x", MODE="0666' }, "owner", /not a user\/group name/],
         [{ index: 0, sizeMb: 32, group: "nosuchgroup" }, "group", /group "nosuchgroup" does not exist/],

@@ -95,7 +95,7 @@ describe("preview", () => {
         ["both type and vram", { parent: "mbochs", type: "mbochs-small", vram: { min: 1 } }, "vram", /either type .* or vram .*, not both/],
         ["a malformed UUID", { parent: "mtty", type: "mtty-1", uuid: "not-a-uuid" }, "uuid", /uuid: "not-a-uuid" is not a UUID: write it as 8-4-4-4-12 hex digits/],
         ["an attribute name that could walk the tree", { parent: "mtty", type: "mtty-1", attrs: [{ name: "../remove", value: "1" }] }, "attrs[0].name", /is not an mdev attribute name/],
-        ["a property that does not exist", { parent: "mtty", type: "mtty-1", colour: "red" }, "colour", /not a known property/],
+        ["a property that does not exist", { parent: "mtty", type: "mtty-1", colour: "red" }, "colour", /unknown key "colour" \(allowed here: parent, type, vram/],
     ])("bad input: %s → %s", async (_what, inputs, property, reason) => {
         const f = await failures({ uuid: U1, ...inputs });
         expect(f.find((x) => x.property === property)?.reason).toMatch(reason);

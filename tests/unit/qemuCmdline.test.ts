@@ -4,7 +4,7 @@
  * pflash with a per-VM VARS copy, the NVIDIA Error 43 options) document, so a change in the builder shows up as a
  * diff against what users copy from those pages today.
  */
-import { HostDevice, VmSpec, buildCommandLine, guestSlots, systemdQuote, systemdUnit, vmPaths } from "../../provider/qemu/cmdline";
+import { HYPERV_ENLIGHTENMENTS, HostDevice, VmSpec, buildCommandLine, guestSlots, layoutProblems, systemdQuote, systemdUnit, vmPaths } from "../../provider/qemu/cmdline";
 import { kvmfrQemuArgs } from "../../provider/sysfs/kvmfr";
 
 function spec(over: Partial<VmSpec> = {}): VmSpec {
@@ -57,7 +57,8 @@ test("a Looking Glass gaming VM: GPU + HDMI audio, kvmfr, OVMF, hugepages, NVIDI
         "qemu-system-x86_64",
         "-name win10",
         "-machine q35,accel=kvm,kernel_irqchip=on,memory-backend=mem0",
-        "-cpu host,kvm=off,hv_vendor_id=pulumi-vfio1",
+        // Proxmox's set for an x-vga GPU (hv-vendor-id alone does nothing: QEMU's hyperv.rst), plus hv-frequencies.
+        "-cpu host,kvm=off,hv-vendor-id=pulumi-vfio1,hv-spinlocks=0x1fff,hv-vapic,hv-time,hv-reset,hv-vpindex,hv-runtime,hv-relaxed,hv-synic,hv-stimer,hv-ipi,hv-frequencies",
         "-smp 8,sockets=1,cores=4,threads=2",
         "-m 16384M",
         "-object memory-backend-file,id=mem0,size=16384M,mem-path=/dev/hugepages,share=on,prealloc=on",
@@ -66,16 +67,16 @@ test("a Looking Glass gaming VM: GPU + HDMI audio, kvmfr, OVMF, hugepages, NVIDI
         "-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
         "-drive if=pflash,format=raw,file=/var/lib/pulumi-vfio/vm/win10/OVMF_VARS.fd",
         "-drive file=/var/lib/libvirt/images/win10.qcow2,if=none,id=disk0,format=qcow2",
-        "-device virtio-blk-pci,drive=disk0,id=disk0-dev",
+        "-device virtio-blk-pci,drive=disk0,id=disk0-dev,bus=pcie.0,addr=0x4.0",
         "-drive file=/srv/iso/Win10.iso,if=none,id=cdrom0,media=cdrom,readonly=on",
         "-device ide-cd,drive=cdrom0,bus=ide.0,id=cdrom0-dev",
         "-netdev user,id=net0",
-        "-device virtio-net-pci,netdev=net0,mac=52:54:00:4f:72:9c,id=nic0",
-        "-device pcie-root-port,id=rp0,bus=pcie.0,chassis=1",
+        "-device virtio-net-pci,netdev=net0,mac=52:54:00:4f:72:9c,id=nic0,bus=pcie.0,addr=0x2.0",
+        "-device pcie-root-port,id=rp0,chassis=128,bus=pcie.0,addr=0x10.0",
         "-device vfio-pci,host=0000:01:00.0,multifunction=on,id=hostdev0,bus=rp0,addr=00.0",
         "-device vfio-pci,host=0000:01:00.1,id=hostdev1,bus=rp0,addr=00.1",
         "-object memory-backend-file,id=looking-glass,mem-path=/dev/kvmfr0,size=64M,share=yes",
-        "-device ivshmem-plain,id=shmem0,memdev=looking-glass",
+        "-device ivshmem-plain,id=shmem0,memdev=looking-glass,bus=pcie.0,addr=0x3.0",
         "-serial file:/run/pulumi-vfio/vm/win10/serial.log",
         "-pidfile /run/pulumi-vfio/vm/win10/qemu.pid",
         "-qmp unix:/run/pulumi-vfio/vm/win10/qmp.sock,server=on,wait=off",
@@ -86,7 +87,7 @@ test("a Looking Glass gaming VM: GPU + HDMI audio, kvmfr, OVMF, hugepages, NVIDI
 test("Looking Glass's IVSHMEM lines are the docs' own, for kvmfr and for a /dev/shm file", () => {
     expect(kvmfrQemuArgs(0, 32).join(" ")).toBe("-object memory-backend-file,id=looking-glass,mem-path=/dev/kvmfr0,size=32M,share=yes -device ivshmem-plain,id=shmem0,memdev=looking-glass");
     const argv = buildCommandLine(spec({ sharedMemory: { path: "/dev/shm/looking-glass", sizeMb: 32 } })).join(" ");
-    expect(argv).toContain("-object memory-backend-file,id=looking-glass,mem-path=/dev/shm/looking-glass,size=32M,share=yes -device ivshmem-plain,id=shmem0,memdev=looking-glass");
+    expect(argv).toContain("-object memory-backend-file,id=looking-glass,mem-path=/dev/shm/looking-glass,size=32M,share=yes -device ivshmem-plain,id=shmem0,memdev=looking-glass,bus=pcie.0,addr=0x3.0");
 });
 
 test("the lab's nested VM: TCG, GPU pair, an mdev, a VF, /dev/shm buffer, no disk", () => {
@@ -114,16 +115,17 @@ test("the lab's nested VM: TCG, GPU pair, an mdev, a VF, /dev/shm buffer, no dis
         "-m 256M",
         "-nodefaults",
         "-display none",
-        "-device pcie-root-port,id=rp0,bus=pcie.0,chassis=1",
+        // Two root ports share slot 0x10 (function 0 multifunction=on), as libvirt packs them; chassis = devfn.
+        "-device pcie-root-port,id=rp0,chassis=128,bus=pcie.0,addr=0x10.0,multifunction=on",
         "-device vfio-pci,host=0000:01:00.0,multifunction=on,id=hostdev0,bus=rp0,addr=00.0",
         "-device vfio-pci,host=0000:01:00.1,id=hostdev1,bus=rp0,addr=00.1",
-        "-device pcie-root-port,id=rp1,bus=pcie.0,chassis=2",
+        "-device pcie-root-port,id=rp1,chassis=129,bus=pcie.0,addr=0x10.1",
         // A VF alone in its slot: it becomes function 0, or the guest would not look at it.
         "-device vfio-pci,host=0000:03:00.1,id=hostdev2,bus=rp1,addr=00.0",
-        "-device pcie-root-port,id=rp2,bus=pcie.0,chassis=3",
-        "-device vfio-pci,sysfsdev=/sys/bus/mdev/devices/3b1f6a7e-8f1c-4d2a-9d3e-2a1b0c9d8e7f,id=mdev0,bus=rp2,addr=00.0",
+        "-device pcie-root-port,id=rp-mdev0,chassis=192,bus=pcie.0,addr=0x18.0",
+        "-device vfio-pci,sysfsdev=/sys/bus/mdev/devices/3b1f6a7e-8f1c-4d2a-9d3e-2a1b0c9d8e7f,id=mdev0,bus=rp-mdev0,addr=00.0",
         "-object memory-backend-file,id=looking-glass,mem-path=/dev/shm/looking-glass,size=32M,share=yes",
-        "-device ivshmem-plain,id=shmem0,memdev=looking-glass",
+        "-device ivshmem-plain,id=shmem0,memdev=looking-glass,bus=pcie.0,addr=0x3.0",
         "-serial file:/run/pulumi-vfio/vm/lab-vm/serial.log",
         "-pidfile /run/pulumi-vfio/vm/lab-vm/qemu.pid",
         "-qmp unix:/run/pulumi-vfio/vm/lab-vm/qmp.sock,server=on,wait=off",
@@ -135,7 +137,7 @@ test("an NVIDIA vGPU mdev gives the VM its UUID (-uuid) and display=off as writt
     const uuid = "a297db4a-f4c2-11e6-90f6-d3b88d6c9525";
     const argv = buildCommandLine(spec({ mdevs: [{ uuid, type: "nvidia-63", display: false }] }));
     expect(argv.slice(1, 5)).toEqual(["-name", "win10", "-uuid", uuid]);
-    expect(argv).toContain(`vfio-pci,sysfsdev=/sys/bus/mdev/devices/${uuid},display=off,id=mdev0,bus=rp0,addr=00.0`);
+    expect(argv).toContain(`vfio-pci,sysfsdev=/sys/bus/mdev/devices/${uuid},display=off,id=mdev0,bus=rp-mdev0,addr=00.0`);
     // Other mdev types do not touch the SMBIOS UUID.
     expect(buildCommandLine(spec({ mdevs: [{ uuid, type: "i915-GVTg_V5_4" }] }))).not.toContain("-uuid");
 });
@@ -143,7 +145,7 @@ test("an NVIDIA vGPU mdev gives the VM its UUID (-uuid) and display=off as writt
 test("an NVIDIA vGPU 17+ (no mdev bus) is its VF, passed by address, with the VM's UUID set to the vGPU's", () => {
     const uuid = "a297db4a-f4c2-11e6-90f6-d3b88d6c9525";
     const argv = buildCommandLine(spec({ mdevs: [{ uuid, type: "nvidia-1132", address: "0000:41:00.4" }] }));
-    expect(argv).toContain("vfio-pci,host=0000:41:00.4,id=mdev0,bus=rp0,addr=00.0");
+    expect(argv).toContain("vfio-pci,host=0000:41:00.4,id=mdev0,bus=rp-mdev0,addr=00.0");
     expect(argv.slice(3, 5)).toEqual(["-uuid", uuid]);
 });
 
@@ -167,7 +169,8 @@ test("SATA disks and NVMe disks, read-only, extra args appended last as argv wor
             "-drive file=/srv/a.img,if=none,id=disk0,format=raw,readonly=on",
             "-device ide-hd,drive=disk0,bus=ide.0,id=disk0-dev",
             "-drive file=/srv/b.img,if=none,id=disk1,format=raw",
-            "-device nvme,drive=disk1,serial=win10-1,id=disk1-dev",
+            // The first PCI disk: a SATA disk before it takes no PCI address.
+            "-device nvme,drive=disk1,serial=win10-1,id=disk1-dev,bus=pcie.0,addr=0x4.0",
         ]),
     );
     expect(argv.slice(-4)).toEqual(["-device", "qemu-xhci,id=usb", "-rtc", "base=localtime"]);
@@ -199,4 +202,86 @@ test("a VM name that could walk out of the run dir is refused", () => {
     expect(() => vmPaths("../etc")).toThrow(/is not a VM name/);
     expect(() => vmPaths("a/b")).toThrow(/is not a VM name/);
     expect(vmPaths("win10.gaming").runDir).toBe("/run/pulumi-vfio/vm/win10.gaming");
+});
+
+describe("NVIDIA Error 43 (hideHypervisor)", () => {
+    const cpuOf = (over: Partial<VmSpec>) => {
+        const argv = buildCommandLine(spec(over));
+        return argv[argv.indexOf("-cpu") + 1];
+    };
+
+    test("on KVM: kvm=off, the vendor id and the enlightenments that make QEMU present a Hyper-V identity", () => {
+        const cpu = cpuOf({ hideHypervisor: true, hvVendorId: "0123456789ab" }).split(",");
+        expect(cpu.slice(0, 3)).toEqual(["host", "kvm=off", "hv-vendor-id=0123456789ab"]);
+        // hyperv.rst: hv-vendor-id "doesn't enable Hyper-V identification when specified without some other
+        // enlightenment"; Proxmox's set, every dependency ("Requires") included.
+        for (const f of ["hv-relaxed", "hv-vapic", "hv-spinlocks=0x1fff", "hv-time", "hv-vpindex", "hv-runtime", "hv-synic", "hv-stimer", "hv-reset", "hv-ipi", "hv-frequencies"]) expect(cpu).toContain(f);
+        expect(cpu.slice(3)).toEqual([...HYPERV_ENLIGHTENMENTS]);
+        expect(buildCommandLine(spec({ hideHypervisor: true }))).toContain("q35,accel=kvm,kernel_irqchip=on");
+    });
+
+    test("off: no Hyper-V flags at all; on TCG (no Hyper-V emulation): kvm=off only", () => {
+        expect(cpuOf({})).toBe("host");
+        expect(cpuOf({ accel: "tcg", cpu: { model: "max", sockets: 1, cores: 1, threads: 1 }, hideHypervisor: true })).toBe("max,kvm=off");
+    });
+});
+
+describe("stable guest PCI addresses", () => {
+    const gpu: HostDevice[] = [
+        { address: "0000:01:00.0", group: 14, xVga: true },
+        { address: "0000:01:00.1", group: 14 },
+    ];
+    /** The -device values that put the GPU in the guest: its root port and its functions. */
+    const gpuPlacement = (argv: string[]) => argv.filter((a) => /^pcie-root-port,id=rp0,|^vfio-pci,host=0000:01:00\./.test(a));
+    const base = buildCommandLine(spec({ hostDevices: gpu }));
+
+    test("the GPU's root port is at a fixed slot with a fixed chassis", () => {
+        expect(gpuPlacement(base)).toEqual([
+            "pcie-root-port,id=rp0,chassis=128,bus=pcie.0,addr=0x10.0",
+            "vfio-pci,host=0000:01:00.0,multifunction=on,x-vga=on,id=hostdev0,bus=rp0,addr=00.0",
+            "vfio-pci,host=0000:01:00.1,id=hostdev1,bus=rp0,addr=00.1",
+        ]);
+    });
+
+    test.each<[string, Partial<VmSpec>]>([
+        ["a virtio disk", { disks: [{ path: "/srv/a.qcow2", format: "qcow2", bus: "virtio", readOnly: false }] }],
+        ["three NVMe and virtio disks", { disks: ["virtio", "nvme", "virtio"].map((bus, i) => ({ path: `/srv/${i}.img`, format: "raw" as const, bus: bus as "virtio" | "nvme", readOnly: false })) }],
+        ["an mdev", { mdevs: [{ uuid: "3b1f6a7e-8f1c-4d2a-9d3e-2a1b0c9d8e7f", type: "mtty-2" }] }],
+        ["a NIC", { network: { mode: "user", model: "virtio-net-pci" } }],
+        ["Looking Glass shared memory", { sharedMemory: { path: "/dev/shm/looking-glass", sizeMb: 32 } }],
+        ["a second passed-through device after the GPU", { hostDevices: [...gpu, { address: "0000:03:00.1", group: 10 }] }],
+    ])("adding %s does not move the GPU", (_what, over) => {
+        const argv = buildCommandLine(spec({ hostDevices: gpu, ...over }));
+        // Function 0 of slot 0x10 gains multifunction=on when a second port joins it; the addresses stay.
+        const port = (d: string) => (d.startsWith("pcie-root-port") ? d.replace(",multifunction=on", "") : d);
+        expect(gpuPlacement(argv).map(port)).toEqual(gpuPlacement(base));
+    });
+
+    test("every device on pcie.0 has an explicit address, and no two share one", () => {
+        const argv = buildCommandLine(
+            spec({
+                hostDevices: [...gpu, ...Array.from({ length: 9 }, (_, i) => ({ address: `0000:${(0x10 + i).toString(16)}:00.0`, group: 30 + i }))],
+                mdevs: Array.from({ length: 3 }, (_, i) => ({ uuid: `3b1f6a7e-8f1c-4d2a-9d3e-2a1b0c9d8e7${i}` })),
+                disks: Array.from({ length: 10 }, (_, i) => ({ path: `/srv/${i}.img`, format: "raw" as const, bus: "virtio" as const, readOnly: false })),
+                network: { mode: "user", model: "virtio-net-pci" },
+                sharedMemory: { path: "/dev/shm/lg", sizeMb: 32 },
+            }),
+        );
+        const onRoot = argv.filter((a, i) => argv[i - 1] === "-device" && !/^ide-|bus=(rp|ide)/.test(a));
+        expect(onRoot.length).toBe(10 + 3 + 10 + 2);
+        const addrs = onRoot.map((d) => /,bus=pcie\.0,addr=(0x[0-9a-f]+\.\d)/.exec(d)?.[1]);
+        expect(addrs).not.toContain(undefined);
+        expect(new Set(addrs).size).toBe(addrs.length);
+        // Ten ports fill slot 0x10 and spill into 0x11; function 0 of a slot holding more says multifunction=on.
+        expect(argv).toContain("pcie-root-port,id=rp8,chassis=136,bus=pcie.0,addr=0x11.0,multifunction=on");
+        expect(argv).toContain("pcie-root-port,id=rp9,chassis=137,bus=pcie.0,addr=0x11.1");
+        expect(argv).toContain("pcie-root-port,id=rp0,chassis=128,bus=pcie.0,addr=0x10.0,multifunction=on");
+        expect(argv).toContain("virtio-blk-pci,drive=disk8,id=disk8-dev,bus=pcie.0,addr=0x5.0,multifunction=on");
+    });
+
+    test("more devices than the layout holds are refused by field", () => {
+        const many = Array.from({ length: 33 }, (_, i) => ({ uuid: `00000000-0000-4000-8000-${String(i).padStart(12, "0")}` }));
+        expect(layoutProblems(spec({ mdevs: many }))).toEqual([{ property: "mdevs", reason: "33 mdevs: at most 32 fit" }]);
+        expect(layoutProblems(spec({ mdevs: many.slice(0, 32) }))).toEqual([]);
+    });
 });

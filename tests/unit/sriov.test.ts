@@ -146,9 +146,9 @@ describe("VirtualFunctions on the fake lab machine", () => {
         ["a device without SR-IOV", { physicalFunction: "0000:02:00.0", count: 1 }, "physicalFunction", /0000:02:00.0 \(Unclassified device 1234:11e8\) has no SR-IOV capability/],
         ["no such device", { physicalFunction: "0000:07:00.0", count: 1 }, "physicalFunction", /no PCI device 0000:07:00.0/],
         ["a malformed address", { physicalFunction: "3:0.0", count: 1 }, "physicalFunction", /"3:0.0" is not a PCI address/],
-        ["a negative count", { physicalFunction: PF, count: -1 }, "count", /count must be >= 0/],
-        ["a fractional count", { physicalFunction: PF, count: 1.5 }, "count", /count must be integer/],
-        ["no count", { physicalFunction: PF }, "count", /count is required/],
+        ["a negative count", { physicalFunction: PF, count: -1 }, "count", /count: must be >= 0, not -1/],
+        ["a fractional count", { physicalFunction: PF, count: 1.5 }, "count", /count: must be an integer, not 1\.5/],
+        ["no count", { physicalFunction: PF }, "count", /count: "count" is required\. How many VFs/],
     ])("bad input: %s", async (_what, inputs, property, reason) => {
         const c = await check({}, inputs, host);
         expect(c.failures.find((f) => f.property === property)?.reason).toMatch(reason);
