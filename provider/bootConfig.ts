@@ -55,7 +55,7 @@ import {
     renderKernelCmdline,
 } from "./boot/loaders";
 import { ModuleOptionValue, moduleKey, optionsLine, ownedFile } from "./boot/modprobe";
-import { ConnectionError, Connection, hostIdentity } from "./host/ssh";
+import { Connection, hostIdentity } from "./host/ssh";
 import { hostFor, withHost } from "./host";
 import { BatchQuery, textOf } from "./host/query";
 import { Host, Op, OpResult } from "./host/types";
@@ -438,7 +438,8 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
             onHost,
         );
     } catch (e) {
-        failures.push({ property: e instanceof ConnectionError ? "connection" : "bootloader", reason: (e as Error).message });
+        // Reading the boot facts fails only when the host cannot be reached or its interpreter went away.
+        failures.push({ property: "connection", reason: (e as Error).message });
     }
     return { inputs, failures };
 }
@@ -531,7 +532,12 @@ async function converge(host: Host, inputs: BootConfigInputs, olds?: BootConfigO
         }
         return outputsFrom(host, inputs, s, plan);
     });
-    if (s.reboot === "ifNeeded" && outs.pendingReboot) return rebootAndVerify(inputs, s, outs);
+    if (s.reboot === "ifNeeded" && outs.pendingReboot) {
+        // The reboot ends this host's connection without telling it (its TCP peer is gone until it answers with a
+        // reset): drop it now, so the next operation on this host in the same program connects afresh.
+        await host.close();
+        return rebootAndVerify(inputs, s, outs);
+    }
     return outs;
 }
 
