@@ -57,9 +57,9 @@ export function parseHostDefinition(text: string, opts: ParseOptions = {}): Host
     const problems = checkHostDefinition(data, locate).map((p) => ({ file, ...p }));
     if (problems.length) throw new HostDefinitionError(problems);
     // After the schema: a misspelt section (`vm:`) is better told as such.
-    if (isMap(doc.contents) && !SECTIONS.some((s) => s in data)) {
+    if (isMap(doc.contents) && !SECTIONS.some((s) => s in data) && !("bootConfig" in data)) {
         const { line, col } = lc.linePos(doc.contents.range?.[0] ?? 0);
-        throw new HostDefinitionError([{ file, line, column: col, path: "", message: `none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICITLY_EMPTY}` }]);
+        throw new HostDefinitionError([{ file, line, column: col, path: "", message: `none of the sections bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICITLY_EMPTY}` }]);
     }
     return finish(data as HostDefinition, file);
 }

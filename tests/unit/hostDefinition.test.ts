@@ -476,3 +476,35 @@ describe("pulumi-vfio init", () => {
         expect(seen.stderr).toContain("--force needs -o FILE");
     });
 });
+
+describe("bootConfig: the boot half of a host file", () => {
+    const BOOT = `name: rig
+bootConfig:
+  kernelParameters: [intel_iommu=on, iommu=pt]
+  earlyBinding: ["0000:01:00.0", "0000:01:00.1"]
+  reboot: ifNeeded
+bindings:
+  gpu: { device: "01:00.0" }
+`;
+
+    test("becomes <name>-boot, planned first, with every other resource after it", () => {
+        const plan = planHost("rig", parseHostDefinition(BOOT, { file: "host.yaml" }), { project: "p", stack: "dev" });
+        expect(plan.resources.map((r) => `${r.type} ${r.name}`)).toEqual(["BootConfig rig-boot", "IommuBinding rig-gpu"]);
+        expect(plan.resources[0].inputs).toEqual({ kernelParameters: ["intel_iommu=on", "iommu=pt"], earlyBinding: ["0000:01:00.0", "0000:01:00.1"], reboot: "ifNeeded" });
+        expect(plan.resources[1].dependsOn).toEqual(["rig-boot"]);
+    });
+
+    test("a file with only the boot half is a host, not an empty file", () => {
+        expect(problems("bootConfig:\n  kernelParameters: [intel_iommu=on]\n")).toEqual([]);
+    });
+
+    test("bad boot input is reported with its position; an entry named boot would share its resource", () => {
+        expect(problems("bootConfig:\n  kernelParameters: [\"intel_iommu=on iommu=pt\"]\n  reboot: sometimes\n")).toEqual([
+            expect.stringMatching(/^2:22: bootConfig\.kernelParameters\[0\]: /),
+            expect.stringMatching(/^3:11: bootConfig\.reboot: must be one of "never", "ifNeeded"/),
+        ]);
+        expect(problems("bootConfig: { kernelParameters: [iommu=pt] }\nbindings:\n  boot: { device: \"01:00.0\" }\n")).toEqual([
+            '3:3: bindings.boot: the name "boot" is already used by bootConfig (line 1); give every entry its own name',
+        ]);
+    });
+});
