@@ -112,7 +112,7 @@ export function resolveKeyFile(p: string, baseDir: string): string {
  */
 export function checkHostDefinition(input: unknown, locate: Locate = () => undefined): HostProblem[] {
     if (input === null || typeof input !== "object" || Array.isArray(input)) {
-        return [{ path: "", line: 1, column: 1, message: "a host definition is a map with the keys name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms" }];
+        return [{ path: "", line: 1, column: 1, message: "a host definition is a map with the keys name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms" }];
     }
     // Empty sections (`vms:` with every entry commented out) are empty, not null.
     const data: Record<string, unknown> = { ...(input as Record<string, unknown>) };

@@ -113,7 +113,7 @@ describe("bad input: errors with line, column and the offending key", () => {
             "bindings:\n  gpu:\n    device: \"01:00.0\"\n    persistant: true\n",
             ['4:5: bindings.gpu.persistant: unknown key "persistant"; did you mean "persistent"? (allowed here: device, driver, wholeGroup, allowBootVga, persistent)'],
         ],
-        ["a typo'd section", "vm:\n  a: {}\n", ['1:1: vm: unknown key "vm"; did you mean "vms"? (allowed here: name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms)']],
+        ["a typo'd section", "vm:\n  a: {}\n", ['1:1: vm: unknown key "vm"; did you mean "vms"? (allowed here: name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms)']],
         ["a typo'd key deep in a VM", "vms:\n  a:\n    cpu: { cores: 2, thread: 2 }\n", ['3:22: vms.a.cpu.thread: unknown key "thread"; did you mean "threads"? (allowed here: model, sockets, cores, threads, pinning)']],
         ["a wrong type", "vms:\n  a:\n    memoryMb: 8 GiB\n", ['3:15: vms.a.memoryMb: must be an integer, not "8 GiB". Guest memory in MiB.']],
         ["a wrong type in a list", "vms:\n  a:\n    devices: [gpu, 7]\n", ["3:20: vms.a.devices[1]: must be a string or a map, not 7. The name of an entry under `bindings`. For example: \"gpu\" or \"win11\"."]],
@@ -210,7 +210,7 @@ describe("bad input: errors with line, column and the offending key", () => {
             ["3:42: mdevs.b.uuid: UUID 6c1f3e0a-4b9d-4c6e-9a51-0d2f7b8e1a35 is already the UUID of mdevs.a (line 2); mdev UUIDs are unique on a host (the kernel answers EEXIST)"],
         ],
         ["broken YAML", "vms:\n  a: { memoryMb: 1024\n", ["3:1: : YAML syntax: Flow map in block collection must be sufficiently indented and end with a }"]],
-        ["not a map", "- a\n- b\n", ["1:1: : a host definition is a map with the keys name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms"]],
+        ["not a map", "- a\n- b\n", ["1:1: : a host definition is a map with the keys name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms"]],
     ])("%s", (_what, text, expected) => {
         expect(problems(text)).toEqual(expected);
     });
@@ -244,8 +244,8 @@ describe("a file with nothing in it is refused, not read as a host with nothing 
         ["a comment-only file", "# yaml-language-server: $schema=./schema.json\n# bindings:\n#   gpu: { device: \"01:00.0\" }\n", `1:1: : the host file has only comments: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
         ["null", "null\n", `1:1: : the host file is null: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
         ["~", "--- ~\n", `1:1: : the host file is null: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
-        ["a file cut after its name", "name: gpu-box\n", `1:1: : none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
-        ["an empty map", "{}\n", `1:1: : none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
+        ["a file cut after its name", "name: gpu-box\n", `1:1: : none of the sections bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
+        ["an empty map", "{}\n", `1:1: : none of the sections bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
     ])("%s", (_what, text, expected) => {
         expect(problems(text)).toEqual([expected]);
     });
@@ -446,6 +446,16 @@ describe("pulumi-vfio init", () => {
         expect(await main(["init"], io)).toBe(0);
         expect(seen.stdout).toMatch(/# WARNING: .*intel_iommu=on.*\n/);
         expect(() => parseHostDefinition(seen.stdout)).not.toThrow();
+    });
+
+    test("without an IOMMU it proposes the BootConfig that turns it on and claims the second GPU's functions at boot", async () => {
+        const inv = await getHostInventory(new FakeHost(fakeKernelWithoutIommu()));
+        const text = renderHostYaml(inv, { uncommented: true });
+        expect(parseHostDefinition(text).bootConfig).toEqual({ kernelParameters: ["intel_iommu=on", "iommu=pt"], earlyBinding: ["0000:01:00.0", "0000:01:00.1"] });
+        // As written, everything is a comment: nothing happens until the user uncomments it.
+        expect(renderHostYaml(inv)).toContain("# bootConfig:\n#   kernelParameters: [intel_iommu=on, iommu=pt]\n");
+        const on = renderHostYaml(await getHostInventory(new FakeHost(fakeLabKernel())), { uncommented: true });
+        expect(parseHostDefinition(on).bootConfig).toBeUndefined();
     });
 
     test("--ssh writes the connection (the key file's path, never the key) and -o writes the file once", async () => {
