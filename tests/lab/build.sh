@@ -224,7 +224,8 @@ chroot "$ROOT" update-initramfs -u -k "$KVER" > "$WORK/initramfs.log" 2>&1 \
 
 # --- 3b. a real boot path: OVMF -> esp-grub.img (GRUB) -> /boot/grub/grub.cfg on the root disk -------------------
 # The -kernel path never reads a boot loader file; tests/lab/boot.lab.test.ts boots this way instead, so what
-# BootConfig writes is what boots. Here the IOMMU starts off: the command line has no intel_iommu=on.
+# BootConfig writes is what boots. Its command line starts without intel_iommu=on iommu=pt (Debian's 6.1 kernel
+# enables the emulated VT-d by itself, so the groups exist anyway; the test checks the parameters arrive).
 cat > "$ROOT/etc/default/grub" <<'EOF'
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
