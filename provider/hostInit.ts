@@ -68,8 +68,22 @@ export function renderHostYaml(inv: HostInventory, opts: InitOptions = {}): stri
         out.push("");
     }
 
-    // ---- bindings: every GPU, with what shares its IOMMU group
     const gpus = inv.devices.filter((d) => isGpu(d) && !d.physfn);
+
+    // ---- bootConfig: with the IOMMU off, nothing else can work; propose turning it on at the next boot
+    if (!inv.iommu.enabled) {
+        const slot = (a: string) => a.slice(0, a.lastIndexOf("."));
+        const guest = gpus.find((g) => !g.bootVga);
+        const claim = guest ? inv.devices.filter((d) => slot(d.address) === slot(guest.address)).map((d) => d.address) : [];
+        info(0, "The IOMMU is off: a BootConfig turns it on from the next boot (AMD CPUs: amd_iommu=on instead), and can");
+        info(0, "claim the passthrough GPU's functions for vfio-pci before their host drivers load. `pulumi up` then reboots");
+        info(0, "with `reboot: ifNeeded` (over SSH), or tells you `pendingReboot`.");
+        snippet(0, ["bootConfig:", "  kernelParameters: [intel_iommu=on, iommu=pt]"]);
+        if (claim.length) snippet(0, [`  earlyBinding: [${claim.map(q).join(", ")}]`]);
+        out.push("");
+    }
+
+    // ---- bindings: every GPU, with what shares its IOMMU group
     const bindingNames: string[] = [];
     out.push("bindings:");
     if (!gpus.length) info(2, "No GPU (PCI class 03xx) found on this host.");

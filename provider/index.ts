@@ -20,3 +20,4 @@ export { mdevInstance } from "./mdevInstance";
 export { virtualFunctions } from "./virtualFunctions";
 export * as mdev from "./sysfs/mdev";
 export * as sriov from "./sysfs/sriov";
+export { bootConfig } from "./bootConfig";

@@ -4,16 +4,17 @@
  * Plain JSON, so the same plan drives the ComponentResource (sdk/vfioHost.ts) and the engine-boundary tests (which
  * replay it through the real dynamic-provider plugin).
  *
- * Order: bindings, virtual functions, the bindings of VFs that VMs use, mdevs, kvmfr devices (by index), VMs; so
+ * Order: the boot configuration, bindings, virtual functions, the bindings of VFs that VMs use, mdevs, kvmfr devices (by index), VMs; so
  * VMs come after everything they hold, and a destroy in reverse order stops them first.
  */
 import type { ImplementationName } from "./provider";
 import { defaultMdevUuid } from "../provider/sysfs/mdev";
 import { HostConnection, HostDefinition, VmEntry, vfBindingKey, vmName } from "./hostDefinition";
 
-export type PlannedType = "IommuBinding" | "VirtualFunctions" | "MdevInstance" | "KvmfrDevice" | "PassthroughVm";
+export type PlannedType = "BootConfig" | "IommuBinding" | "VirtualFunctions" | "MdevInstance" | "KvmfrDevice" | "PassthroughVm";
 
 export const KIND_OF: Record<PlannedType, ImplementationName> = {
+    BootConfig: "bootConfig",
     IommuBinding: "iommuBinding",
     VirtualFunctions: "virtualFunctions",
     MdevInstance: "mdevInstance",
@@ -131,6 +132,8 @@ export function planHost(hostName: string, def: HostDefinition, ctx: { project: 
         resources.push({ ...r, dependsOn, replaceWith: r.replaceWith ?? [] });
     };
 
+    // The boot configuration first: with `reboot: ifNeeded` the host reboots before anything else is changed.
+    if (def.bootConfig) add({ name: nameOf("boot"), type: "BootConfig", entry: "bootConfig", inputs: strip({ ...def.bootConfig }) });
     for (const [key, b] of Object.entries(def.bindings ?? {})) {
         add({ name: nameOf(key), type: "IommuBinding", entry: `bindings.${key}`, inputs: strip({ ...b }) });
     }
@@ -177,6 +180,9 @@ export function planHost(hostName: string, def: HostDefinition, ctx: { project: 
         const held = refsIn(inputs);
         add({ name: nameOf(key), type: "PassthroughVm", entry: `vms.${key}`, inputs, replaceWith: held });
     }
+    // Everything else comes after the boot configuration (with `reboot: ifNeeded`, after the reboot), and a destroy
+    // removes it last.
+    if (def.bootConfig) for (const r of resources) if (r.type !== "BootConfig") r.dependsOn.unshift(nameOf("boot"));
     return { host: hostName, ...(def.connection ? { connection: def.connection } : {}), resources };
 }
 

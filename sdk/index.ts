@@ -13,6 +13,7 @@ export { KvmfrDevice, KvmfrDeviceArgs, KvmfrActual } from "./kvmfrDevice";
 export { PassthroughVm, PassthroughVmArgs, PassthroughDeviceArgs, MdevArgs, SharedMemoryArgs, DiskArgs, CpuArgs, NetworkArgs, HostDevice } from "./passthroughVm";
 export { MdevInstance, MdevInstanceArgs, MdevAttrArgs, VramBoundsArgs } from "./mdevInstance";
 export { VirtualFunctions, VirtualFunctionsArgs, VirtualFunction } from "./virtualFunctions";
+export { BootConfig, BootConfigArgs, ModuleSettingArgs } from "./bootConfig";
 export { VfioHost, VfioHostOptions, VfioHostResource } from "./vfioHost";
 export {
     loadHostDefinition,

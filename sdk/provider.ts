@@ -1,7 +1,7 @@
 import * as pulumi from "@pulumi/pulumi";
 
 /** The resource implementations in `pulumi-vfio/provider` that a serialized provider may call. */
-export type ImplementationName = "iommuBinding" | "mdevInstance" | "virtualFunctions" | "kvmfrDevice" | "passthroughVm";
+export type ImplementationName = "iommuBinding" | "mdevInstance" | "virtualFunctions" | "kvmfrDevice" | "passthroughVm" | "bootConfig";
 
 /**
  * The dynamic provider stored in each resource's state: a thin closure that captures nothing but `kind` and

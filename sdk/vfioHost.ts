@@ -1,5 +1,6 @@
 import * as fs from "fs";
 import * as pulumi from "@pulumi/pulumi";
+import { BootConfig } from "./bootConfig";
 import { HostDefinition, HostDefinitionError, checkHostDefinition, loadHostDefinition } from "./hostDefinition";
 import { HostPlan, PlannedResource, PlannedType, mapRefs, planHost, refOutputs, resolveOutputRef } from "./hostPlan";
 import { IommuBinding } from "./iommuBinding";
@@ -9,7 +10,7 @@ import { PassthroughVm } from "./passthroughVm";
 import { ConnectionArgs } from "./types";
 import { VirtualFunctions } from "./virtualFunctions";
 
-export type VfioHostResource = IommuBinding | VirtualFunctions | MdevInstance | KvmfrDevice | PassthroughVm;
+export type VfioHostResource = BootConfig | IommuBinding | VirtualFunctions | MdevInstance | KvmfrDevice | PassthroughVm;
 
 export interface VfioHostOptions extends pulumi.ComponentResourceOptions {
     /**
@@ -20,6 +21,7 @@ export interface VfioHostOptions extends pulumi.ComponentResourceOptions {
 }
 
 const CONSTRUCTORS: Record<PlannedType, new (name: string, args: any, opts?: pulumi.CustomResourceOptions) => VfioHostResource> = {
+    BootConfig,
     IommuBinding,
     VirtualFunctions,
     MdevInstance,

@@ -11,6 +11,7 @@
  *   /etc/udev/rules.d/99-kvmfr.rules SUBSYSTEM=="kvmfr", KERNEL=="kvmfr0", OWNER="...", GROUP="kvm", MODE="0660"
  */
 import { ivshmemArgs } from "../qemu/cmdline";
+import { moduleOptions, optionsLine } from "../boot/modprobe";
 
 export const KVMFR_MODULE = "kvmfr";
 export const KVMFR_MAX_DEVICES = 10;
@@ -59,24 +60,15 @@ export function kvmfrSizeMb(width: number, height: number, hdr = false, formula:
 
 /** The `static_size_mb` array of a modprobe.d file's `options kvmfr ...` lines (the last one wins, as in modprobe). */
 export function parseModprobeConf(text: string | undefined): number[] {
-    let sizes: number[] = [];
-    for (const raw of (text ?? "").split("\n")) {
-        const line = raw.replace(/#.*/, "").trim();
-        const m = /^options\s+kvmfr\s+(.*)$/.exec(line);
-        if (!m) continue;
-        for (const opt of m[1].split(/\s+/)) {
-            const [k, v] = opt.split("=");
-            if (k === "static_size_mb" && v !== undefined) sizes = v.split(",").filter((x) => x !== "").map(Number);
-        }
-    }
-    return sizes;
+    const v = moduleOptions(text, KVMFR_MODULE).static_size_mb;
+    return v === undefined ? [] : v.split(",").filter((x) => x !== "").map(Number);
 }
 
 export function renderModprobeConf(sizes: number[]): string {
     return [
         "# Written by pulumi-vfio (KvmfrDevice): one size in MiB per /dev/kvmfrN, in order. Shared by every KvmfrDevice",
         "# on this host; changing it takes effect when the kvmfr module is reloaded.",
-        `options kvmfr static_size_mb=${sizes.join(",")}`,
+        optionsLine(KVMFR_MODULE, { static_size_mb: sizes }),
         "",
     ].join("\n");
 }

@@ -57,9 +57,9 @@ export function parseHostDefinition(text: string, opts: ParseOptions = {}): Host
     const problems = checkHostDefinition(data, locate).map((p) => ({ file, ...p }));
     if (problems.length) throw new HostDefinitionError(problems);
     // After the schema: a misspelt section (`vm:`) is better told as such.
-    if (isMap(doc.contents) && !SECTIONS.some((s) => s in data)) {
+    if (isMap(doc.contents) && !SECTIONS.some((s) => s in data) && !("bootConfig" in data)) {
         const { line, col } = lc.linePos(doc.contents.range?.[0] ?? 0);
-        throw new HostDefinitionError([{ file, line, column: col, path: "", message: `none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICITLY_EMPTY}` }]);
+        throw new HostDefinitionError([{ file, line, column: col, path: "", message: `none of the sections bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICITLY_EMPTY}` }]);
     }
     return finish(data as HostDefinition, file);
 }
@@ -112,7 +112,7 @@ export function resolveKeyFile(p: string, baseDir: string): string {
  */
 export function checkHostDefinition(input: unknown, locate: Locate = () => undefined): HostProblem[] {
     if (input === null || typeof input !== "object" || Array.isArray(input)) {
-        return [{ path: "", line: 1, column: 1, message: "a host definition is a map with the keys name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms" }];
+        return [{ path: "", line: 1, column: 1, message: "a host definition is a map with the keys name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms" }];
     }
     // Empty sections (`vms:` with every entry commented out) are empty, not null.
     const data: Record<string, unknown> = { ...(input as Record<string, unknown>) };

@@ -42,6 +42,8 @@ export function semanticProblems(def: HostDefinition, locate: Locate): HostProbl
 
     // Names: one name, one thing (resource names are <host>-<entry>, and a reader should not have to ask which).
     const firstUse = new Map<string, Segment[]>();
+    // The boot configuration's resource is `<host>-boot`: an entry of that name would share it.
+    if (def.bootConfig) firstUse.set("boot", ["bootConfig"]);
     for (const s of SECTIONS) {
         for (const [key] of entries(s)) {
             const prev = firstUse.get(key);

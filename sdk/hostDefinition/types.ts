@@ -2,6 +2,7 @@
  * host.yaml's shapes (the entries VfioHost turns into resources) and the problem type every check reports.
  * The JSON Schema (schema/host.schema.json) is what a file is checked against; these types follow it.
  */
+import type { BootConfigInputs } from "../../provider/bootConfig";
 
 /** How to reach the host over SSH (no secrets: an ssh-agent, or a key file read when the program runs). */
 export interface HostConnection {
@@ -98,12 +99,17 @@ export interface VmEntry {
     extraArgs?: string[];
 }
 
+/** A BootConfig's inputs, without the connection (the host's applies). */
+export type BootConfigEntry = Omit<BootConfigInputs, "connection" | "plan">;
+
 /** A host as host.yaml describes it (see schema/host.schema.json). */
 export interface HostDefinition {
     /** The host's name in Pulumi (resource names are `<name>-<entry>`). */
     name?: string;
     /** SSH connection; absent: the machine running pulumi. */
     connection?: HostConnection;
+    /** The boot configuration (a BootConfig named `<name>-boot`); see schema/boot-config.schema.json. */
+    bootConfig?: BootConfigEntry;
     bindings?: Record<string, BindingEntry>;
     virtualFunctions?: Record<string, VirtualFunctionsEntry>;
     mdevs?: Record<string, MdevEntry>;

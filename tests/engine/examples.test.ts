@@ -9,6 +9,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { FakeKernel, fakeLabKernel } from "../fake";
+import { addGrubBoot } from "../fake/boot";
 import { installKvmfr, kvmfr } from "../fake/kvmfr";
 import { addMdevParent, mdev } from "../fake/mdev";
 import { pci } from "../fake/pci";
@@ -31,7 +32,8 @@ class Machine {
         prepare: (k: FakeKernel) => void,
     ) {
         this.file = path.join(dir, `${name}.json`);
-        const k = fakeLabKernel();
+        // Every example host boots with Debian's GRUB, as the examples' boot half expects.
+        const k = addGrubBoot(fakeLabKernel());
         prepare(k);
         fs.writeFileSync(this.file, JSON.stringify(k.state));
     }
@@ -134,6 +136,9 @@ test("yaml-host converges the same host from host.yaml", async () => {
     });
     await converge(machine, await engineFor(machine, "yaml-host"), run.hosts[0].plan, (k) => {
         expect(pci(k).devices["0000:01:00.0"].driver).toBe("vfio-pci");
+        // The boot half is written for the next boot: GRUB's line and the early binding of the pair.
+        expect(k.state.files["/boot/grub/grub.cfg"].data).toMatch(/ intel_iommu=on iommu=pt\n/);
+        expect(k.state.files["/usr/local/sbin/pulumi-vfio-claim"].data).toContain("for dev in 0000:01:00.0 0000:01:00.1; do");
         expect(running(k).map((p) => p.argv[p.argv.indexOf("-name") + 1])).toEqual(["win11"]);
     });
 });

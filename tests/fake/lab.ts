@@ -12,10 +12,12 @@ import { addKvmfr } from "./kvmfr";
 import { addQemu } from "./qemu";
 import { addMdev } from "./mdev";
 import { labSystemState, systemSubsystem } from "./system";
+import { bootSubsystem } from "./boot";
 
-/** Subsystems beyond PCI (mdev, kvmfr, QEMU) register here so every fake machine has them. */
+/** Subsystems beyond PCI (mdev, kvmfr, QEMU, the system's mounts and network, the boot path) register here so every
+ *  fake machine has them. */
 export const extraSubsystems: ((k: FakeKernel) => void)[] = [];
-extraSubsystems.push(addKvmfr, addQemu, addMdev, (k) => void k.use(systemSubsystem));
+extraSubsystems.push(addKvmfr, addQemu, addMdev, (k) => void k.use(systemSubsystem), (k) => void k.use(bootSubsystem, { first: true }));
 
 function dev(address: string, ids: string, cls: string, group: number, driver: string | null, extra: Partial<FakePciDevice> = {}): FakePciDevice {
     const [vendor, device] = ids.split(":");

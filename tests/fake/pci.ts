@@ -209,6 +209,7 @@ function deviceNode(k: FakeKernel, d: FakePciDevice, rest: string[]): FakeNode |
         subsystem_device: () => file(() => d.subsystemDevice + "\n"),
         class: () => file(() => d.class + "\n"),
         numa_node: () => file(() => d.numaNode + "\n"),
+        modalias: () => file(() => modalias(d) + "\n"),
         driver_override: () =>
             file(
                 () => (d.override ?? "(null)") + "\n",
@@ -381,7 +382,10 @@ export const pciSubsystem: FakeSubsystem = {
             if (path === "/sys/module") return dir(() => s.loaded);
             const mod = p[2];
             if (!s.loaded.includes(mod) && !Object.values(s.drivers).some((d) => d.builtin && d.module === mod)) return undefined;
-            if (p.length === 3) return dir(() => ["parameters", "refcnt"]);
+            const builtin = Object.values(s.drivers).some((d) => d.builtin && d.module === mod);
+            if (p.length === 3) return dir(() => (builtin ? ["parameters"] : ["parameters", "refcnt", "initstate"]));
+            // Only a loadable module has an initstate (kernel/module/sysfs.c); a built-in one shows parameters alone.
+            if (p[3] === "initstate" && p.length === 4 && !builtin) return file(() => "live\n");
             if (p[3] === "refcnt" && p.length === 4) {
                 return file(() => Object.values(s.devices).filter((d) => d.driver && s.drivers[d.driver]?.module === mod).length + "\n");
             }
@@ -411,6 +415,12 @@ export const pciSubsystem: FakeSubsystem = {
 /** Loading a module registers its drivers, which attach to unbound devices (override first, as the kernel does). */
 function modprobe(k: FakeKernel, args: string[]): ExecResult {
     const s = pci(k);
+    if (args[0] === "-R" || args[0] === "--resolve-alias") {
+        // The modules whose aliases match (modules.alias and modules.builtin.alias): by id table or class here.
+        const d = Object.values(s.devices).find((x) => modalias(x) === args[1]);
+        const mods = d ? [...new Set(Object.values(s.drivers).filter((drv) => drv.ids.length + (drv.classes?.length ?? 0) > 0 && driverMatches(drv, d)).map((drv) => drv.module))] : [];
+        return mods.length ? { code: 0, stdout: mods.join("\n") + "\n" } : { code: 1, stderr: `modprobe: FATAL: Module ${args[1]} not found in directory /lib/modules/${s.kernelRelease}` };
+    }
     const flags = args.filter((a) => a.startsWith("-"));
     const names = args.filter((a) => !a.startsWith("-"));
     const dryRun = flags.includes("-n") || flags.includes("--dry-run");
@@ -435,4 +445,29 @@ function modprobe(k: FakeKernel, args: string[]): ExecResult {
     s.loaded.push(mod);
     for (const drv of drivers) for (const d of Object.values(s.devices)) attach(k, d, drv);
     return { code: 0 };
+}
+
+/** A device's `modalias` (drivers/pci/pci-sysfs.c: `pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X`). */
+export function modalias(d: FakePciDevice): string {
+    const hex8 = (v: string) => v.replace(/^0x/, "").toUpperCase().padStart(8, "0");
+    const c = d.class.replace(/^0x/, "").toUpperCase().padStart(6, "0");
+    return `pci:v${hex8(d.vendor)}d${hex8(d.device)}sv${hex8(d.subsystemVendor)}sd${hex8(d.subsystemDevice)}bc${c.slice(0, 2)}sc${c.slice(2, 4)}i${c.slice(4, 6)}`;
+}
+
+/**
+ * What a reboot does to PCI: every override and binding is gone, `claimed` addresses get `vfio-pci` in
+ * driver_override before any driver loads (the initramfs's early binding), and drivers then attach as at boot,
+ * vfio-pci first when anything is claimed.
+ */
+export function bootPci(k: FakeKernel, claimed: string[], bootModules: string[]): void {
+    const s = pci(k);
+    for (const d of Object.values(s.devices)) {
+        d.driver = null;
+        d.override = claimed.includes(d.address) ? "vfio-pci" : null;
+        d.stuck = false;
+    }
+    s.loaded = [];
+    if (claimed.length) modprobe(k, ["vfio_pci"]);
+    for (const m of bootModules) modprobe(k, [m]);
+    for (const d of Object.values(s.devices)) attach(k, d);
 }

@@ -25,7 +25,8 @@ die() { log "ERROR: $*"; exit 1; }
 # --- host packages ------------------------------------------------------------------------------------
 # debootstrap/qemu/e2fsprogs/ssh per LAB.md; gcc (12) + make + xz-utils build the mdev samples against the
 # guest kernel's headers (Debian builds its 6.1 kernel with gcc-12, the compiler the headers expect).
-HOST_PKGS=(debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client gcc make xz-utils util-linux)
+# ovmf + fdisk (sfdisk) + mtools + dosfstools: the UEFI boot path through GRUB (esp-grub.img, the boot-configuration lab test).
+HOST_PKGS=(debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client gcc make xz-utils util-linux fdisk ovmf mtools dosfstools)
 
 ensure_host_packages() {
   local missing=() p
@@ -116,6 +117,8 @@ mkdir -p "$WORK"
 # --- 1. debootstrap ----------------------------------------------------------------------------------------
 GUEST_PKGS=linux-image-amd64,systemd-sysv,udev,kmod,iproute2,openssh-server,pciutils,qemu-system-x86,socat
 GUEST_PKGS+=,ifupdown,isc-dhcp-client,procps,bash,driverctl,mdevctl,nodejs,util-linux,findutils,coreutils
+# Debian's GRUB for EFI without its grub-install postinst (grub2-common: update-grub; -bin: the x86_64-efi modules).
+GUEST_PKGS+=,grub-efi-amd64-bin,grub2-common
 log "debootstrap $SUITE from $MIRROR (takes ~2 min)"
 run_long debootstrap --variant=minbase --include="$GUEST_PKGS" "$SUITE" "$ROOT" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
   || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -218,6 +221,51 @@ echo 'MODULES=list' > "$ROOT/etc/initramfs-tools/conf.d/lab"
 printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >> "$ROOT/etc/initramfs-tools/modules"
 chroot "$ROOT" update-initramfs -u -k "$KVER" > "$WORK/initramfs.log" 2>&1 \
   || { cat "$WORK/initramfs.log" >&2; die "update-initramfs failed"; }
+
+# --- 3b. a real boot path: OVMF -> esp-grub.img (GRUB) -> /boot/grub/grub.cfg on the root disk -------------------
+# The -kernel path never reads a boot loader file; tests/lab/boot.lab.test.ts boots this way instead, so what
+# BootConfig writes is what boots. Its command line starts without intel_iommu=on iommu=pt (Debian's 6.1 kernel
+# enables the emulated VT-d by itself, so the groups exist anyway; the test checks the parameters arrive).
+cat > "$ROOT/etc/default/grub" <<'EOF'
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=0
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=ttyS0 net.ifnames=0 panic=-1"
+GRUB_TERMINAL=serial
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_DISABLE_OS_PROBER=true
+GRUB_DISABLE_RECOVERY=true
+EOF
+# update-grub needs the guest's own root device (grub-probe), so the first grub.cfg is written here; the lab test
+# runs update-grub in the guest before anything else.
+mkdir -p "$ROOT/boot/grub"
+cat > "$ROOT/boot/grub/grub.cfg" <<EOF
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+menuentry 'Debian GNU/Linux (lab, first boot)' {
+  search --no-floppy --label labroot --set=root
+  linux /boot/vmlinuz-$KVER root=/dev/vda ro console=ttyS0 net.ifnames=0 panic=-1
+  initrd /boot/initrd.img-$KVER
+}
+EOF
+# A standalone GRUB on the ESP finds the root disk by label and reads its grub.cfg.
+printf 'search --no-floppy --label labroot --set=root\nconfigfile ($root)/boot/grub/grub.cfg\n' > "$ROOT/tmp/lab-embed.cfg"
+chroot "$ROOT" grub-mkstandalone -O x86_64-efi -o /tmp/BOOTX64.EFI \
+  --modules="part_gpt ext2 fat search search_label configfile linux normal serial terminal echo" \
+  "boot/grub/grub.cfg=/tmp/lab-embed.cfg" > "$WORK/grub.log" 2>&1 || { cat "$WORK/grub.log" >&2; die "grub-mkstandalone failed"; }
+mv "$ROOT/tmp/BOOTX64.EFI" "$WORK/BOOTX64.EFI"; rm -f "$ROOT/tmp/lab-embed.cfg"
+# The ESP as a GPT disk image, without loop devices: the FAT file system is made in a file, filled with mtools,
+# and written at the partition's offset (2048 sectors).
+truncate -s 34M "$WORK/esp-grub.img"
+printf 'label: gpt\nstart=2048, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP\n' | sfdisk -q "$WORK/esp-grub.img" >/dev/null
+mkfs.vfat -C -n LABESP "$WORK/esp.fat" 32768 >/dev/null
+mmd -i "$WORK/esp.fat" ::/EFI ::/EFI/BOOT
+mcopy -i "$WORK/esp.fat" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+dd if="$WORK/esp.fat" of="$WORK/esp-grub.img" bs=512 seek=2048 conv=notrunc status=none
+rm -f "$WORK/esp.fat" "$WORK/BOOTX64.EFI"
 
 # Smaller image: documentation and package caches are of no use in a throwaway VM.
 rm -rf "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* \

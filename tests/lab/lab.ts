@@ -51,7 +51,20 @@ export interface LabImage {
     initrd: string;
     privateKeyPath: string;
     manifest: LabManifest;
+    /** The ESP disk (GPT, FAT) with a standalone GRUB that boots the root disk's /boot/grub/grub.cfg. */
+    espGrub: string;
 }
+
+/**
+ * How the lab boots: `kernel` (QEMU's -kernel/-initrd/-append: fast, the IOMMU on, no boot loader reads any file)
+ * or `grub` (OVMF → the ESP's GRUB → the guest's own /boot/grub/grub.cfg, as a real host boots; the command line is
+ * the guest's /etc/default/grub's, without intel_iommu=on until a test adds it).
+ */
+export type LabBoot = "kernel" | "grub";
+
+/** Debian's ovmf package: the 4 MiB firmware code and the template of its variable store. */
+export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 export type Accel = "kvm" | "tcg";
 
@@ -206,6 +219,7 @@ export function findLabImage(): LabImage | { skip: string } {
         initrd: path.join(dir, "initrd.img"),
         privateKeyPath: path.join(dir, "id_ed25519"),
         manifest,
+        espGrub: path.join(dir, "esp-grub.img"),
     };
 }
 
@@ -796,6 +810,7 @@ export function qemuArgs(o: {
     memoryMb: number;
     port: number;
     runDir: string;
+    boot?: LabBoot;
 }): string[] {
     const accel =
         o.accel === "kvm"
@@ -812,9 +827,19 @@ export function qemuArgs(o: {
         // console GPU (boot_vga=1), which makes 01:00.0 a secondary GPU (boot_vga=0) as on a passthrough host.
         "-vga", "std",
         "-display", "none",
-        "-kernel", o.image.kernel,
-        "-initrd", o.image.initrd,
-        "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt net.ifnames=0 panic=-1",
+        ...(o.boot === "grub"
+            ? [
+                  // UEFI: OVMF's code read-only, a per-run copy of its variable store, the ESP as the second disk.
+                  "-drive", `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`,
+                  "-drive", `if=pflash,format=raw,unit=1,file=${path.join(o.runDir, "OVMF_VARS.fd")}`,
+                  "-drive", `file=${o.image.espGrub},if=none,id=esp,format=raw,snapshot=on`,
+                  "-device", "virtio-blk-pci,drive=esp,addr=0x4",
+              ]
+            : [
+                  "-kernel", o.image.kernel,
+                  "-initrd", o.image.initrd,
+                  "-append", "root=/dev/vda rw console=ttyS0 intel_iommu=on iommu=pt net.ifnames=0 panic=-1",
+              ]),
         "-drive", `file=${o.image.disk},if=none,id=disk0,format=raw,snapshot=on`,
         "-device", "virtio-blk-pci,drive=disk0,addr=0x3",
         // restrict=on: the guest reaches nothing outside; hostfwd on loopback only.
@@ -860,11 +885,15 @@ class BootedLab extends LabClient implements LabVm {
     }
 }
 
-async function startQemu(image: LabImage, accel: Accel, memoryMb: number, runDir: string): Promise<{ pid: number; port: number }> {
+async function startQemu(image: LabImage, accel: Accel, memoryMb: number, runDir: string, boot: LabBoot): Promise<{ pid: number; port: number }> {
     const errLog = path.join(runDir, "qemu.log");
+    if (boot === "grub") {
+        for (const f of [OVMF_CODE, OVMF_VARS, image.espGrub]) if (!fs.existsSync(f)) throw new Error(`lab: the GRUB boot path needs ${f} (apt-get install ovmf; npm run lab:build)`);
+        fs.copyFileSync(OVMF_VARS, path.join(runDir, "OVMF_VARS.fd"));
+    }
     for (let attempt = 1; ; attempt++) {
         const port = await freePort();
-        const args = qemuArgs({ image, accel, memoryMb, port, runDir });
+        const args = qemuArgs({ image, accel, memoryMb, port, runDir, boot });
         fs.writeFileSync(path.join(runDir, "qemu.args"), JSON.stringify(args) + "\n");
         // The snapshot=on overlay goes to $TMPDIR: keep it in the run dir.
         const r = await run("qemu-system-x86_64", args, { timeoutMs: 60_000, env: { ...process.env, TMPDIR: runDir } });
@@ -905,7 +934,7 @@ async function waitForSsh(vm: LabClient, timeoutMs: number): Promise<void> {
 }
 
 /** Boots a lab VM and waits for SSH. Throws if the image is missing (see findLabImage for a soft check). */
-export async function bootLab(opts: { memoryMb?: number; accel?: Accel; log?: (msg: string) => void } = {}): Promise<LabVm> {
+export async function bootLab(opts: { memoryMb?: number; accel?: Accel; boot?: LabBoot; log?: (msg: string) => void } = {}): Promise<LabVm> {
     const found = findLabImage();
     if ("skip" in found) throw new Error(`lab unavailable: ${found.skip}`);
     const image = found;
@@ -921,17 +950,17 @@ export async function bootLab(opts: { memoryMb?: number; accel?: Accel; log?: (m
         log(`accel ${accel} (${c.detail})`);
     }
     try {
-        return await bootOnce(image, accel, opts.memoryMb ?? 3072, log);
+        return await bootOnce(image, accel, opts.memoryMb ?? 3072, log, opts.boot ?? "kernel");
     } catch (e) {
         if (accel !== "kvm" || opts.accel || process.env.PULUMI_VFIO_LAB_ACCEL) throw e;
         // The probe passed but this kernel does not boot under KVM here: remember, and fall back to TCG.
         recordProbe(image, false, `KVM boot failed: ${(e as Error).message.split("\n")[0]}`);
         log("KVM boot failed; retrying with TCG");
-        return bootOnce(image, "tcg", opts.memoryMb ?? 3072, log);
+        return bootOnce(image, "tcg", opts.memoryMb ?? 3072, log, opts.boot ?? "kernel");
     }
 }
 
-async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (msg: string) => void): Promise<LabVm> {
+async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (msg: string) => void, boot: LabBoot): Promise<LabVm> {
     fs.mkdirSync(runRoot(), { recursive: true, mode: 0o700 });
     const runDir = fs.mkdtempSync(path.join(runRoot(), "run-"));
     const owner: Owner = { ownerPid: process.pid, startedAt: Date.now() };
@@ -943,7 +972,7 @@ async function bootOnce(image: LabImage, accel: Accel, memoryMb: number, log: (m
     const t0 = Date.now();
     let pid = 0;
     try {
-        const started = await startQemu(image, accel, memoryMb, runDir);
+        const started = await startQemu(image, accel, memoryMb, runDir, boot);
         pid = started.pid;
         live.set(pid, runDir);
         startWatchdog(pid);

@@ -113,7 +113,7 @@ describe("bad input: errors with line, column and the offending key", () => {
             "bindings:\n  gpu:\n    device: \"01:00.0\"\n    persistant: true\n",
             ['4:5: bindings.gpu.persistant: unknown key "persistant"; did you mean "persistent"? (allowed here: device, driver, wholeGroup, allowBootVga, allowHostCritical, persistent)'],
         ],
-        ["a typo'd section", "vm:\n  a: {}\n", ['1:1: vm: unknown key "vm"; did you mean "vms"? (allowed here: name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms)']],
+        ["a typo'd section", "vm:\n  a: {}\n", ['1:1: vm: unknown key "vm"; did you mean "vms"? (allowed here: name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms)']],
         ["a typo'd key deep in a VM", "vms:\n  a:\n    cpu: { cores: 2, thread: 2 }\n", ['3:22: vms.a.cpu.thread: unknown key "thread"; did you mean "threads"? (allowed here: model, sockets, cores, threads, pinning)']],
         ["a wrong type", "vms:\n  a:\n    memoryMb: 8 GiB\n", ['3:15: vms.a.memoryMb: must be an integer, not "8 GiB". Guest memory in MiB.']],
         ["a wrong type in a list", "vms:\n  a:\n    devices: [gpu, 7]\n", ["3:20: vms.a.devices[1]: must be a string or a map, not 7. The name of an entry under `bindings`. For example: \"gpu\" or \"win11\"."]],
@@ -210,7 +210,7 @@ describe("bad input: errors with line, column and the offending key", () => {
             ["3:42: mdevs.b.uuid: UUID 6c1f3e0a-4b9d-4c6e-9a51-0d2f7b8e1a35 is already the UUID of mdevs.a (line 2); mdev UUIDs are unique on a host (the kernel answers EEXIST)"],
         ],
         ["broken YAML", "vms:\n  a: { memoryMb: 1024\n", ["3:1: : YAML syntax: Flow map in block collection must be sufficiently indented and end with a }"]],
-        ["not a map", "- a\n- b\n", ["1:1: : a host definition is a map with the keys name, connection, bindings, virtualFunctions, mdevs, kvmfr, vms"]],
+        ["not a map", "- a\n- b\n", ["1:1: : a host definition is a map with the keys name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms"]],
     ])("%s", (_what, text, expected) => {
         expect(problems(text)).toEqual(expected);
     });
@@ -244,8 +244,8 @@ describe("a file with nothing in it is refused, not read as a host with nothing 
         ["a comment-only file", "# yaml-language-server: $schema=./schema.json\n# bindings:\n#   gpu: { device: \"01:00.0\" }\n", `1:1: : the host file has only comments: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
         ["null", "null\n", `1:1: : the host file is null: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
         ["~", "--- ~\n", `1:1: : the host file is null: expected a map with the sections bindings, virtualFunctions, mdevs, kvmfr, vms (and name, connection); ${EXPLICIT}`],
-        ["a file cut after its name", "name: gpu-box\n", `1:1: : none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
-        ["an empty map", "{}\n", `1:1: : none of the sections bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
+        ["a file cut after its name", "name: gpu-box\n", `1:1: : none of the sections bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
+        ["an empty map", "{}\n", `1:1: : none of the sections bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms is in the host file, as in a truncated one; ${EXPLICIT}`],
     ])("%s", (_what, text, expected) => {
         expect(problems(text)).toEqual([expected]);
     });
@@ -448,6 +448,16 @@ describe("pulumi-vfio init", () => {
         expect(() => parseHostDefinition(seen.stdout)).not.toThrow();
     });
 
+    test("without an IOMMU it proposes the BootConfig that turns it on and claims the second GPU's functions at boot", async () => {
+        const inv = await getHostInventory(new FakeHost(fakeKernelWithoutIommu()));
+        const text = renderHostYaml(inv, { uncommented: true });
+        expect(parseHostDefinition(text).bootConfig).toEqual({ kernelParameters: ["intel_iommu=on", "iommu=pt"], earlyBinding: ["0000:01:00.0", "0000:01:00.1"] });
+        // As written, everything is a comment: nothing happens until the user uncomments it.
+        expect(renderHostYaml(inv)).toContain("# bootConfig:\n#   kernelParameters: [intel_iommu=on, iommu=pt]\n");
+        const on = renderHostYaml(await getHostInventory(new FakeHost(fakeLabKernel())), { uncommented: true });
+        expect(parseHostDefinition(on).bootConfig).toBeUndefined();
+    });
+
     test("--ssh writes the connection (the key file's path, never the key) and -o writes the file once", async () => {
         const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pv-init-"));
         const key = path.join(dir, "id_ed25519");
@@ -474,5 +484,37 @@ describe("pulumi-vfio init", () => {
         const { io, seen } = cli(new FakeHost(fakeLabKernel()));
         expect(await main(["init", "--force"], io)).toBe(2);
         expect(seen.stderr).toContain("--force needs -o FILE");
+    });
+});
+
+describe("bootConfig: the boot half of a host file", () => {
+    const BOOT = `name: rig
+bootConfig:
+  kernelParameters: [intel_iommu=on, iommu=pt]
+  earlyBinding: ["0000:01:00.0", "0000:01:00.1"]
+  reboot: ifNeeded
+bindings:
+  gpu: { device: "01:00.0" }
+`;
+
+    test("becomes <name>-boot, planned first, with every other resource after it", () => {
+        const plan = planHost("rig", parseHostDefinition(BOOT, { file: "host.yaml" }), { project: "p", stack: "dev" });
+        expect(plan.resources.map((r) => `${r.type} ${r.name}`)).toEqual(["BootConfig rig-boot", "IommuBinding rig-gpu"]);
+        expect(plan.resources[0].inputs).toEqual({ kernelParameters: ["intel_iommu=on", "iommu=pt"], earlyBinding: ["0000:01:00.0", "0000:01:00.1"], reboot: "ifNeeded" });
+        expect(plan.resources[1].dependsOn).toEqual(["rig-boot"]);
+    });
+
+    test("a file with only the boot half is a host, not an empty file", () => {
+        expect(problems("bootConfig:\n  kernelParameters: [intel_iommu=on]\n")).toEqual([]);
+    });
+
+    test("bad boot input is reported with its position; an entry named boot would share its resource", () => {
+        expect(problems("bootConfig:\n  kernelParameters: [\"intel_iommu=on iommu=pt\"]\n  reboot: sometimes\n")).toEqual([
+            expect.stringMatching(/^2:22: bootConfig\.kernelParameters\[0\]: /),
+            expect.stringMatching(/^3:11: bootConfig\.reboot: must be one of "never", "ifNeeded"/),
+        ]);
+        expect(problems("bootConfig: { kernelParameters: [iommu=pt] }\nbindings:\n  boot: { device: \"01:00.0\" }\n")).toEqual([
+            '3:3: bindings.boot: the name "boot" is already used by bootConfig (line 1); give every entry its own name',
+        ]);
     });
 });
