@@ -1,5 +1,5 @@
 /**
- * What a host offers for passthrough, read in at most three round trips: the IOMMU state (with the fix when it is
+ * What a host offers for passthrough, read in at most three round trips (the boot configuration rides in the first): the IOMMU state (with the fix when it is
  * off), the kernel release, every IOMMU group with its members and VFIO viability, every PCI device (ids, names
  * from pci.ids, driver, override, boot VGA, reset methods, SR-IOV), the mdev types of every mdev parent, the
  * vfio-related modules and the Looking Glass `/dev/kvmfr*` devices.
@@ -22,6 +22,10 @@
 import { Host, Op, OpResult } from "./host/types";
 import { IOMMU_GROUPS, IOMMU_OFF_FIX, iommuStatusOps, memberViable, parseIommuStatus, viabilityProblems } from "./sysfs/iommu";
 import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, isAddress, isBridge, parseDevice } from "./sysfs/pci";
+import { BootSummary, bootSummary } from "./boot/summary";
+import { bootFactsQuery } from "./boot/facts";
+import { defaults as bootDefaults } from "./boot/types";
+import { BatchQuery } from "./host/query";
 import { CRITICAL_READ_OPS, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 
 /** Where distributions install pci.ids (Debian/Ubuntu `pci.ids`, Fedora/Arch/Alpine `hwdata`), in lookup order. */
@@ -137,6 +141,8 @@ export interface HostInventory {
     kvmfr: KvmfrDevice[];
     /** The pci.ids file names came from, null when the host has none. */
     pciIds: string | null;
+    /** The boot loader, the running and the configured command line, and whether a reboot would change it. */
+    boot: BootSummary;
 }
 
 // ------------------------------------------------------------------------------------------------ pci.ids
@@ -263,8 +269,15 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
         { op: "exec", argv: ["awk", "BEGIN { exit 0 }"], optional: true, timeoutMs: 10_000 },
         ...criticalReadOps(),
     ];
+    const criticalAt = first.length - CRITICAL_READ_OPS;
+    // The boot loader and command lines ride in the same round trip.
+    const bootQuery = new BatchQuery();
+    const bootFacts = bootFactsQuery(bootQuery, bootDefaults({}));
+    const bootAt = first.length;
+    first.push(...bootQuery.ops);
     const r1 = await host.run(first);
-    const reads = parseCriticalReads(r1.slice(first.length - CRITICAL_READ_OPS));
+    const reads = parseCriticalReads(r1.slice(criticalAt, bootAt));
+    const boot = bootSummary(bootFacts(r1.slice(bootAt)));
     const addresses = lines(r1[0]).filter(isAddress).sort();
     const iommu = parseIommuStatus(r1.slice(1, 3));
     const kernelRelease = text(r1[3]);
@@ -407,97 +420,8 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
         modules,
         kvmfr,
         pciIds: names ? pciIds : null,
+        boot,
     };
 }
 
-// ------------------------------------------------------------------------------------------------ formatting
-
-/** `mtty-1(24) mtty-2(12)`: type ids with their available instances. */
-export function formatMdevTypes(types: MdevType[]): string {
-    return types.map((t) => `${t.id}(${t.availableInstances ?? "?"})`).join(" ");
-}
-
-/** The flags column of a device: `boot-vga; override:vfio-pci; reset:flr,bus; sriov 0/4; vf of ...; mdev: ...`. */
-export function deviceFlags(d: InventoryDevice): string[] {
-    const f: string[] = [];
-    if (d.bootVga) f.push("boot-vga");
-    if (d.driverOverride) f.push(`override:${d.driverOverride}`);
-    if (d.resetMethods.length) f.push(`reset:${d.resetMethods.join(",")}`);
-    else f.push("no-reset");
-    if (d.sriov) f.push(`sriov ${d.sriov.numVfs}/${d.sriov.totalVfs}`);
-    if (d.physfn) f.push(`vf of ${d.physfn}`);
-    if (d.mdevTypes.length) f.push(`mdev: ${formatMdevTypes(d.mdevTypes)}`);
-    return f;
-}
-
-function deviceNames(d: InventoryDevice): string {
-    const parts = [d.vendorName, d.deviceName].filter((x): x is string => !!x);
-    if (d.subsystemName) parts.push(`(${d.subsystemName})`);
-    return parts.join(" ");
-}
-
-const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
-
-/** A reason up to its explanation: `is the SMBus controller (class 0c05)`. */
-const shortReason = (r: string) => r.split(": ")[0];
-
-/** A readable report: a warning with the fix first when the IOMMU is off, then one table grouped by IOMMU group. */
-export function formatInventory(inv: HostInventory): string {
-    const out: string[] = [];
-    if (!inv.iommu.enabled) out.push(`WARNING: ${capitalize(inv.iommu.fix ?? IOMMU_OFF_FIX)}.`);
-    if (!inv.iommu.enabled && inv.kernelCmdline && /\b(intel_iommu|amd_iommu)=on\b/.test(inv.kernelCmdline)) {
-        out.push("  The kernel command line already asks for the IOMMU: check that VT-d/AMD-Vi is enabled in the firmware setup.");
-    }
-    const iommuState = inv.iommu.enabled ? `IOMMU on (${inv.groups.length} groups)` : "IOMMU OFF";
-    out.push(`host ${inv.host}, kernel ${inv.kernelRelease ?? "unknown"}, ${iommuState}, ${inv.devices.length} PCI devices`);
-    out.push(`modules: ${inv.modules.length ? inv.modules.join(" ") : "no vfio/mdev/kvmfr module loaded"}`);
-    out.push(`kvmfr: ${inv.kvmfr.length ? inv.kvmfr.map((k) => (k.isCharDevice ? k.path : `${k.path} (NOT a character device: reload kvmfr before starting QEMU)`)).join(" ") : "none"}`);
-    if (!inv.pciIds) out.push("names: none (no readable pci.ids on the host; the pciutils or hwdata package provides it)");
-    out.push("");
-
-    type Row = string[];
-    const sections: { title: string; rows: Row[] }[] = [];
-    const row = (d: InventoryDevice): Row => [d.address, `${d.className} [${d.class.slice(0, 4)}]`, `${d.vendor}:${d.device}`, d.driver ?? "-", [...(criticalAt.has(d.address) ? ["host-critical"] : []), ...deviceFlags(d)].join("; "), deviceNames(d)];
-    const byAddress = new Map(inv.devices.map((d) => [d.address, d]));
-    const grouped = new Set<string>();
-    const criticalAt = new Map(inv.groups.flatMap((g) => (g.hostCritical ?? []).map((c) => [c.address, c.reason] as const)));
-    for (const g of inv.groups) {
-        const state =
-            g.verdict === "host-critical"
-                ? `host-critical, do not bind: ${g.hostCritical.map((c) => `${c.address} ${shortReason(c.reason)}`).join("; ")}`
-                : g.verdict === "bridges"
-                  ? "bridges only, nothing to pass through"
-                  : g.viable
-                    ? "viable"
-                    : `not viable until bound, bind it (${g.problems.join("; ")})${g.members.some((m) => byAddress.get(m)?.bootVga) ? "; it holds the host's console GPU: binding it needs allowBootVga" : ""}`;
-        const title = `IOMMU group ${g.number}: ${state}${g.vfioDevice ? `, ${g.vfioDevice}` : ""}`;
-        const rows = g.members.map((m) => {
-            grouped.add(m);
-            const d = byAddress.get(m);
-            return d ? row(d) : [m, "(not a PCI device)", "-", "-", "", ""];
-        });
-        sections.push({ title, rows });
-    }
-    const rest = inv.devices.filter((d) => !grouped.has(d.address));
-    if (rest.length) sections.push({ title: inv.iommu.enabled ? "no IOMMU group" : "no IOMMU groups (IOMMU off)", rows: rest.map(row) });
-
-    const header: Row = ["ADDRESS", "CLASS", "IDS", "DRIVER", "FLAGS", "NAME"];
-    const all = [header, ...sections.flatMap((s) => s.rows)];
-    const widths = header.map((_, i) => Math.max(...all.map((r) => r[i].length)));
-    const fmt = (r: Row) => "  " + r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ").trimEnd();
-    out.push(fmt(header));
-    for (const s of sections) {
-        out.push(s.title);
-        for (const r of s.rows) out.push(fmt(r));
-    }
-    if (criticalAt.size) {
-        out.push("host-critical devices (IommuBinding refuses their groups unless allowHostCritical lists them)");
-        for (const [a, why] of criticalAt) out.push(`  ${a} ${why}`);
-    }
-    const others = inv.mdev.filter((p) => !p.pci);
-    if (others.length) {
-        out.push("mdev parents outside PCI");
-        for (const p of others) out.push(`  ${p.parent}  mdev: ${formatMdevTypes(p.types) || "(no types)"}`);
-    }
-    return out.join("\n") + "\n";
-}
+export { formatInventory, formatMdevTypes, deviceFlags } from "./inventoryReport";

@@ -32,9 +32,34 @@ export interface BootFacts extends LoaderFacts {
 
 const present = (r: OpResult) => r.ok;
 
-/** Everything check, create, read and delete need, in one round trip (two when `vfio-pci.ids=` asks for a scan). */
+/** What the first batch tells, devices with their `modalias` (for the `modprobe -R` of the second). */
+type FirstFacts = Omit<BootFacts, "devices"> & { devices: (DeviceFacts & { modalias?: string })[] };
+
+/**
+ * Everything check, create, read and delete need: one round trip, a second when early-bound devices have a modalias
+ * to resolve (`modprobe -R`), a scan when `vfio-pci.ids=` is asked for.
+ */
 export async function readBootFacts(host: Host, s: Settings): Promise<BootFacts> {
     const q = new BatchQuery();
+    const first = bootFactsQuery(q, s);
+    const r = await q.run(host);
+    const facts = first(r);
+    // Which modules would drive each device: one exec each, only for devices that have a modalias.
+    const aliased = facts.devices.filter((d) => d.modalias);
+    if (aliased.length) {
+        const r2 = await host.run(aliased.map((d): Op => ({ op: "exec", argv: ["modprobe", "-R", d.modalias!], optional: true })));
+        aliased.forEach((d, i) => (d.aliasModules = r2[i].ok ? r2[i].data.split("\n").map((x) => x.trim()).filter(Boolean) : []));
+    }
+    if (vfioPciIds(s.kernelParameters).length) {
+        const { scanHost } = await import("../sysfs/scan");
+        const scan = await scanHost(host);
+        facts.pciIds = scan.devices.map((d) => ({ address: d.address, id: `${d.vendor}:${d.device}`, driver: d.driver }));
+    }
+    return { ...facts, devices: facts.devices.map(({ modalias: _m, ...d }) => d) };
+}
+
+/** The first batch of {@link readBootFacts}, added to `q` (so another reader can send it in its own round trip). */
+export function bootFactsQuery(q: BatchQuery, s: Settings): (r: OpResult[]) => FirstFacts {
     const probed = q.add(PROBED.map((path): Op => ({ op: "stat", path })), (rs) => new Set(PROBED.filter((_, i) => present(rs[i]))));
     const sdBoot = q.one({ op: "exec", argv: [BOOTCTL, "is-installed", "--quiet"], optional: true }, (r) => r.ok);
     const entries = q.one({ op: "exec", argv: [BOOTCTL, "list", "--json=short", "--no-pager"], optional: true }, (r) => parseEntries(r));
@@ -70,22 +95,7 @@ export async function readBootFacts(host: Host, s: Settings): Promise<BootFacts>
     );
     const paramPaths = s.modules.flatMap((m) => Object.keys(m.options ?? {}).map((p) => `/sys/module/${moduleKey(m.name)}/parameters/${p}`));
     const params = q.add(paramPaths.map((path): Op => ({ op: "read", path })), (rs) => Object.fromEntries(paramPaths.map((p, i) => [p, textOf(rs[i])?.trim()])));
-    const r = await q.run(host);
-
-    const devs = devices.map((d) => d(r));
-    // Which modules would drive each device: a second batch only for devices that have a modalias (one exec each).
-    const aliased = devs.filter((d) => d.modalias);
-    if (aliased.length) {
-        const r2 = await host.run(aliased.map((d): Op => ({ op: "exec", argv: ["modprobe", "-R", d.modalias!], optional: true })));
-        aliased.forEach((d, i) => (d.aliasModules = r2[i].ok ? r2[i].data.split("\n").map((x) => x.trim()).filter(Boolean) : []));
-    }
-    let pciIds: BootFacts["pciIds"];
-    if (vfioPciIds(s.kernelParameters).length) {
-        const { scanHost } = await import("../sysfs/scan");
-        const scan = await scanHost(host);
-        pciIds = scan.devices.map((d) => ({ address: d.address, id: `${d.vendor}:${d.device}`, driver: d.driver }));
-    }
-    return {
+    return (r) => ({
         present: probed(r),
         systemdBootInstalled: sdBoot(r),
         entries: entries(r),
@@ -98,10 +108,9 @@ export async function readBootFacts(host: Host, s: Settings): Promise<BootFacts>
         bootId: bootId(r),
         cpuVendor: cpu(r),
         owned: owned(r),
-        devices: devs.map(({ modalias: _m, ...d }) => d),
+        devices: devices.map((d) => d(r)),
         moduleParams: params(r),
-        pciIds,
-    };
+    });
 }
 
 function parseEntries(r: OpResult): LoaderEntry[] | undefined {
