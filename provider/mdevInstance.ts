@@ -729,7 +729,7 @@ async function createDirect(host: Host, inputs: MdevInstanceInputs & { uuid: str
 async function converge(host: Host, inputs: MdevInstanceInputs, olds?: Partial<MdevInstanceOutputs>): Promise<MdevInstanceOutputs> {
     if (!inputs.uuid) throw new PlanError("uuid", "uuid is required (check derives it)");
     const withUuid = { ...inputs, uuid: parseUuid(inputs.uuid) };
-    return host.withLock(async () => {
+    return host.withLock(async (host) => {
         if (!olds && !defaults(inputs).persistent && inputs.typeId) {
             const made = await createDirect(host, withUuid, inputs.typeId);
             if (made) return made;
@@ -794,7 +794,7 @@ export async function remove(id: string, props: MdevInstanceOutputs, onHost?: Ho
     await withHost(
         props.connection,
         (host) =>
-            host.withLock(async () => {
+            host.withLock(async (host) => {
                 const uuid = props.uuid ?? id;
                 if (props.backend === "nvidia-vgpu") return removeVgpu(host, props);
                 // One batch: the guard stops it while a VM holds the group; mdevctl's config goes first, so a refused

@@ -8,7 +8,7 @@ import { createHash } from "crypto";
 import * as net from "net";
 import { Duplex } from "stream";
 import { Client, ClientChannel, ConnectConfig } from "ssh2";
-import { BATCH_SCRIPT, Interpreter, InterpreterProcess, quoteArgv } from "./batch";
+import { BATCH_ARGV, Interpreter, InterpreterProcess, quoteArgv } from "./batch";
 import { LOCK_TIMEOUT_MS } from "./lock";
 import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 
@@ -188,7 +188,7 @@ export class SshHost implements Host {
 
     /** The interpreter: one exec channel, kept open; closing its stdin (or the connection) ends it. */
     private async startInterpreter(): Promise<InterpreterProcess> {
-        const ch = await this.exec(["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch"]);
+        const ch = await this.exec([...BATCH_ARGV]);
         let err = "";
         ch.stderr.on("data", (d: Buffer) => (err += d.toString()));
         // A write to a channel the server already closed: its close event reports the end.
@@ -233,8 +233,8 @@ export class SshHost implements Host {
         return this.held(() => this.interpreter.run(ops, opts));
     }
 
-    withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
-        return this.held(() => this.interpreter.withLock(fn, timeoutMs));
+    withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
+        return this.held(() => this.interpreter.withLock(this, fn, timeoutMs));
     }
 
     /**
