@@ -16,6 +16,8 @@
 #                                 one operation (see the `case` at the end); <flag> is `-`, `optional` (its failure
 #                                 never stops the batch), `expect` (a read guarding what follows, the last field the
 #                                 answer it must give) or `guard` (group-holders: a held group fails the op)
+#     exec <flag> - <argument>...
+#                                 run a program (the path field is unused)
 #     lock <seconds>              inside a batch: take the host lock (0: try once); without it the batch stops
 #     end                         the batch ends
 #     unlock                      outside any batch: drop the host lock; answered by nothing
@@ -28,8 +30,9 @@
 # without starting a program. Answers to reads are collected and sent in one write, before the next operation that
 # may block (so each operation's time limit starts when it does) or at the batch's end.
 #
-# No program we start inherits fd 9 (flock(1)'s lock) or the lock helper's pipes: a daemon started by an `exec`
-# operation must never keep the host locked. Every program gets stdin from /dev/null: stdin is the protocol.
+# No program we start but flock(1) inherits fd 9, the host lock's: a daemon started by an `exec` operation must never
+# keep the host locked. Every program that may read stdin gets /dev/null instead: our stdin is
+# the protocol.
 
 set -u
 shopt -s nullglob dotglob extglob
@@ -109,31 +112,6 @@ absent() {
   if [ "$flag" = expect ]; then reply ''; else trailer 1 "$1"; fi
 }
 
-# The lock helper: a perl coprocess that holds the host lock for the interpreter, so taking it costs no process per
-# batch. It answers "lock <seconds>" with 0 (taken), T (timed out) or "E <why>", and "unlock" with nothing, and
-# exits, dropping the lock, when the interpreter goes (its stdin closes; a kill of the interpreter's process group
-# takes it too). perl-base is Essential on Debian and Ubuntu. flock(2) by number (LOCK_SH 1, LOCK_EX 2, LOCK_NB 4,
-# LOCK_UN 8): loading Fcntl would double perl's start-up.
-# shellcheck disable=SC2016 # perl code, not shell: its $ must reach perl unexpanded.
-LOCKD_PL='$| = 1; my ($p, $f) = @ARGV;
-while (my $l = <STDIN>) {
-  if ($l =~ /^lock (\d+)/) {
-    my $t = $1;
-    if (!$f && !open($f, ">>", $p)) { undef $f; print "E $!\n"; next }
-    my $ok = flock($f, 6);
-    if (!$ok && $t > 0) { eval { local $SIG{ALRM} = sub { die "timeout\n" }; alarm $t; $ok = flock($f, 2); alarm 0 }; alarm 0 }
-    print $ok ? "0\n" : "T\n";
-  } elsif ($l =~ /^unlock/) { flock($f, 8) if $f }
-}'
-PERL=
-hash perl 2>/dev/null && PERL=perl
-# Start the helper once (false without perl: the lock op then uses flock(1) on fd 9 of this process).
-lockd() {
-  [ -n "${LOCKD[1]-}" ] && return 0
-  [ -n "$PERL" ] || return 1
-  coproc LOCKD { exec perl -e "$LOCKD_PL" "$LOCK" 2>/dev/null 3>&- 4>&- 9>&-; }
-}
-
 # holders <path>: the PIDs holding <path> open, one per line, in $held. A VFIO group can be open only once
 # (drivers/vfio/group.c: a second open fails with EBUSY), so a group we can open and close again has no holder and
 # costs no walk of /proc/*/fd.
@@ -172,7 +150,6 @@ while IFS=' ' read -r -a f; do
       continue
       ;;
     unlock)
-      [ -n "${LOCKD[1]-}" ] && printf 'unlock\n' >&"${LOCKD[1]}"
       exec 9>&-
       continue
       ;;
@@ -306,26 +283,24 @@ while IFS=' ' read -r -a f; do
       if [ $rc -eq 0 ]; then trailer 0 "$e"; else fail $rc "$e"; fi
       ;;
     lock)
-      # <flag> is the time limit in seconds, 0: try once.
+      # The host lock is flock(2) on fd 9 of this process, taken by flock(1): held until `unlock` or until this
+      # process goes, even killed. The second field is the time limit in seconds, 0: try once.
+      #
+      # One flock(1) process per lock taken. A perl coprocess holding the lock for us (perl-base is Essential on
+      # Debian and Ubuntu) would save that process, and did not earn its place: `npm run bench`, IommuBinding
+      # create+delete on the lab guest, 11 interleaved iterations each (every create+delete takes the lock anew: the
+      # contenders run between two of them take longer than the 2 s it lingers), gave 1.00× the plain shell script
+      # locally and 0.80× over SSH with the perl helper, 1.04× and 0.84× with flock(1): within the ±0.1× the figures
+      # move between runs, for 25 more lines and a second process per interpreter.
+      secs=$flag
       [ -d /run/lock ] || mkdir -p /run/lock 9>&-
-      why="timed out after $flag s waiting for $LOCK: another pulumi-vfio operation holds it"
-      if lockd; then
-        printf 'lock %s\n' "$flag" >&"${LOCKD[1]}"
-        x=
-        IFS= read -r x <&"${LOCKD[0]}"
-        case $x in
-          0) why= ;;
-          T) ;;
-          E*) why="cannot open $LOCK: ${x#E }" ;;
-          *) why="the lock helper (perl) went away" ;;
-        esac
-      # Without perl: flock(1) on fd 9 of this process, one process per lock op.
-      elif ! { exec 9>>"$LOCK"; } 2>&4; then
+      why="timed out after $secs s waiting for $LOCK: another pulumi-vfio operation holds it"
+      if ! { exec 9>>"$LOCK"; } 2>&4; then
         builtin_error
         why="cannot open $LOCK: $e"
-      elif [ "$flag" = 0 ] && flock -n 9 </dev/null; then
+      elif [ "$secs" = 0 ] && flock -n 9 </dev/null; then
         why=
-      elif [ "$flag" != 0 ] && flock -w "$flag" 9 </dev/null; then
+      elif [ "$secs" != 0 ] && flock -w "$secs" 9 </dev/null; then
         why=
       else
         exec 9>&-

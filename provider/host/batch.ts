@@ -93,7 +93,7 @@ type Line = { ops: Op[]; lines: string[] };
 /**
  * Drives one long-lived interpreter process: batches are queued and run one at a time over the same process, which
  * is started on first use and again after it was abandoned (an operation over its time limit) or went away. The
- * host-wide lock is held by the interpreter (its helper); a locked section (see {@link withLock}) takes it with its
+ * host-wide lock is held by the interpreter (flock on its fd 9); a locked section (see {@link withLock}) takes it with its
  * first batch, in the same round trip. When a new process has to be started while the lock is held, it tries once to take it again (a process
  * abandoned in the middle of a kernel write may still hold it, which is as good).
  */
@@ -316,9 +316,9 @@ const decoders = new WeakMap<InterpreterProcess, StringDecoder>();
 
 /**
  * How long the lock stays held after a locked section ends, in milliseconds, so a program that changes a host several
- * times in a row (create then delete, or the resources of one `pulumi up`) takes it once (taking it is a wait on the
- * helper, and on a host without perl a flock process); another program waits at most this much longer. The lock is
- * never dropped inside a section, and always with the interpreter (when the program ends).
+ * times in a row (create then delete, or the resources of one `pulumi up`) takes it once (taking it costs a flock(1)
+ * process); another program waits at most this much longer. The lock is never dropped inside a section, and always
+ * with the interpreter (when the program ends).
  */
 export const LOCK_LINGER_MS = 2_000;
 
