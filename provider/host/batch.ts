@@ -93,9 +93,9 @@ type Line = { ops: Op[]; lines: string[] };
 /**
  * Drives one long-lived interpreter process: batches are queued and run one at a time over the same process, which
  * is started on first use and again after it was abandoned (an operation over its time limit) or went away. The
- * host-wide lock is held by the interpreter (flock on its fd 9); a locked section (see {@link withLock}) takes it with its
- * first batch, in the same round trip. When a new process has to be started while the lock is held, it tries once to take it again (a process
- * abandoned in the middle of a kernel write may still hold it, which is as good).
+ * host-wide lock is held by the interpreter (flock on its fd 9); a locked section (see {@link withLock}) takes it with
+ * its first batch, in the same round trip. When a new process has to be started while the lock is held, it tries
+ * once to take it again (a process abandoned in the middle of a kernel write may still hold it, which is as good).
  */
 export class Interpreter {
     private proc?: InterpreterProcess;
