@@ -127,7 +127,7 @@ async function restoreFiles(host: Host, before: Record<string, { text: string | 
 async function converge(host: Host, inputs: BootConfigInputs, olds?: BootConfigOutputs): Promise<BootConfigOutputs> {
     const s = defaults(inputs);
     const local = !inputs.connection?.host;
-    const outs = await host.withLock(async () => {
+    const outs = await host.withLock(async (host) => {
         const facts = await readBootFacts(host, s);
         const plan = planBoot(s, facts, { previous: olds?.previous, ours: olds ? oursOf(olds) : [], local });
         if (plan.problems.length) throw new Error(plan.problems.map((p) => p.reason).join("; "));
@@ -256,7 +256,7 @@ export async function remove(_id: string, props: BootConfigOutputs, onHost?: Hos
     await withHost(
         props.connection,
         (host) =>
-            host.withLock(async () => {
+            host.withLock(async (host) => {
                 const s = defaults(props);
                 const f = await readBootFacts(host, { ...s, earlyBinding: [], modules: [] });
                 const ops: Op[] = [];

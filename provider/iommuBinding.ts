@@ -452,7 +452,7 @@ function overrideFrom(r: { ok: boolean; data: string } | undefined): string | nu
  */
 async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[], wasPersistent = false): Promise<IommuBindingOutputs> {
     assertDriverName(defaults(inputs).driver);
-    return host.withLock(async () => {
+    return host.withLock(async (host) => {
         const address = await resolveAddress(host, inputs.device);
         const seen = previous ? undefined : lastGroupView(host, address);
         if (seen?.view.device) {
@@ -589,7 +589,7 @@ async function heldError(host: Host, group: number | null, pids: number[]): Prom
  */
 export async function remove(_id: string, props: IommuBindingOutputs, onHost?: Host): Promise<void> {
     await withHost(props.connection, (host) =>
-        host.withLock(async () => {
+        host.withLock(async (host) => {
             const members = props.members ?? [];
             const recorded = members
                 .filter((m) => m.managed)

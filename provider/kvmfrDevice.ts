@@ -364,7 +364,7 @@ async function converge(host: Host, inputs: KvmfrDeviceInputs): Promise<KvmfrDev
     const { owner, group, mode } = defaults(inputs);
     const index = inputs.index;
     const path = kvmfrPath(index);
-    return host.withLock(async () => {
+    return host.withLock(async (host) => {
         const facts = await readKvmfrFacts(host, index, owner, group);
         const plan = planKvmfr({ ...inputs, sizeMb }, facts, host.name);
         if (plan.problems.length) {
@@ -451,7 +451,7 @@ export async function remove(_id: string, props: KvmfrDeviceOutputs, onHost?: Ho
     await withHost(
         props.connection,
         (host) =>
-            host.withLock(async () => {
+            host.withLock(async (host) => {
                 const index = props.index;
                 const path = kvmfrPath(index);
                 const { owner, group } = defaults(props);

@@ -148,7 +148,7 @@ export function diff(_id: string, olds: MdevInstanceOutputs, news: MdevInstanceI
 async function converge(host: Host, inputs: MdevInstanceInputs, olds?: Partial<MdevInstanceOutputs>): Promise<MdevInstanceOutputs> {
     if (!inputs.uuid) throw new PlanError("uuid", "uuid is required (check derives it)");
     const withUuid: MdevInputsWithUuid = { ...inputs, uuid: parseUuid(inputs.uuid) };
-    return host.withLock(async () => {
+    return host.withLock(async (host) => {
         if (!olds && !defaults(inputs).persistent && inputs.typeId) {
             const direct = await createDirect(host, withUuid, inputs.typeId, inputs.plan ?? []);
             if (direct.made) return direct.outs;
@@ -177,7 +177,7 @@ export async function read(id: string, props: MdevInstanceOutputs, onHost?: Host
 
 /** Remove the mdev: refuse while a VM holds its group; otherwise `remove`, verify, and delete mdevctl's config. */
 export async function remove(id: string, props: MdevInstanceOutputs, onHost?: Host): Promise<void> {
-    await withHost(props.connection, (host) => host.withLock(() => (props.backend === "nvidia-vgpu" ? removeVgpu(host, props) : removeBus(host, id, props))), onHost);
+    await withHost(props.connection, (host) => host.withLock((host) => (props.backend === "nvidia-vgpu" ? removeVgpu(host, props) : removeBus(host, id, props))), onHost);
 }
 
 export const mdevInstance = { check, diff, create, read, update, delete: remove };

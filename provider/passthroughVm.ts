@@ -903,7 +903,7 @@ async function converge(host: Host, inputs: PassthroughVmInputs, previous?: Pass
             await stopQemu(host, paths, seen.pid, n.shutdownTimeoutSeconds, true);
             stopped = true;
         } else if (a === "start") {
-            run = await host.withLock(async () => {
+            run = await host.withLock(async (host) => {
                 // Again under the lock: a binding may have changed while the old VM shut down.
                 const again = await prepare(host, n);
                 spec = again.spec;

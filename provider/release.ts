@@ -82,7 +82,7 @@ export function describeOp(op: Op): string {
  */
 export async function releaseDevice(host: Host, input: string, opts: ReleaseOptions = {}): Promise<ReleaseReport> {
     const address = parseAddress(input);
-    const work = async (): Promise<ReleaseReport> => {
+    const work = async (host: Host): Promise<ReleaseReport> => {
         const view = await readGroup(host, address, [{ op: "list", path: DRIVERCTL_DIR }]);
         if (!view.device) throw new Error(`no PCI device ${address} on this host; \`pulumi-vfio inventory\` lists the devices`);
         const persisted = new Set(view.extra[0]?.ok ? view.extra[0].data.split("\n").filter(Boolean) : []);
@@ -110,7 +110,7 @@ export async function releaseDevice(host: Host, input: string, opts: ReleaseOpti
         const after = new Map(released.map((p, i) => [p.d.address, { driver: driverFromLink(back[2 * i]), override: back[2 * i + 1]?.ok ? overrideOf(back[2 * i + 1].data) : null }]));
         return report(plans.map((p) => member(p.d, p.ops.length > 0, after.get(p.d.address) ?? { driver: p.d.driver, override: p.d.override })));
     };
-    return opts.dryRun ? work() : host.withLock(work);
+    return opts.dryRun ? work(host) : host.withLock(work);
 }
 
 async function heldError(host: Host, group: number | null, pids: number[]): Promise<Error> {

@@ -262,7 +262,7 @@ async function converge(host: Host, inputs: VirtualFunctionsInputs, previousAuto
     const pf = parseAddress(inputs.physicalFunction);
     const withPf = { ...inputs, physicalFunction: pf };
     const { autoprobe } = defaults(inputs);
-    return host.withLock(async () => {
+    return host.withLock(async (host) => {
         const facts = await readVfFacts(host, pf);
         const plan = planVfs(withPf, facts);
         if (plan.problems.length) throw new PlanError(plan.problems[0].property, plan.problems.map((p) => p.reason).join("; "));
@@ -331,7 +331,7 @@ export async function remove(id: string, props: VirtualFunctionsOutputs, onHost?
     await withHost(
         props.connection,
         (host) =>
-            host.withLock(async () => {
+            host.withLock(async (host) => {
                 const pf = props.physicalFunction ?? id;
                 const facts = await readVfFacts(host, pf);
                 if (!facts.pf || !facts.sriov) return;

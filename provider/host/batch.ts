@@ -1,154 +1,35 @@
 /**
- * The batch interpreter shared by the local and the SSH host: one constant bash program that reads operations
- * from stdin and answers each with its output followed by a trailer line. Nothing from user input ever becomes
- * shell text: the program is a constant, and every field travels on stdin as `\xHH`-escaped data that the
- * program decodes with `printf %b` into a variable.
- *
- * Why bash and not sh: bash reports a failed write(2) with its strerror text ("write error: No such device"),
- * which we map back to the errno the kernel returned; dash only says "I/O error".
+ * The TypeScript end of the batch interpreter shared by the local and the SSH host: `batch.sh` is the constant bash
+ * program (its header describes the protocol and why it is written as it is); this file encodes operations for it,
+ * drives one long-lived process of it and parses its answers. Nothing from user input ever becomes shell text:
+ * every field travels on stdin as data.
  */
-import { AsyncLocalStorage } from "async_hooks";
 import { randomBytes } from "crypto";
+import * as fs from "fs";
+import * as path from "path";
 import { StringDecoder } from "string_decoder";
-import { LOCK_PATH } from "./lock";
-import { Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMessage, isGuardRead, isMutation } from "./types";
+import { LOCK_PATH, lockedHost } from "./lock";
+import { Host, Op, OpResult, RunOptions, assertSafePath, defaultTimeout, errnoFromMessage, isGuardRead, isMutation } from "./types";
 
-/**
- * The interpreter runs for as long as its host object is in use and executes any number of batches, one after the
- * other. A batch on stdin is `B <boundary> <stop>`, one line per operation, then `E`. Each operation's output is
- * followed by a trailer `\n<boundary> <index> <status> <message>\n`; the batch's end by `\n<boundary> E\n`. The
- * boundary is 32 random hex characters per batch, so no file content can forge one. With `<stop>` = 1 the first
- * failed change makes the interpreter skip the batch's remaining operations (they get no trailer).
- *
- * `K <seconds>` takes the host-wide lock (flock(2); 0 seconds means try once) and `U`, a line outside any batch that
- * gets no answer, drops it. Taking it costs no process: a small perl helper, started with the first `K` (perl-base is
- * Essential on Debian and Ubuntu), holds the lock for the interpreter and exits, dropping it, when the interpreter
- * goes (its stdin closes; a kill of the interpreter's process group takes it too). On a host without perl, util-linux
- * flock(1) locks fd 9 of the interpreter itself, one process per `K`. No external program inherits the helper's
- * pipes or fd 9: a daemon started by an `exec` operation must never keep the host locked.
- *
- * Forks and small writes are what is slow on a busy or emulated host. Everything that can is a bash builtin: reads,
- * lists, sysfs writes (their errors go to a per-interpreter file, not a subshell), readlink of a link to a directory
- * (`cd -P`; every sysfs link we read is one), and "who holds this VFIO group" when nobody does. Absent paths are
- * answered without starting a program. Answers to reads are collected and sent in one write, before the next
- * operation that may block (so each time limit still starts when its operation does) or at the batch's end.
- */
-export const BATCH_SCRIPT = String.raw`
-set -u
-shopt -s nullglob dotglob extglob
-unset CDPATH; cd /
-B=-; STOP=0; SKIP=0; n=0; OUT=
-EF=\${TMPDIR:-/tmp}/pulumi-vfio-batch.$$.err; trap '[ -e "$EF" ] && rm -f "$EF"' EXIT
-umask 077
-# fd 3: our stdout, for exec'd programs. fd 4: errors of builtins, appended to $EF (a dup costs less than an open).
-exec 3>&1 4>>"$EF"
-t() { local m=\${2-}; m=\${m//$'\n'/ | }; printf -v m '\n%s %d %d %s\n' "$B" "$n" "$1" "$m"; OUT+=$m; n=$((n+1)); }
-ok() { OUT+=$'\n'"$B $n 0 "$'\n'; n=$((n+1)); }
-flush() { [ -n "$OUT" ] && printf '%s' "$OUT"; OUT=; }
-d() { printf -v "$1" '%b' "$2"; }
-fail() { t "$1" "$2"; if [ "$STOP" = 1 ] && [ "$3" != o ]; then SKIP=1; fi; }
-err() { e=''; IFS= read -r e < "$EF"; : > "$EF"; e=\${e#*: line +([0-9]): }; }
-# The answer $1 of a read. With an expectation (opt e, field 3) it must equal it, trailing newlines dropped, else the
-# op fails with 4 (ESTALE) and stops a stopping batch. none: the read failed with $1; an expectation sees "".
-want() {
-  if [ "$opt" != e ]; then OUT+=$1; ok; return; fi
-  local w a=\${1%%+($'\n')}; d w "\${f[3]-}"
-  if [[ $a == "$w" ]]; then OUT+=$1; ok; else fail 4 "found \${a:0:200}" -; fi
-}
-none() { if [ "$opt" = e ]; then want ''; else t 1 "$1"; fi; }
-# The lock helper (see the K op): answers "K <secs>" with 0 (taken), T (timed out) or "E <why>", and "U" with nothing.
-# flock(2) by number (LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8): loading Fcntl would double perl's start-up.
-LOCKD_PL='$| = 1; my ($p, $f) = @ARGV;
-while (my $l = <STDIN>) {
-  if ($l =~ /^K (\d+)/) {
-    my $t = $1;
-    if (!$f && !open($f, ">>", $p)) { undef $f; print "E $!\n"; next }
-    my $ok = flock($f, 6);
-    if (!$ok && $t > 0) { eval { local $SIG{ALRM} = sub { die "timeout\n" }; alarm $t; $ok = flock($f, 2); alarm 0 }; alarm 0 }
-    print $ok ? "0\n" : "T\n";
-  } elsif ($l =~ /^U/) { flock($f, 8) if $f }
-}'
-PERL=; hash perl 2>/dev/null && PERL=perl
-lockd() {
-  [ -n "\${LOCKD[1]-}" ] && return 0
-  [ -n "$PERL" ] || return 1
-  coproc LOCKD { exec perl -e "$LOCKD_PL" ${LOCK_PATH} 2>/dev/null 3>&- 4>&- 9>&-; }
-}
-# PIDs holding $1 open, one per line, in $held. A VFIO group can be open only once (drivers/vfio/group.c: a second
-# open fails with EBUSY), so a group we can open and close again has no holder and costs no walk of /proc/*/fd.
-holders() {
-  held=
-  [ -e "$1" ] || return 0
-  if [[ $1 == /dev/vfio/+([0-9]) ]] && { exec 8<"$1"; } 2>/dev/null; then exec 8<&-; return 0; fi
-  local x pid; local -A seen
-  x=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$1" 2>/dev/null </dev/null 9>&-)
-  while IFS=/ read -r _ _ pid _; do [ -n "$pid" ] && [ -z "\${seen[$pid]-}" ] && { seen[$pid]=1; held+=$pid$'\n'; }; done <<< "$x"
-}
-while IFS=' ' read -r -a f; do
-  [ \${#f[@]} -eq 0 ] && continue
-  op=\${f[0]}
-  case $op in
-  B) B=\${f[1]}; STOP=\${f[2]}; SKIP=0; n=0; continue ;;
-  E) OUT+=$'\n'"$B E"$'\n'; flush; continue ;;
-  U) [ -n "\${LOCKD[1]-}" ] && printf 'U\n' >&"\${LOCKD[1]}"; exec 9>&-; continue ;;
-  esac
-  [ $SKIP = 1 ] && continue
-  opt=\${f[1]-}; p=\${f[2]-}
-  [[ $p == *\\* ]] && d p "$p"
-  # Answers of reads wait in OUT; anything that may block first sends them, so the caller's clock moves to it.
-  case $op in r|l|d|s) ;; *) flush ;; esac
-  case $op in
-  r) x=''; IFS= read -r -d '' x 2>&4 < "$p"
-     if [ -s "$EF" ]; then err; none "$e"; else want "$x"; fi ;;
-  l) if [ ! -L "$p" ]; then none "not a link"
-     elif cd -P -- "$p" 2>/dev/null; then x=$PWD; cd /; want "$x"
-     elif x=$(readlink -m -- "$p" 2>/dev/null </dev/null 9>&-); then want "$x"; else none "not a link"; fi ;;
-  d) if [ -d "$p" ]; then x=; for e in "$p"/*; do x+=\${e##*/}$'\n'; done; want "$x"; else none "No such file or directory"; fi ;;
-  s) if [ ! -e "$p" ]; then t 1 "No such file or directory"
-     elif x=$(stat -L -c '%F %a %u %g %s %t:%T' -- "$p" 2>&1 </dev/null 9>&-); then OUT+=$x; t 0; else t 1 "$x"; fi ;;
-  w) if printf '%b' "\${f[3]-}" 2>&4 > "$p"; then ok; else err; fail 1 "$e" "$opt"; fi ;;
-  p) d m "\${f[3]}"; tmp="$p.pulumi-vfio.$$"
-     if e=$( { umask 077; printf '%b' "\${f[4]-}" > "$tmp" && chmod "$m" "$tmp" && mv -f -- "$tmp" "$p"; } 2>&1 </dev/null 9>&- ); then t 0; else rm -f -- "$tmp" 9>&-; fail 1 "$e" "$opt"; fi ;;
-  m) d m "\${f[3]}"; if [ -d "$p" ]; then t 0
-     elif e=$(mkdir -p -m "$m" -- "$p" 2>&1 </dev/null 9>&-); then t 0; else fail 1 "$e" "$opt"; fi ;;
-  u) if [ ! -e "$p" ] && [ ! -L "$p" ]; then t 0
-     elif e=$(rm -f -- "$p" 2>&1 </dev/null 9>&-); then t 0; else fail 1 "$e" "$opt"; fi ;;
-  o) holders "$p"; OUT+=$held; ok ;;
-  g) grp=; held=
-     if cd -P -- "$p/iommu_group" 2>/dev/null; then grp=/dev/vfio/\${PWD##*/}; cd /; holders "$grp"; fi
-     OUT+=$held
-     if [ -n "$held" ] && [ "$opt" = g ]; then fail 3 "$grp: Device or resource busy" -; else ok; fi ;;
-  x) a=(); for v in "\${f[@]:3}"; do d x "$v"; a+=("$x"); done
-     e=$("\${a[@]}" 2>&1 >&3 3>&- </dev/null 9>&-); rc=$?
-     if [ $rc -eq 0 ]; then t 0 "$e"; else fail $rc "$e" "$opt"; fi ;;
-  K) [ -d /run/lock ] || mkdir -p /run/lock 9>&-
-     kr="timed out after $opt s waiting for ${LOCK_PATH}: another pulumi-vfio operation holds it"
-     if lockd; then
-       printf 'K %s\n' "$opt" >&"\${LOCKD[1]}"; x=; IFS= read -r x <&"\${LOCKD[0]}"
-       case $x in 0) kr= ;; T) ;; E*) kr="cannot open ${LOCK_PATH}: \${x#E }" ;; *) kr="the lock helper (perl) went away" ;; esac
-     elif ! { exec 9>>${LOCK_PATH}; } 2>&4; then err; kr="cannot open ${LOCK_PATH}: $e"
-     elif [ "$opt" = 0 ] && flock -n 9 </dev/null; then kr=
-     elif [ "$opt" != 0 ] && flock -w "$opt" 9 </dev/null; then kr=
-     else exec 9>&-; fi
-     # Without the lock, nothing after it in its batch runs.
-     if [ -z "$kr" ]; then t 0; else t 1 "$kr"; SKIP=1; fi ;;
-  *) t 2 "unknown op $op" ;;
-  esac
-done
-`.replace(/\\\$/g, "$");
+/** The interpreter's source, shipped next to this file (the build copies it into `dist/`). */
+export const BATCH_SCRIPT = fs.readFileSync(path.join(__dirname, "batch.sh"), "utf8");
 
-const OP_CODE: Record<Op["op"], string> = {
-    read: "r",
-    readlink: "l",
-    list: "d",
-    stat: "s",
-    write: "w",
-    put: "p",
-    mkdir: "m",
-    remove: "u",
-    openers: "o",
-    groupHolders: "g",
-    exec: "x",
+/** How the hosts start the interpreter: the script as bash's `-c` argument (over SSH too), the lock file as `$1`. */
+export const BATCH_ARGV: readonly string[] = ["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch", LOCK_PATH];
+
+/** Each operation's word in the protocol. */
+const OP_WORD: Record<Op["op"], string> = {
+    read: "read",
+    readlink: "readlink",
+    list: "list",
+    stat: "stat",
+    write: "write",
+    put: "put",
+    mkdir: "mkdir",
+    remove: "remove",
+    openers: "openers",
+    groupHolders: "group-holders",
+    exec: "exec",
 };
 
 /** Every byte outside a small safe set becomes `\xHH`, so a field never contains a space, newline or backslash. */
@@ -168,14 +49,14 @@ function field(value: string): string {
 
 /** The stdin line for one operation. */
 export function encodeOp(op: Op): string {
-    const opt = "optional" in op && op.optional ? "o" : op.op === "groupHolders" && op.guard ? "g" : isGuardRead(op) ? "e" : "-";
-    const code = OP_CODE[op.op];
+    const flag = "optional" in op && op.optional ? "optional" : op.op === "groupHolders" && op.guard ? "guard" : isGuardRead(op) ? "expect" : "-";
+    const word = OP_WORD[op.op];
     if (op.op === "exec") {
         if (op.argv.length === 0) throw new Error("exec needs a program");
-        return [code, opt, "-", ...op.argv.map(field)].join(" ");
+        return [word, flag, "-", ...op.argv.map(field)].join(" ");
     }
     assertSafePath(op.path);
-    const parts = [code, opt, field(op.path)];
+    const parts = [word, flag, field(op.path)];
     if (op.op === "write") parts.push(field(op.data));
     if (op.op === "put") parts.push(field(op.mode.toString(8)), field(op.data));
     if (op.op === "mkdir") parts.push(field(op.mode.toString(8)));
@@ -206,15 +87,15 @@ export function newBoundary(): string {
 }
 
 /** A batch as sent: its ops (for results, time limits and messages) and the stdin lines that encode them. The lock
- *  lines `K`/`U` are the interpreter's own and have no {@link Op}; a stand-in op carries their limit. */
+ *  lines `lock`/`unlock` are the interpreter's own and have no {@link Op}; a stand-in op carries their limit. */
 type Line = { ops: Op[]; lines: string[] };
 
 /**
  * Drives one long-lived interpreter process: batches are queued and run one at a time over the same process, which
  * is started on first use and again after it was abandoned (an operation over its time limit) or went away. The
- * host-wide lock is held by the interpreter (its helper); a locked section takes it with its first batch, in the same
- * round trip. When a new process has to be started while the lock is held, it tries once to take it again (a process
- * abandoned in the middle of a kernel write may still hold it, which is as good).
+ * host-wide lock is held by the interpreter (flock on its fd 9); a locked section (see {@link withLock}) takes it with
+ * its first batch, in the same round trip. When a new process has to be started while the lock is held, it tries
+ * once to take it again (a process abandoned in the middle of a kernel write may still hold it, which is as good).
  */
 export class Interpreter {
     private proc?: InterpreterProcess;
@@ -222,8 +103,8 @@ export class Interpreter {
     private tail: Promise<unknown> = Promise.resolve();
     /** Whether the current process holds the flock. */
     private held = false;
-    /** The running locked section's token (see `run`), and the lock's time limit while it has not taken it yet. */
-    private section?: object;
+    /** Whether a locked section runs, and the lock's time limit while it has not taken it yet. */
+    private section = false;
     private pendingLock?: number;
     /** Drops a lock nobody uses any more; see {@link LOCK_LINGER_MS}. */
     private linger?: NodeJS.Timeout;
@@ -237,19 +118,22 @@ export class Interpreter {
 
     constructor(private readonly spawn: () => Promise<InterpreterProcess>) {}
 
-    /**
-     * Run a batch of operations (queued behind any batch already running). The first batch of a locked section that
-     * does not hold the lock yet takes it in the same round trip: `K` goes first, and when it fails the interpreter
-     * skips the rest and this throws the lock's error.
-     */
+    /** Run a batch of operations without the lock (queued behind any batch already running). */
     run(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
         if (ops.length === 0) return Promise.resolve([]);
-        const batch: Line = { ops, lines: ops.map(encodeOp) };
+        return this.enqueue(() => this.drive({ ops, lines: ops.map(encodeOp) }, opts));
+    }
+
+    /**
+     * Run a batch of the locked section. Its first batch that does not hold the lock yet takes it in the same round
+     * trip: `lock` goes first, and when it fails the interpreter skips the rest and this throws the lock's error.
+     */
+    private runLocked(ops: Op[], opts: RunOptions = {}): Promise<OpResult[]> {
         const lockMs = this.pendingLock;
-        if (lockMs === undefined || sections.getStore() !== this.section) return this.enqueue(() => this.drive(batch, opts));
+        if (ops.length === 0 || lockMs === undefined) return this.run(ops, opts);
         this.pendingLock = undefined;
         const secs = Math.max(1, Math.ceil(lockMs / 1000));
-        const locked: Line = { ops: [lockOp(lockMs + 10_000), ...batch.ops], lines: [`K ${secs}`, ...batch.lines] };
+        const locked: Line = { ops: [lockOp(lockMs + 10_000), ...ops], lines: [`lock ${secs}`, ...ops.map(encodeOp)] };
         return this.enqueue(async () => {
             const [r, ...rest] = await this.drive(locked, opts).catch((e) => {
                 this.pendingLock = lockMs;
@@ -270,14 +154,16 @@ export class Interpreter {
     private unlock(): Promise<void> {
         if (!this.held) return Promise.resolve();
         this.held = false;
-        return this.enqueue(async () => this.proc?.write("U\n")).catch(() => undefined);
+        return this.enqueue(async () => this.proc?.write("unlock\n")).catch(() => undefined);
     }
 
     /**
      * Run `fn` holding the host-wide lock: first against other work of this program on the same interpreter, then
-     * against every other process (flock). Throws when the lock is not free within `timeoutMs`.
+     * against every other process (flock). `fn` gets a view of `base` whose batches are the section's (see
+     * {@link lockedHost}); the lock is taken with the first of them. Throws when the lock is not free within
+     * `timeoutMs`.
      */
-    async withLock<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
+    async withLock<T>(base: Host, fn: (locked: Host) => Promise<T>, timeoutMs: number): Promise<T> {
         const prev = this.mutex;
         let release!: () => void;
         const mine = new Promise<void>((r) => (release = r));
@@ -292,15 +178,16 @@ export class Interpreter {
             this.linger = undefined;
             // `held` may describe a process that has gone since; a fresh one waits for the lock like anyone else.
             if (!this.proc) this.held = false;
-            // Taken by the section's first batch, in its round trip (see `run`).
+            // Taken by the section's first batch, in its round trip (see `runLocked`).
             this.pendingLock = this.held ? undefined : timeoutMs;
-            const token = {};
-            this.section = token;
+            this.section = true;
+            const view = lockedHost(base, (ops, opts) => this.runLocked(ops, opts));
             try {
-                return await sections.run(token, fn);
+                return await fn(view.host);
             } finally {
+                view.end();
                 this.pendingLock = undefined;
-                this.section = undefined;
+                this.section = false;
                 this.linger = setTimeout(() => {
                     this.linger = undefined;
                     if (!this.section) void this.unlock();
@@ -344,7 +231,7 @@ export class Interpreter {
                 this.held = false;
                 if (this.section && wasHeld) {
                     // A fresh process inside a locked section: take the lock again without waiting (see the class comment).
-                    const [r] = await this.exchange(p, { ops: [lockOp(SHORT_STEP_MS)], lines: ["K 0"] }, {}).catch(() => [{ ok: false } as OpResult]);
+                    const [r] = await this.exchange(p, { ops: [lockOp(SHORT_STEP_MS)], lines: ["lock 0"] }, {}).catch(() => [{ ok: false } as OpResult]);
                     this.held = r.ok;
                 }
                 return p;
@@ -408,7 +295,7 @@ export class Interpreter {
                         const content = buf.slice(0, at);
                         const [idx, status, ...msg] = buf.slice(at + marker.length, eol).split(" ");
                         buf = buf.slice(eol + 1);
-                        if (idx === "E") return finish();
+                        if (idx === "end") return finish();
                         const op = ops[Number(idx)];
                         const r = toResult(op, Number(status), content, msg.join(" ").trim());
                         results.push(r);
@@ -420,21 +307,18 @@ export class Interpreter {
             };
             p.keepAlive(true);
             arm();
-            p.write([`B ${boundary} ${opts.stopOnError ? 1 : 0}`, ...batch.lines, "E"].join("\n") + "\n");
+            p.write([`batch ${boundary} ${opts.stopOnError ? 1 : 0}`, ...batch.lines, "end"].join("\n") + "\n");
         });
     }
 }
 
 const decoders = new WeakMap<InterpreterProcess, StringDecoder>();
 
-/** Which locked section (if any) a batch comes from, across the awaits of the section's code. */
-const sections = new AsyncLocalStorage<object>();
-
 /**
  * How long the lock stays held after a locked section ends, in milliseconds, so a program that changes a host several
- * times in a row (create then delete, or the resources of one `pulumi up`) takes it once (taking it is a wait on the
- * helper, and on a host without perl a flock process); another program waits at most this much longer. The lock is
- * never dropped inside a section, and always with the interpreter (when the program ends).
+ * times in a row (create then delete, or the resources of one `pulumi up`) takes it once (taking it costs a flock(1)
+ * process); another program waits at most this much longer. The lock is never dropped inside a section, and always
+ * with the interpreter (when the program ends).
  */
 export const LOCK_LINGER_MS = 2_000;
 

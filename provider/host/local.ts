@@ -6,7 +6,7 @@
 import { spawn } from "child_process";
 import * as net from "net";
 import { Duplex } from "stream";
-import { BATCH_SCRIPT, Interpreter, InterpreterProcess } from "./batch";
+import { BATCH_ARGV, Interpreter, InterpreterProcess } from "./batch";
 import { LOCK_TIMEOUT_MS } from "./lock";
 import { Host, Op, OpResult, RunOptions, assertSafePath } from "./types";
 
@@ -35,7 +35,7 @@ export class LocalHost implements Host {
     }
 
     private start(): InterpreterProcess {
-        const [cmd, ...args] = [...this.prefix, "bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch"];
+        const [cmd, ...args] = [...this.prefix, ...BATCH_ARGV];
         const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], detached: true, env: this.env ?? process.env });
         let err = "";
         child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
@@ -79,8 +79,8 @@ export class LocalHost implements Host {
         return this.interpreter.run(ops, opts);
     }
 
-    withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
-        return this.interpreter.withLock(fn, timeoutMs);
+    withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
+        return this.interpreter.withLock(this, fn, timeoutMs);
     }
 
     /**

@@ -8,7 +8,7 @@ import * as fs from "fs";
 import * as net from "net";
 import { Duplex } from "stream";
 import { AnyAuthMethod, Client, ClientChannel, ConnectConfig } from "ssh2";
-import { BATCH_SCRIPT, Interpreter, InterpreterProcess, quoteArgv } from "./batch";
+import { BATCH_ARGV, Interpreter, InterpreterProcess, quoteArgv } from "./batch";
 import { appendKnownHost, blobKeyType, fingerprint, hostKeyAlgorithms, judgeHostKey, knownHostsName, knownKeyTypes, readKnownHosts } from "./knownHosts";
 import { LOCK_TIMEOUT_MS } from "./lock";
 import { SshEnvironment, SshSettings, displayPath, keyProblemMessage, privateKeyProblem, resolveSsh } from "./sshConfig";
@@ -381,7 +381,7 @@ export class SshHost implements Host {
 
     /** The interpreter: one exec channel, kept open; closing its stdin (or the connection) ends it. */
     private async startInterpreter(): Promise<InterpreterProcess> {
-        const ch = await this.exec(["bash", "-c", BATCH_SCRIPT, "pulumi-vfio-batch"]);
+        const ch = await this.exec([...BATCH_ARGV]);
         let err = "";
         let answered = false;
         ch.stderr.on("data", (d: Buffer) => (err += d.toString()));
@@ -442,8 +442,8 @@ export class SshHost implements Host {
         return this.held(() => this.privileged(this.interpreter.run(ops, opts)));
     }
 
-    withLock<T>(fn: () => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
-        return this.held(() => this.privileged(this.interpreter.withLock(fn, timeoutMs)));
+    withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs = LOCK_TIMEOUT_MS): Promise<T> {
+        return this.held(() => this.privileged(this.interpreter.withLock(this, fn, timeoutMs)));
     }
 
     /**

@@ -24,7 +24,7 @@ export type Op =
     | { op: "write"; path: string; data: string; timeoutMs?: number; optional?: boolean }
     /** Create or replace a regular file atomically (temp file + rename) with the given octal mode. */
     | { op: "put"; path: string; data: string; mode: number; timeoutMs?: number; optional?: boolean }
-    /** mkdir -p with the given mode for created directories. */
+    /** mkdir -p: the directory gets the given mode when created; missing parents get 0700. */
     | { op: "mkdir"; path: string; mode: number; timeoutMs?: number; optional?: boolean }
     /** Remove a regular file; succeeds when already absent. */
     | { op: "remove"; path: string; timeoutMs?: number; optional?: boolean }
@@ -82,11 +82,13 @@ export interface Host {
     run(ops: Op[], opts?: RunOptions): Promise<OpResult[]>;
     /**
      * Run `fn` while holding the host-wide pulumi-vfio lock (flock on /run/lock/pulumi-vfio.lock, mode 0600), so
-     * two resources (or two `pulumi up`s) never interleave their sysfs sequences on one host. The lock is taken in the
-     * round trip of the section's first batch, before any of its operations; when it cannot be taken within
-     * `timeoutMs`, that batch throws and none of it ran. A section that runs no batch takes no lock.
+     * two resources (or two `pulumi up`s) never interleave their sysfs sequences on one host. `fn` receives the host
+     * to use inside: only its batches take the lock, in the round trip of the first one, before any of its
+     * operations; when the lock cannot be taken within `timeoutMs` (default 120 000 ms), that batch throws and none
+     * of it ran. A section that runs no batch takes no lock. Name the parameter `host` to shadow the unlocked one:
+     * `host.withLock(async (host) => …)`. The locked host throws when used after `fn` ended.
      */
-    withLock<T>(fn: () => Promise<T>, timeoutMs?: number): Promise<T>;
+    withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs?: number): Promise<T>;
     /** Round trips made so far: each `run` is one, the lock taken with it included; dropping the lock is a message
      *  without an answer. */
     readonly roundTrips: number;

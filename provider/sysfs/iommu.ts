@@ -3,6 +3,7 @@
  * member is bound to a vfio driver, pci-stub, pcieport (bridges) or to no driver at all; otherwise QEMU fails with
  * "group N is not viable". The kernel does not refuse a non-viable bind (LAB.md), so the check is ours.
  */
+import { baseHost } from "../host/lock";
 import { Host, Op, OpResult } from "../host/types";
 import { pidsOf } from "./proc";
 import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PCI_DRIVERS, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
@@ -76,6 +77,7 @@ interface GroupHint {
     group: number | null;
     seen?: { view: GroupView; listing: string };
 }
+/** Keyed by the host outside any locked section: check reads the group on it, create acts under the lock. */
 const groupHints = new WeakMap<Host, Map<string, GroupHint>>();
 
 /**
@@ -86,7 +88,7 @@ const groupHints = new WeakMap<Host, Map<string, GroupHint>>();
  * batch, they stop it before its first write when anything changed.
  */
 export function lastGroupView(host: Host, address: string): { view: GroupView; guards: Op[] } | undefined {
-    const seen = groupHints.get(host)?.get(address)?.seen;
+    const seen = groupHints.get(baseHost(host))?.get(address)?.seen;
     if (!seen) return undefined;
     const guards: Op[] = [
         { op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true },
@@ -104,7 +106,7 @@ export function lastGroupView(host: Host, address: string): { view: GroupView; g
  * the next change planned from {@link lastGroupView} matches the host; `undefined` forgets the view (state unknown).
  */
 export function noteMemberStates(host: Host, address: string, states: Map<string, { driver: string | null; override: string | null }> | undefined, registered?: string): void {
-    const hint = groupHints.get(host)?.get(address);
+    const hint = groupHints.get(baseHost(host))?.get(address);
     if (!hint?.seen) return;
     if (!states) {
         delete hint.seen;
@@ -131,8 +133,8 @@ export async function readGroup(
     then?: (extra: OpResult[]) => Op[],
 ): Promise<GroupView & { extra: OpResult[]; then: OpResult[] }> {
     const [readOps, count, parse] = view === "full" ? [deviceReadOps, DEVICE_READ_OPS, parseDevice] : [bindingReadOps, BINDING_READ_OPS, parseBindingDevice];
-    let hints = groupHints.get(host);
-    if (!hints) groupHints.set(host, (hints = new Map()));
+    let hints = groupHints.get(baseHost(host));
+    if (!hints) groupHints.set(baseHost(host), (hints = new Map()));
     const hint = hints.get(address) ?? { others: [], group: null };
     // The binding view learns whether the IOMMU is on from the device's group link alone.
     const statusOps = view === "full" ? iommuStatusOps() : [];

@@ -9,6 +9,7 @@
 import * as fs from "fs";
 import { Duplex } from "stream";
 import { FakeErrno, FakeHang, FakeKernel, FakeState } from "./kernel";
+import { lockedHost } from "../../provider/host/lock";
 import { Host, Op, OpResult, RunOptions, assertSafePath, isGuardRead, isMutation, strerror } from "../../provider/host/types";
 
 export class FakeHost implements Host {
@@ -101,15 +102,18 @@ export class FakeHost implements Host {
         }
     }
 
-    /** As on the real hosts, the lock costs no round trip of its own (it rides on the section's first batch). */
-    async withLock<T>(fn: () => Promise<T>): Promise<T> {
+    /** As on the real hosts, the lock costs no round trip of its own (it rides on the section's first batch), and
+     *  the section's host is good for the section only. */
+    async withLock<T>(fn: (locked: Host) => Promise<T>): Promise<T> {
         const prev = this.lockChain;
         let release!: () => void;
         this.lockChain = new Promise<void>((r) => (release = r));
         await prev;
+        const view = lockedHost(this, (ops, opts) => this.run(ops, opts));
         try {
-            return await fn();
+            return await fn(view.host);
         } finally {
+            view.end();
             release();
         }
     }

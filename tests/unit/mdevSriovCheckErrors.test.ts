@@ -12,7 +12,9 @@ const failing = (error: Error): Host => ({
     name: "broken",
     roundTrips: 0,
     run: () => Promise.reject(error),
-    withLock: (fn) => fn(),
+    withLock(fn) {
+        return fn(this);
+    },
     openUnixSocket: () => Promise.reject(error),
     close: () => Promise.resolve(),
 });
