@@ -330,7 +330,7 @@ function journaledState(e: JournalEntry): DeviceState {
     return e.probe ? { driver: null, override: null, probe: true } : { driver: e.driver, override: e.override };
 }
 
-/** What a member had before us when the state does not say: what an unfinished change's journal recorded, else
+/** What a member had before us when the state does not say: what the binding's journal on the host recorded, else
  *  its state now (or the kernel's driver matching for an override nobody recorded, see `stateBefore`). */
 function hostStateBefore(d: PciDevice, view: GroupView, driver: string): DeviceState {
     const e = view.journal?.members.find((j) => j.address === d.address);
@@ -338,7 +338,7 @@ function hostStateBefore(d: PciDevice, view: GroupView, driver: string): DeviceS
 }
 
 /** The plan line's word on what delete will restore, when the member's state now does not tell: an override nobody
- *  recorded, or the journal of a change that did not finish (`fromJournal`). */
+ *  recorded, or a journal the state knows nothing of (`fromJournal`: a create killed midway, or a lost state). */
 function beforeNote(m: MemberPlan, fromJournal: boolean): string {
     if (!m.managed) return "";
     if (m.previous.probe) return " (override set before us; destroy gives it back to the kernel's driver matching)";
@@ -443,12 +443,11 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
 
 /**
  * Bind as `facts` say the group is, in one `stopOnError` batch: `guards` first, then the journal of what every
- * member had before (see sysfs/journal.ts), modprobe if the driver is not registered, driverctl's sequence per
- * changing member, the read-back of every member, the persistence files, and last, behind guards that hold only when
- * every member arrived, the journal's removal. Returns undefined when a guard stopped the batch (or the plan from
- * guarded facts has problems): nothing changed. On a failed write, every member already changed is restored and the
- * error thrown names the file and errno. A journal found (a change killed midway) is adopted by the plan and removed
- * once this change completes.
+ * member had before the binding (see sysfs/journal.ts), modprobe if the driver is not registered, driverctl's
+ * sequence per changing member, the read-back of every member and the persistence files. Returns undefined when a
+ * guard stopped the batch (or the plan from guarded facts has problems): nothing changed. On a failed write, every
+ * member already changed is restored and the error thrown names the file and errno. A journal found (a change killed
+ * midway, or a binding the state lost) is adopted by the plan and kept, rewritten when anything changes.
  */
 async function apply(
     host: Host,

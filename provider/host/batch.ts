@@ -107,8 +107,13 @@ while IFS=' ' read -r -a f; do
   s) if [ ! -e "$p" ]; then t 1 "No such file or directory"
      elif x=$(stat -L -c '%F %a %u %g %s %t:%T' -- "$p" 2>&1 </dev/null 9>&-); then OUT+=$x; t 0; else t 1 "$x"; fi ;;
   w) if printf '%b' "\${f[3]-}" 2>&4 > "$p"; then ok; else err; fail 1 "$e" "$opt"; fi ;;
-  p) d m "\${f[3]}"; tmp="$p.pulumi-vfio.$$"
-     if e=$( { umask 077; printf '%b' "\${f[4]-}" > "$tmp" && chmod "$m" "$tmp" && mv -f -- "$tmp" "$p"; } 2>&1 </dev/null 9>&- ); then t 0; else rm -f -- "$tmp" 9>&-; fail 1 "$e" "$opt"; fi ;;
+  # The temp file is written by the builtin (umask 077 makes a new one 0600, so a 0600 put needs no chmod process).
+  p) d m "\${f[3]}"; tmp="$p.pulumi-vfio.$$"; e=-; [ -e "$tmp" ] && rm -f -- "$tmp" 9>&-
+     if ! printf '%b' "\${f[4]-}" 2>&4 > "$tmp"; then err
+     elif [ "$m" != 600 ] && ! e=$(chmod "$m" -- "$tmp" 2>&1 </dev/null 9>&-); then :
+     elif ! e=$(mv -f -- "$tmp" "$p" 2>&1 </dev/null 9>&-); then :
+     else e=-; fi
+     if [ "$e" = - ]; then t 0; else [ -e "$tmp" ] && rm -f -- "$tmp" 9>&-; fail 1 "$e" "$opt"; fi ;;
   m) d m "\${f[3]}"; if [ -d "$p" ]; then t 0
      elif e=$(mkdir -p -m "$m" -- "$p" 2>&1 </dev/null 9>&-); then t 0; else fail 1 "$e" "$opt"; fi ;;
   u) if [ ! -e "$p" ] && [ ! -L "$p" ]; then t 0

@@ -64,7 +64,7 @@ export interface GroupView {
     drivers: string[];
     /** PIDs that hold `/dev/vfio/<group>` open. */
     openers: number[];
-    /** The journal a change of the binding named by this address left unfinished (see sysfs/journal.ts). */
+    /** The journal of the binding named by this address: what its members had before it (see sysfs/journal.ts). */
     journal?: Journal;
     /** Addresses with an override saved by driverctl (`/etc/driverctl.d/pci-<address>`): the host's own. */
     savedOverrides?: string[];
@@ -101,7 +101,7 @@ export function lastGroupView(host: Host, address: string): { view: GroupView; g
         guards.push({ op: "readlink", path: `${PCI_DEVICES}/${m.address}/driver`, expect: m.driver ? `${PCI_DRIVERS}/${m.driver}` : "" });
         guards.push({ op: "read", path: `${PCI_DEVICES}/${m.address}/driver_override`, expect: m.override ?? "(null)" });
     }
-    // What the plan took as "before us" (an unfinished change's journal, driverctl's saved overrides) is as read too.
+    // What the plan took as "before us" (the binding's journal, driverctl's saved overrides) is as read too.
     guards.push(journalGuard(address, seen.journal), { op: "list", path: DRIVERCTL_DIR, expect: seen.saved.replace(/\n+$/, "") });
     return { view: seen.view, guards };
 }
@@ -121,7 +121,7 @@ export function noteMemberStates(host: Host, address: string, states: Map<string
     const members = view.members.map((m) => (states.has(m.address) ? { ...m, ...states.get(m.address)! } : m));
     const drivers = registered && !view.drivers.includes(registered) ? [...view.drivers, registered] : view.drivers;
     hint.seen.view = { ...view, members, drivers, device: members.find((m) => m.address === address) ?? view.device };
-    // A change that ran to its end removed the journal (the caller says what it left otherwise).
+    // The journal as the change left it: the caller passes the one it wrote or kept; none after a delete.
     hint.seen.journal = journal?.text ?? "";
     if (journal?.journal) hint.seen.view.journal = journal.journal;
     else delete hint.seen.view.journal;
