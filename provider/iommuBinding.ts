@@ -44,6 +44,7 @@ import {
 } from "./sysfs/pci";
 import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
 import { CriticalReads, HostUses, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
+import { DRIVERCTL_DIR, JournalEntry, arrivedGuards, driverctlFile, dropJournalOp, journalOf, parseJournal, reached, readJournalOp, stateBefore, writeJournalOps } from "./sysfs/journal";
 
 export interface IommuBindingInputs {
     /** A PCI address (`0000:01:00.0` or `01:00.0`) or a selector by ids. */
@@ -80,6 +81,10 @@ export interface BindingMember {
     /** Driver before we bound it (restored on delete); null = none. */
     previousDriver: string | null;
     previousOverride: string | null;
+    /** True when what the member had before us is unknown: found with an override of our driver that neither a
+     *  journal nor driverctl recorded (see sysfs/journal.ts). Delete then clears the override and lets the kernel's
+     *  driver matching choose (`drivers_probe`), as a reboot would; `previousDriver`/`previousOverride` are null. */
+    previousProbe?: boolean;
     /** Driver now. */
     driver: string | null;
     /** Whether this binding manages the member (false for bridges and, with wholeGroup off, the others). */
@@ -98,8 +103,7 @@ export interface IommuBindingOutputs extends IommuBindingInputs {
     members: BindingMember[];
 }
 
-export const DRIVERCTL_DIR = "/etc/driverctl.d";
-export const driverctlFile = (address: string) => `${DRIVERCTL_DIR}/pci-${address}`;
+export { DRIVERCTL_DIR, driverctlFile };
 const DRIVERCTL_BINARIES = ["/usr/sbin/driverctl", "/usr/bin/driverctl"];
 
 const defaults = (i: IommuBindingInputs) => ({ driver: i.driver ?? "vfio-pci", wholeGroup: i.wholeGroup ?? true, allowBootVga: i.allowBootVga ?? false, persistent: i.persistent ?? false });
@@ -167,7 +171,7 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
     const members: MemberPlan[] = view.members.map((d) => {
         const managed = !isBridge(d) && (wholeGroup || d.address === address);
         const prev = prevBy.get(d.address);
-        const previous: DeviceState = prev ? { driver: prev.previousDriver, override: prev.previousOverride } : { driver: d.driver, override: d.override };
+        const previous: DeviceState = prev ? recordedState(prev) : hostStateBefore(d, view, driver);
         // A member we managed before and no longer do goes back to what it had before us.
         const target = managed ? driver : prev ? previous.driver : null;
         return { device: d, target, previous, managed };
@@ -218,10 +222,11 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
 
     const lines = members.map((m) => {
         const d = m.device;
+        const note = beforeNote(m, !prevBy.has(d.address) && !!view.journal?.members.some((e) => e.address === d.address));
         const what = `${d.address} (${classLabel(d.class)} ${d.vendor}:${d.device})`;
         if (m.target === null) return `${what}: ${d.driver ?? "no driver"}, left as is${isBridge(d) ? " (bridge)" : ""}`;
-        if (m.target === d.driver) return `${what}: ${d.driver}, no change`;
-        return `${what}: ${d.driver ?? "no driver"} → ${m.target}`;
+        if (m.target === d.driver) return `${what}: ${d.driver}${note}, no change`;
+        return `${what}: ${d.driver ?? "no driver"} → ${m.target}${note}`;
     });
     return { group: view.group, members, problems, lines };
 }
@@ -383,6 +388,31 @@ function safeAddress(s: string): string | undefined {
 
 // ------------------------------------------------------------------------------------------------ apply
 
+/** What delete restores for a member the state recorded. */
+function recordedState(m: BindingMember): DeviceState {
+    return m.previousProbe ? { driver: null, override: null, probe: true } : { driver: m.previousDriver, override: m.previousOverride };
+}
+
+function journaledState(e: JournalEntry): DeviceState {
+    return e.probe ? { driver: null, override: null, probe: true } : { driver: e.driver, override: e.override };
+}
+
+/** What a member had before us when the state does not say: what the binding's journal on the host recorded, else
+ *  its state now (or the kernel's driver matching for an override nobody recorded, see `stateBefore`). */
+function hostStateBefore(d: PciDevice, view: GroupView, driver: string): DeviceState {
+    const e = view.journal?.members.find((j) => j.address === d.address);
+    return e ? journaledState(e) : stateBefore(d, driver, new Set(view.savedOverrides ?? []));
+}
+
+/** The plan line's word on what delete will restore, when the member's state now does not tell: an override nobody
+ *  recorded, or a journal the state knows nothing of (`fromJournal`: a create killed midway, or a lost state). */
+function beforeNote(m: MemberPlan, fromJournal: boolean): string {
+    if (!m.managed) return "";
+    if (m.previous.probe) return " (override set before us; destroy gives it back to the kernel's driver matching)";
+    if (fromJournal && (m.previous.driver !== m.device.driver || m.previous.override !== m.device.override)) return ` (bound by an earlier change the state does not know, says the journal; destroy restores ${m.previous.driver ?? "no driver"})`;
+    return "";
+}
+
 function toMember(m: MemberPlan, driverNow: string | null): BindingMember {
     const d = m.device;
     return {
@@ -395,6 +425,7 @@ function toMember(m: MemberPlan, driverNow: string | null): BindingMember {
         className: classLabel(d.class),
         previousDriver: m.previous.driver,
         previousOverride: m.previous.override,
+        ...(m.previous.probe ? { previousProbe: true } : {}),
         driver: driverNow,
         managed: m.managed,
     };
@@ -416,24 +447,35 @@ function persistenceOps(plan: BindingPlan, persistent: boolean, driver: string, 
     return ops;
 }
 
+interface RestoreEntry {
+    address: string;
+    state: DeviceState;
+    now?: DeviceState;
+}
+
 /**
  * Put every member back as it was in `before`, from whatever it is now (read first unless the caller knows it),
- * with `extra` ops (persistence cleanup) in the same batch. Returns the members that did not come back.
+ * with `extra` ops (persistence cleanup) in the same batch, and `last` (the journal's removal) behind guards that
+ * hold only once every member is back. Returns the members that did not come back.
  */
-async function restore(host: Host, before: { address: string; state: DeviceState; now?: DeviceState }[], extra: Op[] = []): Promise<string[]> {
-    if (before.length === 0 && extra.length === 0) return [];
+async function restore(host: Host, before: RestoreEntry[], extra: Op[] = [], last: Op[] = []): Promise<string[]> {
+    if (before.length === 0 && extra.length === 0 && last.length === 0) return [];
     const unknown = before.filter((b) => !b.now);
     if (unknown.length) {
         const r = await host.run(unknown.flatMap((b) => [driverLinkOp(b.address), { op: "read", path: `/sys/bus/pci/devices/${b.address}/driver_override` } as Op]));
         unknown.forEach((b, i) => (b.now = { driver: driverFromLink(r[2 * i]), override: overrideFrom(r[2 * i + 1]) }));
     }
     const ops: Op[] = before.flatMap((b) => restoreOps(b.address, b.now!, b.state));
-    const verify = before.map((b) => driverLinkOp(b.address));
-    const r = await host.run([...ops, ...extra, ...verify]);
+    const verify = before.flatMap((b): Op[] => [driverLinkOp(b.address), { op: "read", path: `${PCI_DEVICES}/${b.address}/driver_override` }]);
+    const guarded = last.length ? [...arrivedGuards(before.map((b) => ({ address: b.address, to: b.state }))), ...last] : [];
+    // Only the guards may stop this batch: a restore goes as far as it can.
+    const lenient = extra.map((o): Op => (o.op === "write" || o.op === "put" || o.op === "mkdir" || o.op === "remove" || o.op === "exec" ? { ...o, optional: true } : o));
+    const r = await host.run([...ops, ...lenient, ...verify, ...guarded], { stopOnError: guarded.length > 0 });
     const after = r.slice(ops.length + extra.length);
     return before.flatMap((b, i) => {
-        const d = driverFromLink(after[i]);
-        return d === b.state.driver ? [] : [`${b.address} is on ${d ?? "no driver"}, not ${b.state.driver ?? "no driver"}`];
+        const d = driverFromLink(after[2 * i]);
+        const ok = after[2 * i + 1]?.ok && reached(b.state, d, overrideFrom(after[2 * i + 1]), b.now!.driver ?? undefined);
+        return ok ? [] : [`${b.address} is on ${d ?? "no driver"}, not ${b.state.probe ? "back on the kernel's choice without an override" : b.state.driver ?? "no driver"}`];
     });
 }
 
@@ -467,10 +509,12 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
 }
 
 /**
- * Bind as `facts` say the group is, in one `stopOnError` batch: `guards` first, then modprobe if the driver is not
- * registered, driverctl's sequence per changing member, the read-back of every member and the persistence files.
- * Returns undefined when a guard stopped the batch (or the plan from guarded facts has problems): nothing changed.
- * On a failed write, every member already changed is restored and the error thrown names the file and errno.
+ * Bind as `facts` say the group is, in one `stopOnError` batch: `guards` first, then the journal of what every
+ * member had before the binding (see sysfs/journal.ts), modprobe if the driver is not registered, driverctl's
+ * sequence per changing member, the read-back of every member and the persistence files. Returns undefined when a
+ * guard stopped the batch (or the plan from guarded facts has problems): nothing changed. On a failed write, every
+ * member already changed is restored and the error thrown names the file and errno. A journal found (a change killed
+ * midway, or a binding the state lost) is adopted by the plan and kept, rewritten when anything changes.
  */
 async function apply(
     host: Host,
@@ -488,7 +532,12 @@ async function apply(
     }
 
     const changing = plan.members.filter((m) => m.target !== null && (m.target !== m.device.driver || (m.target === driver && m.device.override !== driver)));
+    // Every member this change decides (managed ones, and ones it gives back), each with what it had before us.
+    const decided = plan.members.filter((m) => m.target !== null);
+    const hadJournal = !!facts.view.journal;
+    const record = changing.length ? journalOf(address, decided.map((m) => ({ address: m.device.address, ...m.previous }))) : undefined;
     const ops: Op[] = [];
+    if (record) ops.push(...writeJournalOps(address, record.text));
     if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
     for (const m of changing) {
         ops.push(...(m.target === driver ? bindOps(m.device.address, m.device, driver) : restoreOps(m.device.address, m.device, m.previous)));
@@ -521,7 +570,7 @@ async function apply(
                 );
             }
         }
-        const wrong = changing.filter((m) => m.target !== driver && now.get(m.device.address) !== m.target);
+        const wrong = changing.filter((m) => m.target !== driver && !reached(m.previous, now.get(m.device.address) ?? null, null) && !m.previous.probe);
         if (!failure && wrong.length) {
             failure = new Error(`${wrong.map((m) => `${m.device.address} did not return to ${m.target}`).join(", ")}`);
         }
@@ -530,7 +579,9 @@ async function apply(
     if (failure) {
         noteMemberStates(host, address, undefined);
         const undo = changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } }));
-        const left = await restore(host, undo);
+        // Back where this change found the group: the journal goes too, unless it was there before (the binding's
+        // record, or a change killed earlier: the host's own drivers are still needed); one not back keeps it.
+        const left = await restore(host, undo, [], record && !hadJournal ? [dropJournalOp(address)] : []);
         // Persistence files are restored too: remove what we wrote for members that had none.
         const restoredNote = left.length ? ` Rollback incomplete: ${left.join("; ")}.` : ` Every changed device was restored (${undo.map((u) => `${u.address} → ${u.state.driver ?? "no driver"}`).join(", ") || "nothing had changed"}).`;
         if (persistent) await host.run(plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })));
@@ -539,7 +590,9 @@ async function apply(
 
     // Every override write succeeded (a failed one stops the batch), so each member's override is the one written.
     const overrideNow = (m: MemberPlan) => (!changing.includes(m) ? m.device.override : m.target === driver ? driver : m.previous.override);
-    noteMemberStates(host, address, new Map(plan.members.map((m) => [m.device.address, { driver: now.get(m.device.address) ?? null, override: overrideNow(m) }])), driver);
+    const states = new Map(plan.members.map((m) => [m.device.address, { driver: now.get(m.device.address) ?? null, override: overrideNow(m) }]));
+    const kept = record ?? (facts.view.journal ? journalOf(address, facts.view.journal.members) : undefined);
+    noteMemberStates(host, address, states, driver, kept);
     return {
         ...withoutProvider(inputs),
         address,
@@ -564,13 +617,25 @@ export async function update(_id: string, olds: IommuBindingOutputs, news: Iommu
     return { outs };
 }
 
-/** The host's truth. A vanished device → id "" (gone); members' current drivers → drift the next `up` repairs. */
+/**
+ * The host's truth. A vanished device → id "" (gone); members' current drivers → drift the next `up` repairs. A
+ * journal left by a change killed midway is adopted: its record of what each member had before is what delete
+ * will restore.
+ */
 export async function read(id: string, props: IommuBindingOutputs, onHost?: Host): Promise<{ id: string; props?: IommuBindingOutputs }> {
     return withHost(props.connection, async (host) => {
         const view = await readGroup(host, props.address ?? id);
         if (!view.device) return { id: "" };
         const byAddr = new Map(view.members.map((d) => [d.address, d]));
-        const members = (props.members ?? []).filter((m) => byAddr.has(m.address)).map((m) => ({ ...m, driver: byAddr.get(m.address)!.driver }));
+        const journal = new Map((view.journal?.members ?? []).map((e) => [e.address, e]));
+        const members = (props.members ?? [])
+            .filter((m) => byAddr.has(m.address))
+            .map((m) => {
+                const e = journal.get(m.address);
+                const { previousProbe: _, ...rest } = m;
+                const before = e ? { previousDriver: e.driver, previousOverride: e.override, ...(e.probe ? { previousProbe: true } : {}) } : m.previousProbe ? { previousProbe: true } : {};
+                return { ...rest, ...before, driver: byAddr.get(m.address)!.driver };
+            });
         return { id, props: { ...props, group: view.group ?? props.group, members } };
     }, onHost);
 }
@@ -584,8 +649,10 @@ async function heldError(host: Host, group: number | null, pids: number[]): Prom
 /**
  * Release the group: refuse while a VM holds it; otherwise restore every managed member and remove persistence.
  * First in one batch, from the state the last create or refresh recorded, behind a guard that stops it while the
- * group is held; when the read-back shows any member not back as it was (drift, a refused write, a device gone),
- * the real state is read and restored from.
+ * group is held; the binding's journal is removed at its end, behind guards that hold only once every member is
+ * back (a delete killed midway leaves it, and the next delete or read adopts it). When the read-back shows a member
+ * not back as it was (drift, a refused write, a device gone, a crash's leftovers), the real state and the journal are
+ * read and the group restored from them (the journal's record of the host's own drivers wins over the state's).
  */
 export async function remove(_id: string, props: IommuBindingOutputs, onHost?: Host): Promise<void> {
     await withHost(props.connection, (host) =>
@@ -593,29 +660,36 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
             const members = props.members ?? [];
             const recorded = members
                 .filter((m) => m.managed)
-                .map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: { driver: m.driver, override: props.driver } }));
+                .map((m) => ({ address: m.address, state: recordedState(m), now: { driver: m.driver, override: props.driver } }));
             const guard: Op = { op: "groupHolders", path: `${PCI_DEVICES}/${props.address}`, guard: true };
             const ops = recorded.flatMap((b) => restoreOps(b.address, b.now, b.state));
             // Only files this binding wrote: a driverctl file the host had before us stays.
             const cleanup = props.persistent ? recorded.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true })) : [];
             const verify = recorded.flatMap((b): Op[] => [driverLinkOp(b.address), { op: "read", path: `${PCI_DEVICES}/${b.address}/driver_override` }]);
-            const r = await host.run([guard, ...ops, ...cleanup, ...verify], { stopOnError: true });
+            const done = [...arrivedGuards(recorded.map((b) => ({ address: b.address, to: b.state }))), dropJournalOp(props.address)];
+            const r = await host.run([guard, ...ops, ...cleanup, ...verify, ...done], { stopOnError: true });
             if (!r[0].ok && r[0].errno === "EBUSY") {
                 const group = /\/dev\/vfio\/(\d+)/.exec(r[0].message ?? "")?.[1];
                 throw await heldError(host, group === undefined ? props.group : Number(group), pidsOf(r[0]));
             }
-            const after = r.slice(1 + ops.length + cleanup.length);
-            const back = recorded.every((b, i) => after[2 * i + 1].ok && driverFromLink(after[2 * i]) === b.state.driver && overrideFrom(after[2 * i + 1]) === b.state.override);
-            if (back) return noteMemberStates(host, props.address, new Map(recorded.map((b) => [b.address, b.state])));
+            if (r[r.length - 1].ok) {
+                // Every member back (the guards before the removal held).
+                const after = r.slice(1 + ops.length + cleanup.length);
+                return noteMemberStates(host, props.address, new Map(recorded.map((b, i) => [b.address, { driver: driverFromLink(after[2 * i]), override: overrideFrom(after[2 * i + 1]) }])));
+            }
             noteMemberStates(host, props.address, undefined);
 
-            const view = await readGroupState(host, props.address, members.map((m) => m.address));
+            const view = await readGroupState(host, props.address, members.map((m) => m.address), [readJournalOp(props.address)]);
+            const found = parseJournal(props.address, view.extra[0]).journal;
             if (!view.exists) return;
             if (view.openers.length) throw await heldError(host, view.group, view.openers);
-            const managed = members.filter((m) => m.managed && view.members.get(m.address));
-            // The group was just read: restore from that state, and drop persistence in the same batch.
-            const undo = managed.map((m) => ({ address: m.address, state: { driver: m.previousDriver, override: m.previousOverride }, now: view.members.get(m.address)! }));
-            const left = await restore(host, undo, props.persistent ? managed.map((m): Op => ({ op: "remove", path: driverctlFile(m.address) })) : []);
+            const entries = new Map((found?.members ?? []).map((e) => [e.address, e]));
+            const undo = members
+                .filter((m) => (m.managed || entries.has(m.address)) && view.members.get(m.address))
+                .map((m) => ({ address: m.address, state: entries.has(m.address) ? journaledState(entries.get(m.address)!) : recordedState(m), now: view.members.get(m.address)! }));
+            // The group was just read: restore from that state, drop persistence in the same batch, and the journal
+            // once every member is back.
+            const left = await restore(host, undo, props.persistent ? undo.map((u): Op => ({ op: "remove", path: driverctlFile(u.address) })) : [], [dropJournalOp(props.address)]);
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
         }),
         onHost,

@@ -220,12 +220,25 @@ while IFS=' ' read -r -a f; do
       ;;
     put)
       # A temporary file in the same directory, then rename: readers never see half a file. Field 3 is the mode.
+      # The builtin writes the temp file (the umask 077 makes a new one 0600, so a 0600 put, the journal's, needs no
+      # chmod process); only the rename is a program.
       decode mode "${f[3]}"
       tmp="$p.pulumi-vfio.$$"
-      if e=$( { umask 077; printf '%b' "${f[4]-}" >"$tmp" && chmod "$mode" "$tmp" && mv -f -- "$tmp" "$p"; } 2>&1 </dev/null 9>&-); then
+      e=-
+      if [ -e "$tmp" ]; then rm -f -- "$tmp" 9>&-; fi
+      if ! printf '%b' "${f[4]-}" 2>&4 >"$tmp"; then
+        builtin_error
+      elif [ "$mode" != 600 ] && ! e=$(chmod "$mode" -- "$tmp" 2>&1 9>&-); then
+        :
+      elif ! e=$(mv -f -- "$tmp" "$p" 2>&1 9>&-); then
+        :
+      else
+        e=-
+      fi
+      if [ "$e" = - ]; then
         trailer 0
       else
-        rm -f -- "$tmp" 9>&-
+        if [ -e "$tmp" ]; then rm -f -- "$tmp" 9>&-; fi
         fail 1 "$e"
       fi
       ;;

@@ -5,6 +5,7 @@
  */
 import { baseHost } from "../host/lock";
 import { Host, Op, OpResult } from "../host/types";
+import { DRIVERCTL_DIR, Journal, journalGuard, parseJournal, readJournalOp, savedOverrides } from "./journal";
 import { pidsOf } from "./proc";
 import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PCI_DRIVERS, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
 
@@ -64,6 +65,10 @@ export interface GroupView {
     drivers: string[];
     /** PIDs that hold `/dev/vfio/<group>` open. */
     openers: number[];
+    /** The journal of the binding named by this address: what its members had before it (see sysfs/journal.ts). */
+    journal?: Journal;
+    /** Addresses with an override saved by driverctl (`/etc/driverctl.d/pci-<address>`): the host's own. */
+    savedOverrides?: string[];
 }
 
 /**
@@ -75,7 +80,7 @@ export interface GroupView {
 interface GroupHint {
     others: string[];
     group: number | null;
-    seen?: { view: GroupView; listing: string };
+    seen?: { view: GroupView; listing: string; journal: string; saved: string };
 }
 /** Keyed by the host outside any locked section: check reads the group on it, create acts under the lock. */
 const groupHints = new WeakMap<Host, Map<string, GroupHint>>();
@@ -98,6 +103,8 @@ export function lastGroupView(host: Host, address: string): { view: GroupView; g
         guards.push({ op: "readlink", path: `${PCI_DEVICES}/${m.address}/driver`, expect: m.driver ? `${PCI_DRIVERS}/${m.driver}` : "" });
         guards.push({ op: "read", path: `${PCI_DEVICES}/${m.address}/driver_override`, expect: m.override ?? "(null)" });
     }
+    // What the plan took as "before us" (the binding's journal, driverctl's saved overrides) is as read too.
+    guards.push(journalGuard(address, seen.journal), { op: "list", path: DRIVERCTL_DIR, expect: seen.saved.replace(/\n+$/, "") });
     return { view: seen.view, guards };
 }
 
@@ -105,7 +112,7 @@ export function lastGroupView(host: Host, address: string): { view: GroupView; g
  * Record what a change left the members of `address`'s group with (as read back), and a driver it registered, so
  * the next change planned from {@link lastGroupView} matches the host; `undefined` forgets the view (state unknown).
  */
-export function noteMemberStates(host: Host, address: string, states: Map<string, { driver: string | null; override: string | null }> | undefined, registered?: string): void {
+export function noteMemberStates(host: Host, address: string, states: Map<string, { driver: string | null; override: string | null }> | undefined, registered?: string, journal?: { journal?: Journal; text: string }): void {
     const hint = groupHints.get(baseHost(host))?.get(address);
     if (!hint?.seen) return;
     if (!states) {
@@ -116,6 +123,10 @@ export function noteMemberStates(host: Host, address: string, states: Map<string
     const members = view.members.map((m) => (states.has(m.address) ? { ...m, ...states.get(m.address)! } : m));
     const drivers = registered && !view.drivers.includes(registered) ? [...view.drivers, registered] : view.drivers;
     hint.seen.view = { ...view, members, drivers, device: members.find((m) => m.address === address) ?? view.device };
+    // The journal as the change left it: the caller passes the one it wrote or kept; none after a delete.
+    hint.seen.journal = journal?.text ?? "";
+    if (journal?.journal) hint.seen.view.journal = journal.journal;
+    else delete hint.seen.view.journal;
 }
 
 /**
@@ -142,6 +153,8 @@ export async function readGroup(
         ...readOps(address),
         { op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices` },
         { op: "list", path: "/sys/bus/pci/drivers" },
+        readJournalOp(address),
+        { op: "list", path: DRIVERCTL_DIR },
         ...statusOps,
         ...extra,
         ...hint.others.flatMap((a) => readOps(a)),
@@ -151,7 +164,7 @@ export async function readGroup(
     let at = 0;
     const take = (n: number) => r1.slice(at, (at += n));
     const device = parse(address, take(count));
-    const [listed, driverList] = take(2);
+    const [listed, driverList, journalRead, savedList] = take(4);
     const status = take(statusOps.length);
     const extraResults = take(extra.length);
     const hinted = new Map(hint.others.map((a) => [a, take(count)]));
@@ -179,8 +192,11 @@ export async function readGroup(
     members.sort((a, b) => a.address.localeCompare(b.address));
     const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[openersAt];
     const openers = openersResult?.ok ? pidsOf(openersResult) : [];
-    const result = { device, group, members, iommu, drivers, openers };
-    if (device) hints.set(address, listed.ok ? { others, group, seen: { view: result, listing: listed.data } } : { others, group });
+    const journal = parseJournal(address, journalRead);
+    const saved = savedList.ok ? savedList.data : "";
+    const result: GroupView = { device, group, members, iommu, drivers, openers, savedOverrides: [...savedOverrides(savedList)] };
+    if (journal.journal) result.journal = journal.journal;
+    if (device) hints.set(address, listed.ok ? { others, group, seen: { view: result, listing: listed.data, journal: journal.text, saved } } : { others, group });
     else hints.delete(address);
     return { ...result, extra: extraResults, then: r2.slice(r2.length - thenOps.length) };
 }
@@ -194,17 +210,20 @@ export interface GroupState {
     members: Map<string, { driver: string | null; override: string | null } | null>;
     /** PIDs that hold `/dev/vfio/<group>` open. */
     openers: number[];
+    /** The results of the caller's `extra` ops, in order. */
+    extra: OpResult[];
 }
 
 /**
  * What releasing a group needs, in one round trip: the group link of `address`, each member's driver and
- * `driver_override`, and who holds the group's `/dev/vfio` node.
+ * `driver_override`, who holds the group's `/dev/vfio` node, and the caller's `extra` reads.
  */
-export async function readGroupState(host: Host, address: string, members: string[]): Promise<GroupState> {
+export async function readGroupState(host: Host, address: string, members: string[], extra: Op[] = []): Promise<GroupState> {
     const ops: Op[] = [{ op: "readlink", path: `${PCI_DEVICES}/${address}/iommu_group` }];
     for (const a of members) ops.push(driverLinkOp(a), { op: "read", path: `${PCI_DEVICES}/${a}/driver_override` });
     ops.push({ op: "groupHolders", path: `${PCI_DEVICES}/${address}` });
-    const r = await host.run(ops);
+    const r = await host.run([...ops, ...extra]);
+    const extraResults = r.splice(ops.length);
     const link = r[0].ok ? r[0].data.trim() : "";
     const group = link ? Number(link.slice(link.lastIndexOf("/") + 1)) : null;
     const state = new Map<string, { driver: string | null; override: string | null } | null>();
@@ -215,5 +234,5 @@ export async function readGroupState(host: Host, address: string, members: strin
     const held = r[r.length - 1];
     const openers = held.ok ? pidsOf(held) : [];
     const exists = state.has(address) ? state.get(address) !== null : r[0].ok;
-    return { exists, group, members: state, openers };
+    return { exists, group, members: state, openers, extra: extraResults };
 }

@@ -205,6 +205,9 @@ export function moduleOf(driver: string): string {
 export interface DeviceState {
     driver: string | null;
     override: string | null;
+    /** As a restore target: no override, and whichever driver the kernel's matching picks (`drivers_probe`); for
+     *  a member whose own driver nobody recorded. `driver` is then null. */
+    probe?: boolean;
 }
 
 /**
@@ -226,11 +229,19 @@ export function bindOps(address: string, from: DeviceState, driver: string): Op[
 
 /**
  * The inverse: leave the device as `to` says (driver and override), from whatever it is bound to now. The
- * previous driver is bound explicitly, so the device goes back to exactly that driver, not whatever matches first.
+ * previous driver is bound explicitly, so the device goes back to exactly that driver, not whatever matches first;
+ * a `probe` target is driverctl's `unset-override` (clear the override, unbind, `drivers_probe`).
  * Every step is optional: a restore goes as far as it can and the read-back tells what stuck.
  */
 export function restoreOps(address: string, now: DeviceState, to: DeviceState): Op[] {
     const ops: Op[] = [];
+    if (to.probe) {
+        // The kernel's own choice, as a boot would make it: no override, off the driver we bound, then probe.
+        if (now.override !== null) ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: "\n", optional: true });
+        if (now.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
+        ops.push({ op: "write", path: "/sys/bus/pci/drivers_probe", data: address, optional: true });
+        return ops;
+    }
     if (now.driver && now.driver !== to.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
     if (now.override !== to.override) {
         // Writing a newline clears the override (`echo > driver_override`); an empty write would not reach the kernel.

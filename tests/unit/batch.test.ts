@@ -31,8 +31,12 @@ test("hostile values are written byte for byte and never run", async () => {
 });
 
 test("files are created with the mode asked for, atomically", async () => {
+    // A 0644 file replaced by a 0600 one (and back): the mode is the put's, never the old file's.
+    fs.writeFileSync(`${dir}/secret.conf`, "old\n", { mode: 0o644 });
     await host.run([{ op: "put", path: `${dir}/secret.conf`, data: "x\n", mode: 0o600 }]);
     expect(fs.statSync(`${dir}/secret.conf`).mode & 0o777).toBe(0o600);
+    await host.run([{ op: "put", path: `${dir}/public.conf`, data: "y\n", mode: 0o644 }]);
+    expect([fs.statSync(`${dir}/public.conf`).mode & 0o777, fs.readFileSync(`${dir}/public.conf`, "utf8")]).toEqual([0o644, "y\n"]);
     expect(fs.readdirSync(dir).filter((f) => f.includes(".pulumi-vfio."))).toEqual([]);
 });
 
