@@ -44,25 +44,10 @@ import {
 } from "./sysfs/pci";
 import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
 import { CriticalReads, HostUses, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
+import type { IommuBindingSchemaInputs } from "./generated/inputs";
 
-export interface IommuBindingInputs {
-    /** A PCI address (`0000:01:00.0` or `01:00.0`) or a selector by ids. */
-    device: string | DeviceSelector;
-    /** Driver to bind. Default `vfio-pci`. */
-    driver?: string;
-    /** Bind every non-bridge member of the IOMMU group too. Default true. */
-    wholeGroup?: boolean;
-    /** Allow binding the host's console GPU (`boot_vga` = 1). Default false. */
-    allowBootVga?: boolean;
-    /**
-     * PCI addresses of host-critical group members (see `sysfs/critical.ts`: host/ISA bridges, SMBus, the controller
-     * of a mounted filesystem or active swap, the NIC of our SSH session) that this binding may take from the host
-     * anyway. Default none: such a group is refused at check.
-     */
-    allowHostCritical?: string[];
-    /** Survive reboots via /etc/driverctl.d (driverctl applies it at boot). Default false. */
-    persistent?: boolean;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/iommu-binding.schema.json) and what check adds. */
+export interface IommuBindingInputs extends IommuBindingSchemaInputs {
     /** Set by check: the resolved address. */
     address?: string;
     /** Set by check: one line per device whose driver will change. */

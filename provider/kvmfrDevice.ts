@@ -46,21 +46,13 @@ import {
     removeSize,
     renderModprobeConf,
 } from "./sysfs/kvmfr";
+import type { KvmfrDeviceSchemaInputs } from "./generated/inputs";
 
-export interface KvmfrDeviceInputs {
-    /** N of /dev/kvmfrN (0–9). */
-    index: number;
-    /** Size in MiB, a power of two. Set by check from the resolution when that is given instead. */
-    sizeMb?: number;
-    width?: number;
-    height?: number;
-    hdr?: boolean;
-    formula?: KvmfrFormula;
-    owner?: string;
-    group?: string;
-    mode?: string;
-    connection?: Connection;
-}
+/**
+ * The schema's inputs (provider/generated/inputs.ts, from schema/kvmfr-device.schema.json); check sets `sizeMb` from
+ * the resolution when that is given instead.
+ */
+export type KvmfrDeviceInputs = KvmfrDeviceSchemaInputs;
 
 /** What the host has at /dev/kvmfrN now, for drift. */
 export interface KvmfrActual {

@@ -40,56 +40,15 @@ import { QmpClient, QmpCpu, QmpTimeout, flattenPci } from "./qemu/qmp";
 import { LOADED_SIZES, parseModprobeConf, parseStat } from "./sysfs/kvmfr";
 import { isVfioDriver, memberViable } from "./sysfs/iommu";
 import { firstFailure, isBridge, parseAddress } from "./sysfs/pci";
+import type { DiskInput, MdevInput, PassthroughDeviceInput, PassthroughVmSchemaInputs } from "./generated/inputs";
 
 // ------------------------------------------------------------------------------------------------ inputs
 
-export interface PassthroughDeviceInput {
-    /** A PCI address; with `functions` absent, every non-bridge function of its IOMMU group is passed. */
-    address: string;
-    /** Exactly these functions (from an IommuBinding's managed members); absent: the whole group. */
-    functions?: string[];
-    xVga?: boolean;
-    romfile?: string;
-}
+// The shapes are generated from schema/passthrough-vm.schema.json (provider/generated/inputs.ts).
+export type { DiskInput, MdevInput, PassthroughDeviceInput };
 
-export interface MdevInput {
-    uuid: string;
-    /** The mdev type id; `nvidia-*` makes the VM's SMBIOS UUID the mdev's (`-uuid`). */
-    type?: string;
-    display?: boolean;
-    /** NVIDIA vGPU 17+: the VF that carries the vGPU (MdevInstance's `address`), passed with `host=`. */
-    address?: string;
-}
-
-export interface DiskInput {
-    path: string;
-    format?: "raw" | "qcow2";
-    bus?: "virtio" | "sata" | "nvme";
-    readOnly?: boolean;
-}
-
-export interface PassthroughVmInputs {
-    name: string;
-    machine?: string;
-    accel?: "kvm" | "tcg";
-    cpu?: { model?: string; sockets?: number; cores?: number; threads?: number; pinning?: number[] };
-    memoryMb?: number;
-    hugepages?: boolean;
-    firmware?: { code: string; vars: string };
-    disks?: (string | DiskInput)[];
-    cdrom?: string;
-    network?: { mode?: "user" | "bridge" | "none"; bridge?: string; model?: string; mac?: string };
-    devices?: (string | PassthroughDeviceInput)[];
-    mdevs?: (string | MdevInput)[];
-    sharedMemory?: { path: string; sizeMb: number };
-    hideHypervisor?: boolean;
-    hvVendorId?: string;
-    uuid?: string;
-    running?: boolean;
-    autostart?: boolean;
-    shutdownTimeoutSeconds?: number;
-    extraArgs?: string[];
-    connection?: Connection;
+/** The schema's inputs and what check adds. */
+export interface PassthroughVmInputs extends PassthroughVmSchemaInputs {
     /** Set by check: the functions that will be passed through, with their groups. */
     hostDevices?: HostDevice[];
     /** Set by check: the QEMU argv. */

@@ -22,15 +22,10 @@ import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
 import { PCI_DEVICES, PciDevice, classLabel, deviceReadOps, parseAddress, parseDevice } from "./sysfs/pci";
 import { SriovState, VfView, numVfsOps, sriovQuery, vfAddress, vfsQuery, virtfnCount } from "./sysfs/sriov";
+import type { VirtualFunctionsSchemaInputs } from "./generated/inputs";
 
-export interface VirtualFunctionsInputs {
-    /** The PF's PCI address (`0000:03:00.0` or `03:00.0`). */
-    physicalFunction: string;
-    /** How many VFs, 0..`sriov_totalvfs`. */
-    count: number;
-    /** Let host drivers probe the new VFs. Default false: the VFs stay unbound, for vfio-pci. */
-    autoprobe?: boolean;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/virtual-functions.schema.json) and what check adds. */
+export interface VirtualFunctionsInputs extends VirtualFunctionsSchemaInputs {
     /** Set by check: what `up` will do. */
     plan?: string[];
 }

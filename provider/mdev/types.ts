@@ -5,21 +5,10 @@
 import { CheckFailure } from "../check";
 import { Connection } from "../host/ssh";
 import { BootHook, MdevAttr, MdevDevice, MdevType, MdevctlConfig, VgpuVf, VramBounds } from "../sysfs/mdev";
+import type { MdevInstanceSchemaInputs } from "../generated/inputs";
 
-export interface MdevInstanceInputs {
-    /** A PCI address (`0000:00:02.0`) or a parent's name under /sys/class/mdev_bus (`mtty`); for NVIDIA vGPU 17+ the PF (or one VF). */
-    parent: string;
-    /** The exact mdev type id (`nvidia-63`, `mtty-2`); for vGPU 17+ the numeric id or the profile name. */
-    type?: string;
-    /** Choose the type by video memory instead, in MiB: the smallest type within the bounds that has room. */
-    vram?: VramBounds;
-    /** The mdev's UUID. The SDK class derives one from project, stack and resource name when absent. */
-    uuid?: string;
-    /** Attributes written, in order, right after create (mdevctl's `attrs`). */
-    attrs?: MdevAttr[];
-    /** Survive reboots: mdevctl's config in /etc/mdevctl.d/<parent>/<uuid> with `start: auto`. Default false. */
-    persistent?: boolean;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/mdev-instance.schema.json) and what check adds. */
+export interface MdevInstanceInputs extends MdevInstanceSchemaInputs {
     /** Set by check: the parent as the kernel names it. */
     parentDevice?: string;
     /** Set by check: the chosen type id. */
