@@ -17,7 +17,7 @@
  * Each function takes an optional last `onHost`: the dynamic provider passes none (the host comes from
  * `connection`); tests pass a fake or the lab's kernel.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider, DiffResult } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider, DiffResult } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
@@ -87,7 +87,14 @@ export const DRIVERCTL_DIR = "/etc/driverctl.d";
 export const driverctlFile = (address: string) => `${DRIVERCTL_DIR}/pci-${address}`;
 const DRIVERCTL_BINARIES = ["/usr/sbin/driverctl", "/usr/bin/driverctl"];
 
-const defaults = (i: IommuBindingInputs) => ({ driver: i.driver ?? "vfio-pci", wholeGroup: i.wholeGroup ?? true, allowBootVga: i.allowBootVga ?? false, persistent: i.persistent ?? false });
+const SCHEMA = "iommu-binding.schema.json";
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+const defaults = (i: IommuBindingInputs) => ({
+    driver: i.driver ?? schemaDefault<string>(SCHEMA, "driver"),
+    wholeGroup: i.wholeGroup ?? schemaDefault<boolean>(SCHEMA, "wholeGroup"),
+    allowBootVga: i.allowBootVga ?? schemaDefault<boolean>(SCHEMA, "allowBootVga"),
+    persistent: i.persistent ?? schemaDefault<boolean>(SCHEMA, "persistent"),
+});
 
 // ------------------------------------------------------------------------------------------------ planning
 

@@ -14,7 +14,7 @@
  * - delete: refuse while the device is open; drop its size (the last entry only: kvmfr numbers devices by position)
  *   and its rule; unload the module when no device is left.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
 import { describeHolders } from "./sysfs/proc";
@@ -82,7 +82,13 @@ export interface KvmfrDeviceOutputs extends KvmfrDeviceInputs {
     actual: KvmfrActual;
 }
 
-const defaults = (i: KvmfrDeviceInputs) => ({ owner: i.owner ?? "root", group: i.group ?? "kvm", mode: normalizeMode(i.mode ?? "0660") });
+const SCHEMA = "kvmfr-device.schema.json";
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+const defaults = (i: KvmfrDeviceInputs) => ({
+    owner: i.owner ?? schemaDefault<string>(SCHEMA, "owner"),
+    group: i.group ?? schemaDefault<string>(SCHEMA, "group"),
+    mode: normalizeMode(i.mode ?? schemaDefault<string>(SCHEMA, "mode")),
+});
 
 const NAME = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 
@@ -262,7 +268,7 @@ export function planKvmfr(inputs: KvmfrDeviceInputs & { sizeMb: number }, facts:
 function resolveSize(i: KvmfrDeviceInputs): number | undefined {
     if (i.sizeMb !== undefined) return i.sizeMb;
     if (i.width !== undefined && i.height !== undefined && !isUnknown(i.width) && !isUnknown(i.height) && !isUnknown(i.hdr) && !isUnknown(i.formula)) {
-        return kvmfrSizeMb(i.width, i.height, i.hdr ?? false, i.formula ?? "b7");
+        return kvmfrSizeMb(i.width, i.height, i.hdr ?? schemaDefault<boolean>(SCHEMA, "hdr"), i.formula ?? schemaDefault<KvmfrFormula>(SCHEMA, "formula"));
     }
     return undefined;
 }

@@ -12,7 +12,7 @@
  * - read: gone when the PF is gone; the real count, autoprobe and VFs otherwise (drift for `up` to repair).
  * - delete: refuse while a VM holds a VF; otherwise 0 VFs and autoprobe as it was before us.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { ConnectionError, withHost } from "./host";
 import { BatchQuery } from "./host/query";
@@ -53,7 +53,8 @@ export interface VirtualFunctionsOutputs extends VirtualFunctionsInputs {
     previousAutoprobe: boolean;
 }
 
-const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? false });
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? schemaDefault<boolean>("virtual-functions.schema.json", "autoprobe") });
 
 // ------------------------------------------------------------------------------------------------ host facts
 

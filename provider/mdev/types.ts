@@ -2,7 +2,7 @@
  * MdevInstance's shapes: its inputs and outputs, what is read from the host (the observation, {@link MdevFacts}) and
  * what the planner decides from it ({@link MdevPlan}). Shared by the resource file, the planner and both backends.
  */
-import { CheckFailure } from "../check";
+import { CheckFailure, schemaDefault } from "../check";
 import { Connection } from "../host/ssh";
 import { BootHook, MdevAttr, MdevDevice, MdevType, MdevctlConfig, VgpuVf, VramBounds } from "../sysfs/mdev";
 import type { MdevInstanceSchemaInputs } from "../generated/inputs";
@@ -43,7 +43,11 @@ export interface MdevInstanceOutputs extends MdevInstanceInputs {
     mdevctlConfig: string | null;
 }
 
-export const defaults = (i: MdevInstanceInputs) => ({ persistent: i.persistent ?? false, attrs: i.attrs ?? [] });
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+export const defaults = (i: MdevInstanceInputs) => ({
+    persistent: i.persistent ?? schemaDefault<boolean>("mdev-instance.schema.json", "persistent"),
+    attrs: i.attrs ?? schemaDefault<MdevAttr[]>("mdev-instance.schema.json", "attrs"),
+});
 
 /** Inputs once check has settled the UUID (given, kept from the state, or derived by the SDK). */
 export type MdevInputsWithUuid = MdevInstanceInputs & { uuid: string };
