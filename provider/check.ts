@@ -66,6 +66,23 @@ export function schemas(): Ajv2020 {
     return ajv;
 }
 
+/**
+ * The `default` a schema in schema/ gives a property: the one place a default is written. `at` is a dotted property
+ * path (`cpu.sockets`, through nested `properties`) or a JSON pointer (`/$defs/disk/oneOf/1/properties/bus`).
+ * validate() fills the same values in (ajv's useDefaults); this is for the paths that see inputs validate() did not
+ * fill: outputs from an older state, diff against news with unknowns, read. Returns a copy (a default `[]` stays
+ * the schema's). Throws when the schema has no default there, so a mistyped path fails on first use rather than
+ * reading as undefined.
+ */
+export function schemaDefault<T = unknown>(schemaFile: string, at: string): T {
+    // The very object ajv validates with (ajv keeps the schema it was given), so the two cannot disagree.
+    let node: any = validator(schemaFile).schema;
+    const steps = at.startsWith("/") ? at.split("/").slice(1) : at.split(".").flatMap((k) => ["properties", k]);
+    for (const step of steps) node = node?.[step];
+    if (node === undefined || !("default" in node)) throw new Error(`${schemaFile} gives no default at ${at}`);
+    return structuredClone(node.default) as T;
+}
+
 export function validator(schemaFile: string): ValidateFunction {
     const v = schemas().getSchema(schemaFile);
     if (!v) throw new Error(`no schema ${schemaFile}`);

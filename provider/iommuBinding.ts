@@ -17,7 +17,7 @@
  * Each function takes an optional last `onHost`: the dynamic provider passes none (the host comes from
  * `connection`); tests pass a fake or the lab's kernel.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider, DiffResult } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider, DiffResult } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { Connection, hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
@@ -45,25 +45,10 @@ import {
 import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
 import { CriticalReads, HostUses, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 import { DRIVERCTL_DIR, JournalEntry, arrivedGuards, driverctlFile, dropJournalOp, journalOf, parseJournal, reached, readJournalOp, stateBefore, writeJournalOps } from "./sysfs/journal";
+import type { IommuBindingSchemaInputs } from "./generated/inputs";
 
-export interface IommuBindingInputs {
-    /** A PCI address (`0000:01:00.0` or `01:00.0`) or a selector by ids. */
-    device: string | DeviceSelector;
-    /** Driver to bind. Default `vfio-pci`. */
-    driver?: string;
-    /** Bind every non-bridge member of the IOMMU group too. Default true. */
-    wholeGroup?: boolean;
-    /** Allow binding the host's console GPU (`boot_vga` = 1). Default false. */
-    allowBootVga?: boolean;
-    /**
-     * PCI addresses of host-critical group members (see `sysfs/critical.ts`: host/ISA bridges, SMBus, the controller
-     * of a mounted filesystem or active swap, the NIC of our SSH session) that this binding may take from the host
-     * anyway. Default none: such a group is refused at check.
-     */
-    allowHostCritical?: string[];
-    /** Survive reboots via /etc/driverctl.d (driverctl applies it at boot). Default false. */
-    persistent?: boolean;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/iommu-binding.schema.json) and what check adds. */
+export interface IommuBindingInputs extends IommuBindingSchemaInputs {
     /** Set by check: the resolved address. */
     address?: string;
     /** Set by check: one line per device whose driver will change. */
@@ -106,7 +91,14 @@ export interface IommuBindingOutputs extends IommuBindingInputs {
 export { DRIVERCTL_DIR, driverctlFile };
 const DRIVERCTL_BINARIES = ["/usr/sbin/driverctl", "/usr/bin/driverctl"];
 
-const defaults = (i: IommuBindingInputs) => ({ driver: i.driver ?? "vfio-pci", wholeGroup: i.wholeGroup ?? true, allowBootVga: i.allowBootVga ?? false, persistent: i.persistent ?? false });
+const SCHEMA = "iommu-binding.schema.json";
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+const defaults = (i: IommuBindingInputs) => ({
+    driver: i.driver ?? schemaDefault<string>(SCHEMA, "driver"),
+    wholeGroup: i.wholeGroup ?? schemaDefault<boolean>(SCHEMA, "wholeGroup"),
+    allowBootVga: i.allowBootVga ?? schemaDefault<boolean>(SCHEMA, "allowBootVga"),
+    persistent: i.persistent ?? schemaDefault<boolean>(SCHEMA, "persistent"),
+});
 
 // ------------------------------------------------------------------------------------------------ planning
 

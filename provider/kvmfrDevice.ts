@@ -14,7 +14,7 @@
  * - delete: refuse while the device is open; drop its size (the last entry only: kvmfr numbers devices by position)
  *   and its rule; unload the module when no device is left.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
 import { describeHolders } from "./sysfs/proc";
@@ -46,21 +46,13 @@ import {
     removeSize,
     renderModprobeConf,
 } from "./sysfs/kvmfr";
+import type { KvmfrDeviceSchemaInputs } from "./generated/inputs";
 
-export interface KvmfrDeviceInputs {
-    /** N of /dev/kvmfrN (0–9). */
-    index: number;
-    /** Size in MiB, a power of two. Set by check from the resolution when that is given instead. */
-    sizeMb?: number;
-    width?: number;
-    height?: number;
-    hdr?: boolean;
-    formula?: KvmfrFormula;
-    owner?: string;
-    group?: string;
-    mode?: string;
-    connection?: Connection;
-}
+/**
+ * The schema's inputs (provider/generated/inputs.ts, from schema/kvmfr-device.schema.json); check sets `sizeMb` from
+ * the resolution when that is given instead.
+ */
+export type KvmfrDeviceInputs = KvmfrDeviceSchemaInputs;
 
 /** What the host has at /dev/kvmfrN now, for drift. */
 export interface KvmfrActual {
@@ -90,7 +82,13 @@ export interface KvmfrDeviceOutputs extends KvmfrDeviceInputs {
     actual: KvmfrActual;
 }
 
-const defaults = (i: KvmfrDeviceInputs) => ({ owner: i.owner ?? "root", group: i.group ?? "kvm", mode: normalizeMode(i.mode ?? "0660") });
+const SCHEMA = "kvmfr-device.schema.json";
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+const defaults = (i: KvmfrDeviceInputs) => ({
+    owner: i.owner ?? schemaDefault<string>(SCHEMA, "owner"),
+    group: i.group ?? schemaDefault<string>(SCHEMA, "group"),
+    mode: normalizeMode(i.mode ?? schemaDefault<string>(SCHEMA, "mode")),
+});
 
 const NAME = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 
@@ -270,7 +268,7 @@ export function planKvmfr(inputs: KvmfrDeviceInputs & { sizeMb: number }, facts:
 function resolveSize(i: KvmfrDeviceInputs): number | undefined {
     if (i.sizeMb !== undefined) return i.sizeMb;
     if (i.width !== undefined && i.height !== undefined && !isUnknown(i.width) && !isUnknown(i.height) && !isUnknown(i.hdr) && !isUnknown(i.formula)) {
-        return kvmfrSizeMb(i.width, i.height, i.hdr ?? false, i.formula ?? "b7");
+        return kvmfrSizeMb(i.width, i.height, i.hdr ?? schemaDefault<boolean>(SCHEMA, "hdr"), i.formula ?? schemaDefault<KvmfrFormula>(SCHEMA, "formula"));
     }
     return undefined;
 }

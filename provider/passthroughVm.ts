@@ -18,7 +18,7 @@
  *
  * Every function takes an optional last `onHost` (tests); the dynamic provider gets the host from `connection`.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError } from "./errors";
 import { withHost } from "./host";
 import { pidsOf } from "./sysfs/proc";
@@ -40,56 +40,15 @@ import { QmpClient, QmpCpu, QmpTimeout, flattenPci } from "./qemu/qmp";
 import { LOADED_SIZES, parseModprobeConf, parseStat } from "./sysfs/kvmfr";
 import { isVfioDriver, memberViable } from "./sysfs/iommu";
 import { firstFailure, isBridge, parseAddress } from "./sysfs/pci";
+import type { DiskInput, MdevInput, PassthroughDeviceInput, PassthroughVmSchemaInputs } from "./generated/inputs";
 
 // ------------------------------------------------------------------------------------------------ inputs
 
-export interface PassthroughDeviceInput {
-    /** A PCI address; with `functions` absent, every non-bridge function of its IOMMU group is passed. */
-    address: string;
-    /** Exactly these functions (from an IommuBinding's managed members); absent: the whole group. */
-    functions?: string[];
-    xVga?: boolean;
-    romfile?: string;
-}
+// The shapes are generated from schema/passthrough-vm.schema.json (provider/generated/inputs.ts).
+export type { DiskInput, MdevInput, PassthroughDeviceInput };
 
-export interface MdevInput {
-    uuid: string;
-    /** The mdev type id; `nvidia-*` makes the VM's SMBIOS UUID the mdev's (`-uuid`). */
-    type?: string;
-    display?: boolean;
-    /** NVIDIA vGPU 17+: the VF that carries the vGPU (MdevInstance's `address`), passed with `host=`. */
-    address?: string;
-}
-
-export interface DiskInput {
-    path: string;
-    format?: "raw" | "qcow2";
-    bus?: "virtio" | "sata" | "nvme";
-    readOnly?: boolean;
-}
-
-export interface PassthroughVmInputs {
-    name: string;
-    machine?: string;
-    accel?: "kvm" | "tcg";
-    cpu?: { model?: string; sockets?: number; cores?: number; threads?: number; pinning?: number[] };
-    memoryMb?: number;
-    hugepages?: boolean;
-    firmware?: { code: string; vars: string };
-    disks?: (string | DiskInput)[];
-    cdrom?: string;
-    network?: { mode?: "user" | "bridge" | "none"; bridge?: string; model?: string; mac?: string };
-    devices?: (string | PassthroughDeviceInput)[];
-    mdevs?: (string | MdevInput)[];
-    sharedMemory?: { path: string; sizeMb: number };
-    hideHypervisor?: boolean;
-    hvVendorId?: string;
-    uuid?: string;
-    running?: boolean;
-    autostart?: boolean;
-    shutdownTimeoutSeconds?: number;
-    extraArgs?: string[];
-    connection?: Connection;
+/** The schema's inputs and what check adds. */
+export interface PassthroughVmInputs extends PassthroughVmSchemaInputs {
     /** Set by check: the functions that will be passed through, with their groups. */
     hostDevices?: HostDevice[];
     /** Set by check: the QEMU argv. */
@@ -121,7 +80,9 @@ export interface PassthroughVmOutputs extends PassthroughVmInputs {
     pinningOk: boolean;
 }
 
-export const DEFAULT_SHUTDOWN_TIMEOUT_S = 60;
+const SCHEMA = "passthrough-vm.schema.json";
+/** The schema's default of a PassthroughVm input (see schemaDefault). */
+const dflt = <T>(at: string): T => schemaDefault<T>(SCHEMA, at);
 
 /**
  * The inputs with defaults applied: the QEMU builder's VmSpec before devices are resolved and paths chosen, plus
@@ -139,31 +100,31 @@ type Normalized = Omit<VmSpec, "hostDevices" | "paths" | "cpu"> & {
 
 /** Defaults applied, shorthand forms expanded. Pure. */
 export function normalize(i: PassthroughVmInputs): Normalized {
-    const accel = i.accel ?? "kvm";
+    const accel = i.accel ?? dflt<"kvm" | "tcg">("accel");
     const cpu = i.cpu ?? {};
     return {
         name: i.name,
-        machine: i.machine ?? "q35",
+        machine: i.machine ?? dflt<string>("machine"),
         accel,
-        cpu: { model: cpu.model ?? (accel === "kvm" ? "host" : "max"), sockets: cpu.sockets ?? 1, cores: cpu.cores ?? 2, threads: cpu.threads ?? 1, pinning: cpu.pinning },
-        memoryMb: i.memoryMb ?? 4096,
-        hugepages: i.hugepages ?? false,
+        cpu: { model: cpu.model ?? (accel === "kvm" ? "host" : "max"), sockets: cpu.sockets ?? dflt<number>("cpu.sockets"), cores: cpu.cores ?? dflt<number>("cpu.cores"), threads: cpu.threads ?? dflt<number>("cpu.threads"), pinning: cpu.pinning },
+        memoryMb: i.memoryMb ?? dflt<number>("memoryMb"),
+        hugepages: i.hugepages ?? dflt<boolean>("hugepages"),
         firmware: i.firmware,
         disks: (i.disks ?? []).map((d) => {
             const o = typeof d === "string" ? { path: d } : d;
-            return { path: o.path, format: o.format ?? (/\.qcow2$/.test(o.path) ? "qcow2" : "raw"), bus: o.bus ?? "virtio", readOnly: o.readOnly ?? false };
+            return { path: o.path, format: o.format ?? (/\.qcow2$/.test(o.path) ? "qcow2" : "raw"), bus: o.bus ?? dflt<"virtio" | "sata" | "nvme">("/$defs/disk/oneOf/1/properties/bus"), readOnly: o.readOnly ?? dflt<boolean>("/$defs/disk/oneOf/1/properties/readOnly") };
         }),
         cdrom: i.cdrom,
-        network: { mode: i.network?.mode ?? "user", bridge: i.network?.bridge, model: i.network?.model ?? "virtio-net-pci", mac: i.network?.mac?.toLowerCase() },
+        network: { mode: i.network?.mode ?? dflt<"user" | "bridge" | "none">("network.mode"), bridge: i.network?.bridge, model: i.network?.model ?? dflt<string>("network.model"), mac: i.network?.mac?.toLowerCase() },
         devices: (i.devices ?? []).map((d) => (typeof d === "string" ? { address: parseAddress(d) } : { ...d, address: parseAddress(d.address), functions: d.functions?.map(parseAddress) })),
         mdevs: (i.mdevs ?? []).map((m) => (typeof m === "string" ? { uuid: m.toLowerCase() } : { ...m, uuid: m.uuid.toLowerCase(), ...(m.address ? { address: parseAddress(m.address) } : {}) })),
         sharedMemory: i.sharedMemory,
-        hideHypervisor: i.hideHypervisor ?? false,
-        hvVendorId: i.hvVendorId ?? "pulumi-vfio1",
+        hideHypervisor: i.hideHypervisor ?? dflt<boolean>("hideHypervisor"),
+        hvVendorId: i.hvVendorId ?? dflt<string>("hvVendorId"),
         uuid: i.uuid?.toLowerCase(),
-        running: i.running ?? true,
-        autostart: i.autostart ?? false,
-        shutdownTimeoutSeconds: i.shutdownTimeoutSeconds ?? DEFAULT_SHUTDOWN_TIMEOUT_S,
+        running: i.running ?? dflt<boolean>("running"),
+        autostart: i.autostart ?? dflt<boolean>("autostart"),
+        shutdownTimeoutSeconds: i.shutdownTimeoutSeconds ?? dflt<number>("shutdownTimeoutSeconds"),
         extraArgs: i.extraArgs ?? [],
         diskFields: (i.disks ?? []).map((d, k) => (typeof d === "string" ? `disks[${k}]` : `disks[${k}].path`)),
     };
@@ -762,7 +723,7 @@ export function diff(_id: string, olds: PassthroughVmOutputs, news: PassthroughV
     let changes = replaces.length > 0 || containsUnknown(news);
     if (!changes && canonical(news) !== canonical(olds)) changes = true;
     if (news.commandLine === undefined || JSON.stringify(news.commandLine) !== JSON.stringify(olds.commandLine)) changes = true;
-    const wantRunning = news.running ?? true;
+    const wantRunning = news.running ?? dflt<boolean>("running");
     if (wantRunning && (olds.status !== "running" || (olds.missingDevices ?? []).length > 0 || olds.pinningOk === false)) changes = true;
     if (!wantRunning && olds.status !== "stopped") changes = true;
     return { changes, replaces, deleteBeforeReplace: true };
@@ -972,7 +933,7 @@ export async function remove(_id: string, props: PassthroughVmOutputs, onHost?: 
             const filePid = pidText.ok && /^\d+$/.test(pidText.data.trim()) ? Number(pidText.data.trim()) : null;
             const pid = filePid ?? known;
             const alive = pid !== null && pid === known && !!comm?.ok && comm.data.startsWith("qemu-system");
-            await stopQemu(host, paths, pid, props.shutdownTimeoutSeconds ?? DEFAULT_SHUTDOWN_TIMEOUT_S, alive);
+            await stopQemu(host, paths, pid, props.shutdownTimeoutSeconds ?? dflt<number>("shutdownTimeoutSeconds"), alive);
             const ops: Op[] = [];
             if (props.unit) ops.push({ op: "exec", argv: ["systemctl", "disable", paths.unitName], optional: true }, { op: "remove", path: paths.unitFile }, { op: "exec", argv: ["systemctl", "daemon-reload"], optional: true });
             ops.push(

@@ -12,7 +12,7 @@
  * - read: gone when the PF is gone; the real count, autoprobe and VFs otherwise (drift for `up` to repair).
  * - delete: refuse while a VM holds a VF; otherwise 0 VFs and autoprobe as it was before us.
  */
-import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, withoutProvider } from "./check";
+import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { ConnectionError, withHost } from "./host";
 import { BatchQuery } from "./host/query";
@@ -22,15 +22,10 @@ import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
 import { PCI_DEVICES, PciDevice, classLabel, deviceReadOps, parseAddress, parseDevice } from "./sysfs/pci";
 import { SriovState, VfView, numVfsOps, sriovQuery, vfAddress, vfsQuery, virtfnCount } from "./sysfs/sriov";
+import type { VirtualFunctionsSchemaInputs } from "./generated/inputs";
 
-export interface VirtualFunctionsInputs {
-    /** The PF's PCI address (`0000:03:00.0` or `03:00.0`). */
-    physicalFunction: string;
-    /** How many VFs, 0..`sriov_totalvfs`. */
-    count: number;
-    /** Let host drivers probe the new VFs. Default false: the VFs stay unbound, for vfio-pci. */
-    autoprobe?: boolean;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/virtual-functions.schema.json) and what check adds. */
+export interface VirtualFunctionsInputs extends VirtualFunctionsSchemaInputs {
     /** Set by check: what `up` will do. */
     plan?: string[];
 }
@@ -58,7 +53,8 @@ export interface VirtualFunctionsOutputs extends VirtualFunctionsInputs {
     previousAutoprobe: boolean;
 }
 
-const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? false });
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+const defaults = (i: VirtualFunctionsInputs) => ({ autoprobe: i.autoprobe ?? schemaDefault<boolean>("virtual-functions.schema.json", "autoprobe") });
 
 // ------------------------------------------------------------------------------------------------ host facts
 

@@ -10,7 +10,7 @@ export { ConnectionArgs } from "./types";
 export { getHost, getHostOutput, GetHostArgs, GetHostOutputArgs, HostInventory, InventoryDevice, InventoryGroup, MdevType, MdevParent, KvmfrDevice as KvmfrDeviceInfo } from "./getHost";
 export { thinProvider } from "./provider";
 export { KvmfrDevice, KvmfrDeviceArgs, KvmfrActual } from "./kvmfrDevice";
-export { PassthroughVm, PassthroughVmArgs, PassthroughDeviceArgs, MdevArgs, SharedMemoryArgs, DiskArgs, CpuArgs, NetworkArgs, HostDevice } from "./passthroughVm";
+export { PassthroughVm, PassthroughVmArgs, PassthroughDeviceArgs, MdevArgs, SharedMemoryArgs, DiskArgs, CpuArgs, NetworkArgs, FirmwareArgs, HostDevice } from "./passthroughVm";
 export { MdevInstance, MdevInstanceArgs, MdevAttrArgs, VramBoundsArgs } from "./mdevInstance";
 export { VirtualFunctions, VirtualFunctionsArgs, VirtualFunction } from "./virtualFunctions";
 export { BootConfig, BootConfigArgs, ModuleSettingArgs } from "./bootConfig";

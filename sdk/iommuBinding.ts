@@ -1,55 +1,13 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { BindingMember } from "../provider/iommuBinding";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
+import type { DeviceSelectorArgs, IommuBindingArgs } from "./generated/args";
 import { ConnectionArgs } from "./types";
 
 export type { BindingMember };
 
-/** Selects a device by PCI ids instead of its address (ids in hex, e.g. `10de`). */
-export interface DeviceSelectorArgs {
-    /** Vendor id, e.g. `10de` (NVIDIA), `1002` (AMD), `8086` (Intel). */
-    vendor: pulumi.Input<string>;
-    /** Device id, e.g. `2204`. */
-    device: pulumi.Input<string>;
-    /** Subsystem vendor id, to tell apart boards of the same chip. */
-    subsystemVendor?: pulumi.Input<string>;
-    /** Subsystem device id. */
-    subsystemDevice?: pulumi.Input<string>;
-    /** Which match, in address order, counting from 0, when several identical devices exist. */
-    index?: pulumi.Input<number>;
-}
-
-export interface IommuBindingArgs {
-    /**
-     * The device: a PCI address (`0000:01:00.0`, or `01:00.0` as lspci prints it), or a selector by ids that must
-     * match exactly one device (the error lists the candidates otherwise). Bridges are refused.
-     */
-    device: pulumi.Input<string | DeviceSelectorArgs>;
-    /** Driver to bind: `vfio-pci` (default), `pci-stub`, or a vfio-pci variant driver. Loaded with modprobe if needed. */
-    driver?: pulumi.Input<string>;
-    /**
-     * Bind every non-bridge member of the device's IOMMU group too (default true), so QEMU finds the group viable
-     * (the classic failure: the GPU's HDMI audio left on snd_hda_intel). false is allowed only when the rest of the
-     * group is already viable.
-     */
-    wholeGroup?: pulumi.Input<boolean>;
-    /** Allow binding the GPU the host's console runs on (`boot_vga` = 1). Default false. */
-    allowBootVga?: pulumi.Input<boolean>;
-    /**
-     * PCI addresses of host-critical group members that may be bound anyway (default none): a host or ISA/LPC bridge
-     * (class 0600/0601), an SMBus controller (0c05), the controller holding a mounted filesystem or active swap, the
-     * NIC carrying the SSH session. Without it, a group containing one fails at preview naming the member and why.
-     * Risk: while bound, the host has lost that function (disks, network, chipset functions).
-     */
-    allowHostCritical?: pulumi.Input<pulumi.Input<string>[]>;
-    /**
-     * Keep the binding across reboots (default false): writes `/etc/driverctl.d/pci-<address>` files, which
-     * driverctl applies at boot. Requires driverctl on the host.
-     */
-    persistent?: pulumi.Input<boolean>;
-    /** SSH connection to the host; absent means the machine running pulumi. Stored as a secret. */
-    connection?: pulumi.Input<ConnectionArgs>;
-}
+// The Args are generated from schema/iommu-binding.schema.json (docs and defaults included): see scripts/gen-schema.js.
+export type { DeviceSelectorArgs, IommuBindingArgs };
 
 /**
  * Binds a PCI device, and by default every other non-bridge member of its IOMMU group, to vfio-pci (or another

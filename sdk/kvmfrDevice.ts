@@ -1,32 +1,13 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { KvmfrActual } from "../provider/kvmfrDevice";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
+import type { KvmfrDeviceArgs } from "./generated/args";
 import { ConnectionArgs } from "./types";
 
 export type { KvmfrActual };
 
-export interface KvmfrDeviceArgs {
-    /** N of `/dev/kvmfrN`, 0–9. kvmfr numbers devices by position, so index 1 needs a KvmfrDevice for index 0 (dependOn it). */
-    index: pulumi.Input<number>;
-    /** Size in MiB, a power of two (32, 64, 128, ...). Give this, or `width` and `height`. */
-    sizeMb?: pulumi.Input<number>;
-    /** Largest guest resolution's width in pixels: the size is computed with Looking Glass's formula (1920×1080 → 32 MiB). */
-    width?: pulumi.Input<number>;
-    /** Largest guest resolution's height in pixels. */
-    height?: pulumi.Input<number>;
-    /** Size for HDR frames (8 bytes per pixel). Default false. */
-    hdr?: pulumi.Input<boolean>;
-    /** Looking Glass's sizing formula: `b7` (default; w×h×bpp×2 + 10 MiB) or `current` (rows padded to 256 bytes, ×3, + 4 MiB). */
-    formula?: pulumi.Input<"b7" | "current">;
-    /** Owner of the device: the user running the Looking Glass client. Default `root`. */
-    owner?: pulumi.Input<string>;
-    /** Group of the device. Default `kvm`. */
-    group?: pulumi.Input<string>;
-    /** Octal mode. Default `0660`; a mode with any permission for others (e.g. `0664`) is refused. */
-    mode?: pulumi.Input<string>;
-    /** SSH connection to the host; absent means the machine running pulumi. Stored as a secret. */
-    connection?: pulumi.Input<ConnectionArgs>;
-}
+// The Args are generated from schema/kvmfr-device.schema.json (docs and defaults included): see scripts/gen-schema.js.
+export type { KvmfrDeviceArgs };
 
 /**
  * Makes a Looking Glass shared-memory device `/dev/kvmfrN` with Looking Glass's kvmfr module: its size in the

@@ -2,61 +2,13 @@ import * as pulumi from "@pulumi/pulumi";
 import type { MdevAttr, VramBounds } from "../provider/sysfs/mdev";
 import { defaultMdevUuid } from "../provider/sysfs/mdev";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
+import type { MdevAttrArgs, MdevInstanceArgs, VramBoundsArgs } from "./generated/args";
 import { ConnectionArgs } from "./types";
 
 export type { MdevAttr, VramBounds };
 
-/** Bounds on a type's video memory, in MiB (both inclusive). */
-export interface VramBoundsArgs {
-    /** At least this many MiB. Default 0. */
-    min?: pulumi.Input<number>;
-    /** At most this many MiB. Default: no limit. */
-    max?: pulumi.Input<number>;
-}
-
-/** One attribute written under `/sys/bus/mdev/devices/<uuid>/` right after create, e.g. `nvidia/vgpu_params`. */
-export interface MdevAttrArgs {
-    /** The file under the device (at most one directory level). */
-    name: pulumi.Input<string>;
-    /** The value written. */
-    value: pulumi.Input<string>;
-}
-
-export interface MdevInstanceArgs {
-    /**
-     * The parent device: a PCI address (`0000:00:02.0`, as under /sys/class/mdev_bus) or the name of a non-PCI
-     * parent there (`mtty`). For NVIDIA vGPU 17+ (Ada and later, no mdev bus): the GPU's PF (a free VF is chosen)
-     * or one VF. Unknown parents fail at preview with the list of parents.
-     */
-    parent: pulumi.Input<string>;
-    /**
-     * The exact type id as under `mdev_supported_types` (`nvidia-63`, `i915-GVTg_V5_4`, `mtty-2`); for vGPU 17+
-     * the numeric id or the profile name (`NVIDIA L40S-2Q`). Give this or `vram`.
-     */
-    type?: pulumi.Input<string>;
-    /**
-     * Choose the type by video memory in MiB instead, as LibVF.IO does (parsed from the type's description or
-     * name): the smallest type within the bounds that still has room. Bounds matching nothing fail at preview with
-     * every type's size.
-     */
-    vram?: pulumi.Input<VramBoundsArgs>;
-    /**
-     * The mdev's UUID (QEMU: `-device vfio-pci,sysfsdev=/sys/bus/mdev/devices/<uuid>`; NVIDIA guests also need
-     * `-uuid <uuid>`). Default: a UUID v5 of the project, stack and resource name, the same on every run, so a
-     * retried create adopts the instance it made instead of leaking another.
-     */
-    uuid?: pulumi.Input<string>;
-    /** Attributes written in order right after create (mdevctl's `attrs`). A change replaces the mdev. */
-    attrs?: pulumi.Input<pulumi.Input<MdevAttrArgs>[]>;
-    /**
-     * Keep the mdev across reboots (default false): writes mdevctl's config `/etc/mdevctl.d/<parent>/<uuid>`
-     * (`start: auto`, mode 0644), which mdevctl starts when the parent registers at boot. Needs mdevctl; a packaged
-     * udev rule that calls a missing mdevctl path (Debian 12's) is overridden in /etc/udev/rules.d.
-     */
-    persistent?: pulumi.Input<boolean>;
-    /** SSH connection to the host; absent means the machine running pulumi. Stored as a secret. */
-    connection?: pulumi.Input<ConnectionArgs>;
-}
+// The Args are generated from schema/mdev-instance.schema.json (docs and defaults included): see scripts/gen-schema.js.
+export type { MdevAttrArgs, MdevInstanceArgs, VramBoundsArgs };
 
 /**
  * Creates a mediated device — a vGPU, a GVT-g slice or any mdev — of a chosen type on a parent device, or an

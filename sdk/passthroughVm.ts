@@ -3,117 +3,30 @@ import type { HostDevice } from "../provider/qemu/cmdline";
 import { IommuBinding } from "./iommuBinding";
 import { MdevInstance } from "./mdevInstance";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
+import type { CpuArgs, DiskArgs, FirmwareArgs, PassthroughVmArgs as GeneratedVmArgs, MdevArgs, NetworkArgs, PassthroughDeviceArgs, SharedMemoryArgs } from "./generated/args";
 import { ConnectionArgs } from "./types";
 
 export type { HostDevice };
 
-/** A host PCI device to pass through. */
-export interface PassthroughDeviceArgs {
-    /** PCI address (`0000:01:00.0` or `01:00.0`). */
-    address: pulumi.Input<string>;
-    /** Exactly these functions; default every non-bridge function of the address's IOMMU group (GPU + HDMI audio). */
-    functions?: pulumi.Input<pulumi.Input<string>[]>;
-    /** `x-vga=on`: legacy VGA to this function (a primary GPU under SeaBIOS). */
-    xVga?: pulumi.Input<boolean>;
-    /** ROM file for this function (`romfile=`), e.g. a dumped vBIOS. */
-    romfile?: pulumi.Input<string>;
-}
+// The Args are generated from schema/passthrough-vm.schema.json (docs and defaults included): see scripts/gen-schema.js.
+// Only `devices` and `mdevs` are widened here: they also take the SDK's resources, which no schema can name.
+export type { CpuArgs, DiskArgs, FirmwareArgs, MdevArgs, NetworkArgs, PassthroughDeviceArgs, SharedMemoryArgs };
 
-/** A mediated device: an MdevInstance's outputs, or a UUID with its type. */
-export interface MdevArgs {
-    uuid: pulumi.Input<string>;
-    /** The mdev type id (`nvidia-63`, `i915-GVTg_V5_4`); an NVIDIA type makes QEMU's `-uuid` the mdev's. */
-    type?: pulumi.Input<string>;
-    /** `display=on|off` of a display-capable mdev. */
-    display?: pulumi.Input<boolean>;
-    /** NVIDIA vGPU 17+ (no mdev bus): the VF that carries the vGPU, passed with `host=`. */
-    address?: pulumi.Input<string>;
-}
-
-/** Looking Glass's IVSHMEM memory: a KvmfrDevice (its `path` and `sizeMb`), or a `/dev/shm` file. */
-export interface SharedMemoryArgs {
-    /** `/dev/kvmfrN` or `/dev/shm/<name>`. */
-    path: pulumi.Input<string>;
-    /** Size in MiB, a power of two; must equal the kvmfr device's. */
-    sizeMb: pulumi.Input<number>;
-}
-
-export interface DiskArgs {
-    path: pulumi.Input<string>;
-    /** `raw` or `qcow2`; default from the extension. */
-    format?: pulumi.Input<"raw" | "qcow2">;
-    /** `virtio` (default), `sata` or `nvme`. */
-    bus?: pulumi.Input<"virtio" | "sata" | "nvme">;
-    readOnly?: pulumi.Input<boolean>;
-}
-
-export interface CpuArgs {
-    /** QEMU CPU model. Default `host` (kvm) or `max` (tcg). */
-    model?: pulumi.Input<string>;
-    /** Default 1. */
-    sockets?: pulumi.Input<number>;
-    /** Default 2. */
-    cores?: pulumi.Input<number>;
-    /** Default 1. */
-    threads?: pulumi.Input<number>;
-    /** Host CPU of each vCPU, in vCPU order; applied with taskset to the threads `query-cpus-fast` names. */
-    pinning?: pulumi.Input<pulumi.Input<number>[]>;
-}
-
-export interface NetworkArgs {
-    /** `user` (default, NAT), `bridge` (qemu-bridge-helper) or `none`. */
-    mode?: pulumi.Input<"user" | "bridge" | "none">;
-    /** Host bridge for mode `bridge`, allowed in /etc/qemu/bridge.conf. */
-    bridge?: pulumi.Input<string>;
-    /** NIC model. Default `virtio-net-pci`. */
-    model?: pulumi.Input<string>;
-    /** MAC address. Default: stable per VM name. */
-    mac?: pulumi.Input<string>;
-}
-
-export interface PassthroughVmArgs {
-    /** VM name: letters, digits, `_`, `.`, `-` (it names /run/pulumi-vfio/vm/<name> and the systemd unit). */
-    name: pulumi.Input<string>;
-    /** Machine type. Default `q35`. */
-    machine?: pulumi.Input<string>;
-    /** `kvm` (default) or `tcg` (emulation, for tests or hosts without VT-x/AMD-V). */
-    accel?: pulumi.Input<"kvm" | "tcg">;
-    cpu?: pulumi.Input<CpuArgs>;
-    /** Guest memory in MiB. Default 4096. */
-    memoryMb?: pulumi.Input<number>;
-    /** Back guest memory with preallocated hugepages (/dev/hugepages). Default false. */
-    hugepages?: pulumi.Input<boolean>;
-    /** UEFI: OVMF code and the VARS template, copied once per VM (0600). Absent: SeaBIOS. */
-    firmware?: pulumi.Input<{ code: pulumi.Input<string>; vars: pulumi.Input<string> }>;
-    disks?: pulumi.Input<pulumi.Input<string | DiskArgs>[]>;
-    /** An ISO image. */
-    cdrom?: pulumi.Input<string>;
-    network?: pulumi.Input<NetworkArgs>;
+/**
+ * A QEMU VM's inputs: those of schema/passthrough-vm.schema.json, with `devices` and `mdevs` also taking resources.
+ */
+export interface PassthroughVmArgs extends Omit<GeneratedVmArgs, "devices" | "mdevs"> {
     /**
      * Host PCI devices: IommuBinding resources (their bound functions pass through, and the VM depends on them, so it
-     * is stopped before they are released), addresses, or device objects.
+     * is stopped before they are released), addresses, or device objects. Every function of a group goes, function 0
+     * with `multifunction=on`. Default: none.
      */
     devices?: (IommuBinding | pulumi.Input<string | PassthroughDeviceArgs>)[];
-    /** Mediated devices: MdevInstance resources, UUIDs, or `{uuid, type}`. */
+    /**
+     * Mediated devices (`-device vfio-pci,sysfsdev=…`): MdevInstance resources, UUIDs, or `{uuid, type}`. An NVIDIA
+     * vGPU also sets `-uuid`. Default: none.
+     */
     mdevs?: (MdevInstance | pulumi.Input<string | MdevArgs>)[];
-    /** Looking Glass shared memory: a KvmfrDevice, or `{ path: "/dev/shm/looking-glass", sizeMb: 32 }`. */
-    sharedMemory?: pulumi.Input<SharedMemoryArgs> | SharedMemoryArgs;
-    /** The NVIDIA "Error 43" workaround: `kvm=off`; on KVM also `hv-vendor-id` with the Hyper-V enlightenments that make it effective (QEMU hyperv.rst; Proxmox's set) and `kernel_irqchip=on`. Default false. */
-    hideHypervisor?: pulumi.Input<boolean>;
-    /** Hyper-V vendor id shown with hideHypervisor (at most 12 characters). */
-    hvVendorId?: pulumi.Input<string>;
-    /** SMBIOS UUID. Default: an NVIDIA vGPU mdev's UUID (its driver needs it), else none. */
-    uuid?: pulumi.Input<string>;
-    /** Desired state. Default true; false stops the VM gracefully. */
-    running?: pulumi.Input<boolean>;
-    /** Start the VM at boot with a systemd unit (`pulumi-vfio-vm-<name>.service`). Default false. */
-    autostart?: pulumi.Input<boolean>;
-    /** Seconds a stop waits for the guest after `system_powerdown` before `quit` and signals. Default 60. */
-    shutdownTimeoutSeconds?: pulumi.Input<number>;
-    /** Extra QEMU arguments, appended as argv words (never through a shell). */
-    extraArgs?: pulumi.Input<pulumi.Input<string>[]>;
-    /** SSH connection to the host; absent means the machine running pulumi. Stored as a secret. */
-    connection?: pulumi.Input<ConnectionArgs>;
 }
 
 /** An IommuBinding as a device input: its address and the functions it bound. */

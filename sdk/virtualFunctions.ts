@@ -1,26 +1,13 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { VirtualFunction } from "../provider/virtualFunctions";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
+import type { VirtualFunctionsArgs } from "./generated/args";
 import { ConnectionArgs } from "./types";
 
 export type { VirtualFunction };
 
-export interface VirtualFunctionsArgs {
-    /** The physical function's PCI address (`0000:03:00.0`, or `03:00.0` as lspci prints it). It must list `sriov_totalvfs`. */
-    physicalFunction: pulumi.Input<string>;
-    /**
-     * How many VFs, 0 to the PF's `sriov_totalvfs` (more fails at preview with the maximum). A change from one
-     * non-zero count to another goes through 0, so existing VFs are recreated; refused while a VM holds one.
-     */
-    count: pulumi.Input<number>;
-    /**
-     * Let host drivers bind the new VFs (`sriov_drivers_autoprobe`). Default false: written before the VFs are
-     * created, so they come up without a driver, free for vfio-pci.
-     */
-    autoprobe?: pulumi.Input<boolean>;
-    /** SSH connection to the host; absent means the machine running pulumi. Stored as a secret. */
-    connection?: pulumi.Input<ConnectionArgs>;
-}
+// The Args are generated from schema/virtual-functions.schema.json (docs and defaults included): see scripts/gen-schema.js.
+export type { VirtualFunctionsArgs };
 
 /**
  * Enables SR-IOV virtual functions on a physical function (`sriov_numvfs`), each a PCI device with its own IOMMU

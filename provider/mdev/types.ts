@@ -2,24 +2,13 @@
  * MdevInstance's shapes: its inputs and outputs, what is read from the host (the observation, {@link MdevFacts}) and
  * what the planner decides from it ({@link MdevPlan}). Shared by the resource file, the planner and both backends.
  */
-import { CheckFailure } from "../check";
+import { CheckFailure, schemaDefault } from "../check";
 import { Connection } from "../host/ssh";
 import { BootHook, MdevAttr, MdevDevice, MdevType, MdevctlConfig, VgpuVf, VramBounds } from "../sysfs/mdev";
+import type { MdevInstanceSchemaInputs } from "../generated/inputs";
 
-export interface MdevInstanceInputs {
-    /** A PCI address (`0000:00:02.0`) or a parent's name under /sys/class/mdev_bus (`mtty`); for NVIDIA vGPU 17+ the PF (or one VF). */
-    parent: string;
-    /** The exact mdev type id (`nvidia-63`, `mtty-2`); for vGPU 17+ the numeric id or the profile name. */
-    type?: string;
-    /** Choose the type by video memory instead, in MiB: the smallest type within the bounds that has room. */
-    vram?: VramBounds;
-    /** The mdev's UUID. The SDK class derives one from project, stack and resource name when absent. */
-    uuid?: string;
-    /** Attributes written, in order, right after create (mdevctl's `attrs`). */
-    attrs?: MdevAttr[];
-    /** Survive reboots: mdevctl's config in /etc/mdevctl.d/<parent>/<uuid> with `start: auto`. Default false. */
-    persistent?: boolean;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/mdev-instance.schema.json) and what check adds. */
+export interface MdevInstanceInputs extends MdevInstanceSchemaInputs {
     /** Set by check: the parent as the kernel names it. */
     parentDevice?: string;
     /** Set by check: the chosen type id. */
@@ -54,7 +43,11 @@ export interface MdevInstanceOutputs extends MdevInstanceInputs {
     mdevctlConfig: string | null;
 }
 
-export const defaults = (i: MdevInstanceInputs) => ({ persistent: i.persistent ?? false, attrs: i.attrs ?? [] });
+/** The schema's defaults for inputs validate() did not fill (an older state, diff, read). */
+export const defaults = (i: MdevInstanceInputs) => ({
+    persistent: i.persistent ?? schemaDefault<boolean>("mdev-instance.schema.json", "persistent"),
+    attrs: i.attrs ?? schemaDefault<MdevAttr[]>("mdev-instance.schema.json", "attrs"),
+});
 
 /** Inputs once check has settled the UUID (given, kept from the state, or derived by the SDK). */
 export type MdevInputsWithUuid = MdevInstanceInputs & { uuid: string };

@@ -4,7 +4,7 @@
  * mdev type/vram, VM topology...), run here so it is reported with file:line:column instead of at the resource's
  * check. The resource checks are the resources' own functions (provider/), not copies.
  */
-import { CheckFailure } from "../../provider/check";
+import { CheckFailure, schemaDefault } from "../../provider/check";
 import { inputProblems as kvmfrProblems } from "../../provider/kvmfrDevice";
 import { choiceProblems as mdevChoiceProblems, fieldProblems as mdevFieldProblems } from "../../provider/mdevInstance";
 import { inputProblems as vmProblems, normalize as normalizeVm } from "../../provider/passthroughVm";
@@ -79,7 +79,7 @@ export function semanticProblems(def: HostDefinition, locate: Locate): HostProbl
         else pfAt.set(pf, ["virtualFunctions", key]);
         const bound = boundAt.get(pf);
         const binding = bound ? (def.bindings ?? {})[String(bound[1])] : undefined;
-        if (binding && (binding.driver ?? "vfio-pci") === "vfio-pci") {
+        if (binding && (binding.driver ?? schemaDefault<string>("iommu-binding.schema.json", "driver")) === "vfio-pci") {
             problem(["bindings", String(bound![1]), "device"], `${pf} is the physical function of virtualFunctions.${key}: bound to vfio-pci it can no longer create VFs (sriov_numvfs fails with ENOENT); pass its VFs instead`);
         }
     }

@@ -1,8 +1,18 @@
 /**
  * host.yaml's shapes (the entries VfioHost turns into resources) and the problem type every check reports.
- * The JSON Schema (schema/host.schema.json) is what a file is checked against; these types follow it.
+ * The JSON Schema (schema/host.schema.json) is what a file is checked against; the entries' shapes are generated from
+ * the resource schemas it refers to (provider/generated/inputs.ts).
  */
 import type { BootConfigInputs } from "../../provider/bootConfig";
+
+import type {
+    IommuBindingSchemaInputs,
+    KvmfrDeviceSchemaInputs,
+    MdevInstanceSchemaInputs,
+    PassthroughVmSchemaInputs,
+    SharedMemoryInput,
+    VirtualFunctionsSchemaInputs,
+} from "../../provider/generated/inputs";
 
 /** How to reach the host over SSH (no secrets: an ssh-agent, or a key file read when the program runs). */
 export interface HostConnection {
@@ -25,42 +35,20 @@ export interface HostConnection {
     dialErrorLimit?: number;
 }
 
+// An entry is its resource's inputs without `connection` (the host's applies), as schema/host.schema.json says with
+// `"$ref": "<resource>.schema.json", "properties": {"connection": false}`; the shapes are generated from those schemas.
+
 /** An IommuBinding's inputs, without the connection (the host's applies). */
-export interface BindingEntry {
-    device: string | { vendor: string; device: string; subsystemVendor?: string; subsystemDevice?: string; index?: number };
-    driver?: string;
-    wholeGroup?: boolean;
-    allowBootVga?: boolean;
-    allowHostCritical?: string[];
-    persistent?: boolean;
-}
+export interface BindingEntry extends Omit<IommuBindingSchemaInputs, "connection"> {}
 
-export interface VirtualFunctionsEntry {
-    physicalFunction: string;
-    count: number;
-    autoprobe?: boolean;
-}
+/** A VirtualFunctions' inputs, without the connection. */
+export interface VirtualFunctionsEntry extends Omit<VirtualFunctionsSchemaInputs, "connection"> {}
 
-export interface MdevEntry {
-    parent: string;
-    type?: string;
-    vram?: { min?: number; max?: number };
-    uuid?: string;
-    attrs?: { name: string; value: string }[];
-    persistent?: boolean;
-}
+/** An MdevInstance's inputs, without the connection. */
+export interface MdevEntry extends Omit<MdevInstanceSchemaInputs, "connection"> {}
 
-export interface KvmfrEntry {
-    index: number;
-    sizeMb?: number;
-    width?: number;
-    height?: number;
-    hdr?: boolean;
-    formula?: "b7" | "current";
-    owner?: string;
-    group?: string;
-    mode?: string;
-}
+/** A KvmfrDevice's inputs, without the connection. */
+export interface KvmfrEntry extends Omit<KvmfrDeviceSchemaInputs, "connection"> {}
 
 /** A binding a VM passes through: its name under `bindings`, optionally with per-device QEMU options. */
 export type VmDeviceRef = string | { binding: string; xVga?: boolean; romfile?: string };
@@ -72,31 +60,15 @@ export interface VmVirtualFunctionRef {
     index: number;
 }
 
-/** A PassthroughVm's inputs, with devices named instead of given. */
-export interface VmEntry {
+/** A PassthroughVm's inputs (without the connection), with devices named instead of given. */
+export interface VmEntry extends Omit<PassthroughVmSchemaInputs, "connection" | "name" | "devices" | "mdevs" | "sharedMemory"> {
     /** QEMU's -name; default the entry's name. */
     name?: string;
-    machine?: string;
-    accel?: "kvm" | "tcg";
-    cpu?: { model?: string; sockets?: number; cores?: number; threads?: number; pinning?: number[] };
-    memoryMb?: number;
-    hugepages?: boolean;
-    firmware?: { code: string; vars: string };
-    disks?: (string | { path: string; format?: "raw" | "qcow2"; bus?: "virtio" | "sata" | "nvme"; readOnly?: boolean })[];
-    cdrom?: string;
-    network?: { mode?: "user" | "bridge" | "none"; bridge?: string; model?: string; mac?: string };
     devices?: VmDeviceRef[];
     virtualFunctions?: VmVirtualFunctionRef[];
     mdevs?: VmMdevRef[];
     /** The name of a `kvmfr` entry, or a /dev/shm file. */
-    sharedMemory?: string | { path: string; sizeMb: number };
-    hideHypervisor?: boolean;
-    hvVendorId?: string;
-    uuid?: string;
-    running?: boolean;
-    autostart?: boolean;
-    shutdownTimeoutSeconds?: number;
-    extraArgs?: string[];
+    sharedMemory?: string | SharedMemoryInput;
 }
 
 /** A BootConfig's inputs, without the connection (the host's applies). */

@@ -15,7 +15,7 @@ describe("schema validation tolerates what preview does not know yet", () => {
     });
     test("a wholly unknown device passes; a wrong type next to it is still reported", () => {
         const r = validate("iommu-binding.schema.json", { device: UNKNOWN, wholeGroup: "yes" });
-        expect(r.failures).toEqual([{ property: "wholeGroup", reason: 'wholeGroup: must be true or false, not "yes". Bind every non-bridge member of the IOMMU group too.' }]);
+        expect(r.failures).toEqual([{ property: "wholeGroup", reason: 'wholeGroup: must be true or false, not "yes". Bind every non-bridge member of the device\'s IOMMU group too, so QEMU finds the group viable (the classic failure: the GPU\'s HDMI audio left on snd_hda_intel). false is allowed only when the rest of the group is already viable.' }]);
     });
     test("defaults are applied and the engine's __provider is kept", () => {
         const r = validate<any>("iommu-binding.schema.json", { device: "01:00.0", __provider: "x" });
@@ -27,7 +27,7 @@ describe("every resource's schema errors say what the field is, an example and t
     test("a driver name with a space", () => {
         const [r] = reasons("iommu-binding.schema.json", { device: "01:00.0", driver: "vfio pci" });
         expect(r).toBe(
-            `driver | driver: "vfio pci" is not a valid driver. The driver the group's members are bound to (default vfio-pci). A kernel PCI driver name, as a directory under /sys/bus/pci/drivers: letters, digits, '_', '.' and '-', no spaces or slashes. For example: "vfio-pci" or "pci-stub".`,
+            `driver | driver: "vfio pci" is not a valid driver. The driver the group's members are bound to: \`vfio-pci\`, \`pci-stub\`, or a vfio-pci variant driver; loaded with modprobe if not registered. A kernel PCI driver name, as a directory under /sys/bus/pci/drivers: letters, digits, '_', '.' and '-', no spaces or slashes. For example: "vfio-pci" or "pci-stub".`,
         );
         expect(r).not.toContain("^");
     });

@@ -128,7 +128,7 @@ describe("bad input: errors with line, column and the offending key", () => {
         [
             "a driver name with a space",
             "bindings:\n  gpu: { device: \"01:00.0\", driver: vfio pci }\n",
-            ["2:37: bindings.gpu.driver: \"vfio pci\" is not a valid driver. The driver the group's members are bound to (default vfio-pci). A kernel PCI driver name, as a directory under /sys/bus/pci/drivers: letters, digits, '_', '.' and '-', no spaces or slashes. For example: \"vfio-pci\" or \"pci-stub\"."],
+            ["2:37: bindings.gpu.driver: \"vfio pci\" is not a valid driver. The driver the group's members are bound to: `vfio-pci`, `pci-stub`, or a vfio-pci variant driver; loaded with modprobe if not registered. A kernel PCI driver name, as a directory under /sys/bus/pci/drivers: letters, digits, '_', '.' and '-', no spaces or slashes. For example: \"vfio-pci\" or \"pci-stub\"."],
         ],
         ["a reference that cannot be a name", "vms:\n  a: { devices: [gpu.0] }\n", ["2:18: vms.a.devices[0]: \"gpu.0\" is not a valid devices entry. The name of an entry under `bindings`. A name: letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters (no '.' or spaces). For example: \"gpu\" or \"win11\"."]],
         ["an enum value", "vms:\n  a: { accel: hvf }\n", ['2:15: vms.a.accel: must be one of "kvm", "tcg", not "hvf"']],
