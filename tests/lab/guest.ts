@@ -53,7 +53,9 @@ export async function installProvider(lab: LabHandle): Promise<void> {
         fs.cpSync(path.join(REPO, "dist", "provider"), path.join(pkg, "dist", "provider"), { recursive: true });
         fs.cpSync(path.join(REPO, "schema"), path.join(pkg, "schema"), { recursive: true });
         fs.copyFileSync(path.join(REPO, "package.json"), path.join(pkg, "package.json"));
-        for (const dep of closure(["ajv", "ssh2", "yaml"])) {
+        // The package's own runtime dependencies, as package.json lists them (a new one must not be forgotten here).
+        const roots = Object.keys(JSON.parse(fs.readFileSync(path.join(REPO, "package.json"), "utf8")).dependencies ?? {});
+        for (const dep of closure(roots)) {
             fs.cpSync(path.join(REPO, "node_modules", dep), path.join(pkg, "node_modules", dep), { recursive: true, dereference: true });
         }
         fs.writeFileSync(path.join(pkg, "runner.js"), RUNNER);
