@@ -41,3 +41,19 @@ export function lockedHost(base: Host, run: (ops: Op[], opts?: RunOptions) => Pr
 export function baseHost(host: Host): Host {
     return bases.get(host) ?? host;
 }
+
+/**
+ * The `withLock` of a Host that wraps another (a fault injector, a recorder): `fn` runs in `inner`'s locked section
+ * with a locked view of `outer`, whose batches go through `run` with `inner`'s locked host, so the wrapper sees (and
+ * may cut) the section's batches like any others.
+ */
+export function withLockThrough<T>(outer: Host, inner: Host, run: (locked: Host, ops: Op[], opts?: RunOptions) => Promise<OpResult[]>, fn: (locked: Host) => Promise<T>, timeoutMs?: number): Promise<T> {
+    return inner.withLock(async (locked) => {
+        const view = lockedHost(outer, (ops, opts) => run(locked, ops, opts));
+        try {
+            return await fn(view.host);
+        } finally {
+            view.end();
+        }
+    }, timeoutMs);
+}

@@ -2,7 +2,7 @@
  * A Host decorator that fails one chosen write as if the kernel had refused it, and really runs everything before
  * it. Lets a lab test make "the second member fail" at an exact point and watch the rollback act on a real kernel.
  */
-import { lockedHost } from "../../provider/host/lock";
+import { withLockThrough } from "../../provider/host/lock";
 import type { Host, Op, OpResult, RunOptions } from "../../provider/host/types";
 
 export class FaultyHost implements Host {
@@ -43,14 +43,7 @@ export class FaultyHost implements Host {
     }
 
     withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs?: number): Promise<T> {
-        return this.inner.withLock(async (locked) => {
-            const view = lockedHost(this, (ops, opts) => this.runOn(locked, ops, opts));
-            try {
-                return await fn(view.host);
-            } finally {
-                view.end();
-            }
-        }, timeoutMs);
+        return withLockThrough(this, this.inner, (locked, ops, opts) => this.runOn(locked, ops, opts), fn, timeoutMs);
     }
 
     close(): Promise<void> {

@@ -7,7 +7,7 @@
  * process kills itself with SIGKILL. The remote interpreter has received nothing more, so the host is left exactly
  * at that point, as by a provider killed there. Test-only: the provider knows nothing of it.
  */
-import { lockedHost } from "../../provider/host/lock";
+import { withLockThrough } from "../../provider/host/lock";
 import { SshHost } from "../../provider/host/ssh";
 import type { Host, Op, OpResult, RunOptions } from "../../provider/host/types";
 import { check, create, remove } from "../../provider/iommuBinding";
@@ -51,14 +51,7 @@ class KillingHost implements Host {
     }
     /** The section's batches go through the locked host of `inner`, cut at the kill point like any other. */
     withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs?: number): Promise<T> {
-        return this.inner.withLock(async (locked) => {
-            const view = lockedHost(this, (ops, opts) => this.runOn(locked, ops, opts));
-            try {
-                return await fn(view.host);
-            } finally {
-                view.end();
-            }
-        }, timeoutMs);
+        return withLockThrough(this, this.inner, (locked, ops, opts) => this.runOn(locked, ops, opts), fn, timeoutMs);
     }
     openUnixSocket(path: string): Promise<import("stream").Duplex> {
         return this.inner.openUnixSocket(path);

@@ -3,7 +3,7 @@
  * of the delete batch, the host keeps the record of what it had (the journal), and a fresh process's `up` and
  * `destroy` give the GPU back to bochs-drm and its audio function back to snd_hda_intel.
  */
-import { lockedHost } from "../../provider/host/lock";
+import { withLockThrough } from "../../provider/host/lock";
 import { FakeHost } from "../fake/host";
 import { fakeLabKernel } from "../fake/lab";
 import { pci } from "../fake/pci";
@@ -40,14 +40,7 @@ class DyingHost implements Host {
     }
     /** The section's batches come back here (through a locked view), so they die like any other. */
     withLock<T>(fn: (locked: Host) => Promise<T>): Promise<T> {
-        return this.inner.withLock(async () => {
-            const view = lockedHost(this, (ops, opts) => this.run(ops, opts));
-            try {
-                return await fn(view.host);
-            } finally {
-                view.end();
-            }
-        });
+        return withLockThrough(this, this.inner, (_locked, ops, opts) => this.run(ops, opts), fn);
     }
     openUnixSocket(path: string): Promise<import("stream").Duplex> {
         return this.inner.openUnixSocket(path);
@@ -71,15 +64,7 @@ async function batchOf(change: (h: Host) => Promise<unknown>, k: FakeKernel): Pr
             return inner.run(ops, opts);
         },
         // The section's batches come back through recorder.run (a locked view of it), so they are seen.
-        withLock: (fn) =>
-            inner.withLock(async () => {
-                const view = lockedHost(recorder, (ops, opts) => recorder.run(ops, opts));
-                try {
-                    return await fn(view.host);
-                } finally {
-                    view.end();
-                }
-            }),
+        withLock: (fn) => withLockThrough(recorder, inner, (_locked, ops, opts) => recorder.run(ops, opts), fn),
         openUnixSocket: (p) => inner.openUnixSocket(p),
         close: () => inner.close(),
     };
