@@ -48,6 +48,15 @@ import type { DiskInput, MdevInput, PassthroughDeviceInput, PassthroughVmSchemaI
 export type { DiskInput, MdevInput, PassthroughDeviceInput };
 
 /** The schema's inputs and what check adds. */
+/**
+ * A VM's status: QEMU's RunState as QMP `query-status` reports it (qapi/run-state.json), or ours: `stopped` (no
+ * QEMU process), `unresponsive` (the process lives, QMP does not answer), `unknown` (QMP answered without a status).
+ */
+export type VmStatus =
+    | "running" | "paused" | "prelaunch" | "inmigrate" | "postmigrate" | "finish-migrate" | "suspended" | "shutdown"
+    | "guest-panicked" | "internal-error" | "io-error" | "watchdog" | "debug" | "restore-vm" | "save-vm" | "colo"
+    | "stopped" | "unresponsive" | "unknown";
+
 export interface PassthroughVmInputs extends PassthroughVmSchemaInputs {
     /** Set by check: the functions that will be passed through, with their groups. */
     hostDevices?: HostDevice[];
@@ -69,8 +78,8 @@ export interface PassthroughVmOutputs extends PassthroughVmInputs {
     varsFile: string | null;
     /** The systemd unit written for autostart, or null. */
     unit: string | null;
-    /** What the host shows: `running`, `stopped` (no process), `paused`, `shutdown`, `unresponsive`, ... */
-    status: string;
+    /** What the host shows (see {@link VmStatus}). */
+    status: VmStatus;
     pid: number | null;
     /** Host thread id of each vCPU (query-cpus-fast), in vCPU order. */
     vcpuThreads: number[];
@@ -423,7 +432,7 @@ export interface VmObserved {
     process: "absent" | "alive";
     /** QMP answered (status known) or not. */
     qmp: boolean;
-    status?: string;
+    status?: VmStatus;
     /** The argv the running QEMU was started with (from the state). */
     commandLine?: string[];
     missingDevices: string[];
@@ -546,7 +555,7 @@ export async function stopQemu(host: Host, paths: VmPaths, pid: number | null, t
 
 interface Running {
     pid: number;
-    status: string;
+    status: VmStatus;
     vcpuThreads: number[];
     missingDevices: string[];
 }
@@ -564,7 +573,7 @@ async function inspect(client: QmpClient, spec: VmSpec): Promise<Omit<Running, "
     const cpus: QmpCpu[] = await client.execute("query-cpus-fast");
     const ids = new Set([...flattenPci(pciTree).map((d) => d.qdev_id), ...peripheral.filter((p) => p.type.startsWith("child<")).map((p) => p.name)]);
     const missing = expectedDevices(spec).filter((d) => !ids.has(d.id)).map((d) => `${d.id} (${d.what})`);
-    return { status: status.status, vcpuThreads: [...cpus].sort((a, b) => a["cpu-index"] - b["cpu-index"]).map((c) => c["thread-id"]), missingDevices: missing };
+    return { status: status.status as VmStatus, vcpuThreads: [...cpus].sort((a, b) => a["cpu-index"] - b["cpu-index"]).map((c) => c["thread-id"]), missingDevices: missing };
 }
 
 /** Pin each vCPU thread to its host CPU with taskset and read the affinity back. Returns the mismatches. */
@@ -780,7 +789,7 @@ async function observe(host: Host, spec: VmSpec, n: Normalized, known?: { pid: n
     return { ...base, process: "alive", qmp: true, pid, status: info.status, vcpuThreads: info.vcpuThreads, missingDevices: info.missingDevices, pinningOk };
 }
 
-function outputsOf(inputs: PassthroughVmInputs, n: Normalized, spec: VmSpec, argv: string[], o: { status: string; pid: number | null; vcpuThreads: number[]; missingDevices: string[]; pinningOk: boolean }): PassthroughVmOutputs {
+function outputsOf(inputs: PassthroughVmInputs, n: Normalized, spec: VmSpec, argv: string[], o: { status: VmStatus; pid: number | null; vcpuThreads: number[]; missingDevices: string[]; pinningOk: boolean }): PassthroughVmOutputs {
     const p = spec.paths;
     return {
         ...withoutProvider(inputs),

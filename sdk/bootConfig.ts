@@ -68,10 +68,13 @@ export interface BootConfigArgs {
  * ```
  */
 export class BootConfig extends pulumi.dynamic.Resource {
+    /** The parameters this resource adds, as given (see BootConfigArgs). */
     public readonly kernelParameters!: pulumi.Output<string[]>;
+    /** The parameter names this resource takes off the command line, as given. */
     public readonly removeKernelParameters!: pulumi.Output<string[]>;
     /** The early-bound addresses, normalized (`0000:01:00.0`). */
     public readonly earlyBinding!: pulumi.Output<string[]>;
+    /** The module settings written to /etc/modprobe.d/pulumi-vfio.conf and /etc/modules-load.d/pulumi-vfio.conf. */
     public readonly modules!: pulumi.Output<{ name: string; options?: Record<string, string | number | boolean | (string | number)[]>; load?: boolean }[]>;
     /** The boot loader in use: `grub`, `grubby` or `systemd-boot`. */
     public readonly loader!: pulumi.Output<Bootloader>;

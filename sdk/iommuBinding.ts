@@ -32,12 +32,17 @@ export type { DeviceSelectorArgs, IommuBindingArgs };
 export class IommuBinding extends pulumi.dynamic.Resource {
     /** The resolved PCI address (`DDDD:BB:DD.F`), also the resource id. */
     public readonly address!: pulumi.Output<string>;
+    /** The device as given: a PCI address or an ids selector (see `address` for the one it resolved to). */
     public readonly device!: pulumi.Output<string | DeviceSelectorArgs>;
+    /** The driver the group's managed members are bound to (default `vfio-pci`). */
     public readonly driver!: pulumi.Output<string>;
+    /** Whether every non-bridge member of the IOMMU group is bound too (default true). */
     public readonly wholeGroup!: pulumi.Output<boolean>;
+    /** Whether taking the host's console GPU (`boot_vga` = 1) was allowed (default false). */
     public readonly allowBootVga!: pulumi.Output<boolean>;
     /** The host-critical members allowed to be bound, normalized to `DDDD:BB:DD.F`. */
     public readonly allowHostCritical!: pulumi.Output<string[] | undefined>;
+    /** Whether the binding is kept across reboots through `/etc/driverctl.d/pci-<address>` (default false). */
     public readonly persistent!: pulumi.Output<boolean>;
     /** IOMMU group number. */
     public readonly group!: pulumi.Output<number>;

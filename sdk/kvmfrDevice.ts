@@ -32,6 +32,7 @@ export type { KvmfrDeviceArgs };
  * ```
  */
 export class KvmfrDevice extends pulumi.dynamic.Resource {
+    /** N of `/dev/kvmfrN`: the position in kvmfr's `static_size_mb`. */
     public readonly index!: pulumi.Output<number>;
     /** Size in MiB (given, or computed from the resolution). */
     public readonly sizeMb!: pulumi.Output<number>;
@@ -41,8 +42,11 @@ export class KvmfrDevice extends pulumi.dynamic.Resource {
     public readonly path!: pulumi.Output<string>;
     /** The QEMU arguments that give a VM this device (`-object memory-backend-file,... -device ivshmem-plain,...`). */
     public readonly qemuArgs!: pulumi.Output<string[]>;
+    /** The device node's owner (user name), e.g. the user running looking-glass-client. */
     public readonly owner!: pulumi.Output<string>;
+    /** The device node's group (default `kvm`). */
     public readonly group!: pulumi.Output<string>;
+    /** The device node's mode as four octal digits (default `0660`; nothing for other users). */
     public readonly mode!: pulumi.Output<string>;
     /** What the host shows (kind, loaded size, uid/gid/mode); a difference from the inputs is drift. */
     public readonly actual!: pulumi.Output<KvmfrActual>;

@@ -33,6 +33,7 @@ export type { MdevAttrArgs, MdevInstanceArgs, VramBoundsArgs };
 export class MdevInstance extends pulumi.dynamic.Resource {
     /** The UUID (given, or derived from project, stack and resource name); also the resource id. */
     public readonly uuid!: pulumi.Output<string>;
+    /** The parent as given: a PCI address or a non-PCI parent's name under /sys/class/mdev_bus. */
     public readonly parent!: pulumi.Output<string>;
     /** The parent as the kernel names it (`mtty`, `0000:00:02.0`). */
     public readonly parentDevice!: pulumi.Output<string>;
@@ -54,7 +55,9 @@ export class MdevInstance extends pulumi.dynamic.Resource {
     public readonly availableInstances!: pulumi.Output<number>;
     /** The type's video memory in MiB, when it states one. */
     public readonly vramMiB!: pulumi.Output<number | null>;
+    /** The attributes written right after create, in order (`{name, value}`, mdevctl's attrs). */
     public readonly attrs!: pulumi.Output<MdevAttr[]>;
+    /** Whether mdevctl's config `/etc/mdevctl.d/<parent>/<uuid>` keeps the mdev across reboots. */
     public readonly persistent!: pulumi.Output<boolean>;
     /** mdevctl's config file when persistent, else null. */
     public readonly mdevctlConfig!: pulumi.Output<string | null>;

@@ -1,4 +1,5 @@
 import * as pulumi from "@pulumi/pulumi";
+import type { VmStatus } from "../provider/passthroughVm";
 import type { HostDevice } from "../provider/qemu/cmdline";
 import { IommuBinding } from "./iommuBinding";
 import { MdevInstance } from "./mdevInstance";
@@ -78,26 +79,35 @@ function fromMdev(m: MdevInstance): pulumi.Output<MdevArgs> {
  * export const qemuArgv = vm.commandLine;
  * ```
  */
+export type { VmStatus };
+
 export class PassthroughVm extends pulumi.dynamic.Resource {
+    /** QEMU's `-name` and the VM's run directory name (`/run/pulumi-vfio/vm/<name>`). */
     public readonly name!: pulumi.Output<string>;
+    /** The desired state as given: running (default true) or stopped. */
     public readonly running!: pulumi.Output<boolean>;
+    /** Whether a systemd unit (`pulumi-vfio-vm-<name>.service`) starts the VM at boot. */
     public readonly autostart!: pulumi.Output<boolean>;
     /** The QEMU argv (program first), exactly as started. */
     public readonly commandLine!: pulumi.Output<string[]>;
     /** Every function passed through, with its IOMMU group. */
     public readonly hostDevices!: pulumi.Output<HostDevice[]>;
-    /** What the host shows: `running`, `stopped`, `paused`, `unresponsive`, ... */
-    public readonly status!: pulumi.Output<string>;
+    /** What the host shows: QEMU's run state from QMP `query-status` (`running`, `paused`, `shutdown`, ...), `stopped`
+     *  when no QEMU runs, `unresponsive` when QMP does not answer. */
+    public readonly status!: pulumi.Output<VmStatus>;
     /** QEMU's PID, or null when stopped. */
     public readonly pid!: pulumi.Output<number | null>;
     /** Host thread id of each vCPU. */
     public readonly vcpuThreads!: pulumi.Output<number[]>;
     /** Expected devices QMP's query-pci did not list. */
     public readonly missingDevices!: pulumi.Output<string[]>;
+    /** True when every vCPU thread is pinned as `cpu.pinning` asks (or nothing is asked). */
     public readonly pinningOk!: pulumi.Output<boolean>;
     /** The QMP socket (root-only, 0600). */
     public readonly qmpSocket!: pulumi.Output<string>;
+    /** QEMU's pid file on the host (`-pidfile`). */
     public readonly pidFile!: pulumi.Output<string>;
+    /** The VM's run directory on the host: QMP socket, pid file, firmware variables copy. */
     public readonly runDir!: pulumi.Output<string>;
     /** The per-VM copy of the OVMF VARS file, or null. */
     public readonly varsFile!: pulumi.Output<string | null>;

@@ -32,6 +32,7 @@ export class VirtualFunctions extends pulumi.dynamic.Resource {
     public readonly physicalFunction!: pulumi.Output<string>;
     /** VFs present (what the kernel reports). */
     public readonly count!: pulumi.Output<number>;
+    /** `sriov_drivers_autoprobe` as set: whether host drivers may bind the new VFs (default false). */
     public readonly autoprobe!: pulumi.Output<boolean>;
     /** `sriov_totalvfs`: the most VFs this PF can have. */
     public readonly totalVfs!: pulumi.Output<number>;
