@@ -55,16 +55,25 @@ export interface IommuBindingInputs extends IommuBindingSchemaInputs {
     plan?: string[];
 }
 
+/** One function of the bound IOMMU group, as the `members` output lists it. */
 export interface BindingMember {
+    /** Its PCI address (`0000:01:00.1`). */
     address: string;
+    /** PCI vendor id, 4 hex digits without 0x (`10de`); sysfs `vendor`. */
     vendor: string;
+    /** PCI device id, 4 hex digits (`2204`); sysfs `device`. */
     device: string;
+    /** Subsystem vendor id (the board maker); sysfs `subsystem_vendor`. */
     subsystemVendor: string;
+    /** Subsystem device id; sysfs `subsystem_device`. */
     subsystemDevice: string;
+    /** PCI class code, 6 hex digits (`030000` VGA, `040300` HD audio); sysfs `class`. */
     class: string;
+    /** The class in words (`VGA controller`, `Audio device`). */
     className: string;
     /** Driver before we bound it (restored on delete); null = none. */
     previousDriver: string | null;
+    /** `driver_override` before we bound it (restored on delete); null = unset. */
     previousOverride: string | null;
     /** True when what the member had before us is unknown: found with an override of our driver that neither a
      *  journal nor driverctl recorded (see sysfs/journal.ts). Delete then clears the override and lets the kernel's
