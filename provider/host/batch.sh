@@ -299,12 +299,11 @@ while IFS=' ' read -r -a f; do
       # The host lock is flock(2) on fd 9 of this process, taken by flock(1): held until `unlock` or until this
       # process goes, even killed. The second field is the time limit in seconds, 0: try once.
       #
-      # One flock(1) process per lock taken. A perl coprocess holding the lock for us (perl-base is Essential on
-      # Debian and Ubuntu) would save that process, and did not earn its place: `npm run bench`, IommuBinding
-      # create+delete on the lab guest, 11 interleaved iterations each (every create+delete takes the lock anew: the
-      # contenders run between two of them take longer than the 2 s it lingers), gave 1.00× the plain shell script
-      # locally and 0.80× over SSH with the perl helper, 1.04× and 0.84× with flock(1): within the ±0.1× the figures
-      # move between runs, for 25 more lines and a second process per interpreter.
+      # One flock(1) process per lock taken. The perl coprocess that held the lock for the interpreter (perl-base is
+      # Essential on Debian and Ubuntu) saved that process and was dropped on a bench run made under a load average
+      # of 5-13 (1.00x/0.80x with it, 1.04x/0.84x without: within noise there). On an idle machine IommuBinding
+      # create+delete is now 1.70x the shell script locally and 1.65x over SSH (was 1.04-1.16x / 0.9x with the helper
+      # and before the journal): this process is part of that, so a fork-free lock holder is due back.
       secs=$flag
       [ -d /run/lock ] || mkdir -p /run/lock 9>&-
       why="timed out after $secs s waiting for $LOCK: another pulumi-vfio operation holds it"
