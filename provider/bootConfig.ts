@@ -24,6 +24,7 @@ import { GRUBBY, GRUB_CFG, GRUB_DROPIN, GRUB_MKCONFIG, KERNEL_CMDLINE, UPDATE_GR
 import { BootPlan, kernelInstall, pendingReasons, planBoot } from "./boot/plan";
 import { BOOT_ID, BootConfigInputs, BootConfigOutputs, OWNED, Settings, defaults } from "./boot/types";
 import { hostIdentity } from "./host/ssh";
+import { checkOnHost } from "./checkOnHost";
 import { hostFor, withHost } from "./host";
 import { Host, Op, OpResult } from "./host/types";
 
@@ -51,22 +52,12 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
         return { inputs, failures: [] };
     }
     const s = defaults(inputs);
-    try {
-        await withHost(
-            inputs.connection,
-            async (host) => {
-                const facts = await readBootFacts(host, s);
-                const plan = planBoot(s, facts, { previous: olds?.previous, ours: oursOf(olds), local: !inputs.connection?.host });
-                failures.push(...plan.problems);
-                inputs.plan = plan.lines;
-            },
-            onHost,
-        );
-    } catch (e) {
-        // Reading the boot facts fails only when the host cannot be reached or its interpreter went away.
-        failures.push({ property: "connection", reason: (e as Error).message });
-    }
-    return { inputs, failures };
+    const problems = await checkOnHost(inputs.connection, onHost, async (host) => {
+        const plan = planBoot(s, await readBootFacts(host, s), { previous: olds?.previous, ours: oursOf(olds), local: !inputs.connection?.host });
+        inputs.plan = plan.lines;
+        return plan.problems;
+    });
+    return { inputs, failures: problems };
 }
 
 /** The parameters our earlier change added (taken off before predicting the new command line). */

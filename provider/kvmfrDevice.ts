@@ -14,11 +14,12 @@
  * - delete: refuse while the device is open; drop its size (the last entry only: kvmfr numbers devices by position)
  *   and its rule; unload the module when no device is left.
  */
+import { checkOnHost } from "./checkOnHost";
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
 import { describeHolders } from "./sysfs/proc";
-import { Connection, hostIdentity } from "./host/ssh";
+import { hostIdentity } from "./host/ssh";
 import { Host, Op, OpResult } from "./host/types";
 import { firstFailure } from "./sysfs/pci";
 import {
@@ -283,20 +284,13 @@ export async function check(_olds: Record<string, any>, news: Record<string, any
         return { inputs, failures };
     }
     const { owner, group } = defaults(inputs);
-    try {
-        await withHost(
-            inputs.connection,
-            async (host) => {
-                const facts = await readKvmfrFacts(host, inputs.index, owner, group);
-                const plan = planKvmfr({ ...inputs, sizeMb: size }, facts, host.name, true);
-                failures.push(...plan.problems);
-                inputs.plan = plan.lines;
-            },
-            onHost,
-        );
-    } catch (e) {
-        failures.push({ property: "connection", reason: (e as Error).message });
-    }
+    failures.push(
+        ...(await checkOnHost(inputs.connection, onHost, async (host) => {
+            const plan = planKvmfr({ ...inputs, sizeMb: size }, await readKvmfrFacts(host, inputs.index, owner, group), host.name, true);
+            inputs.plan = plan.lines;
+            return plan.problems;
+        })),
+    );
     return { inputs, failures };
 }
 

@@ -2,7 +2,6 @@ import * as pulumi from "@pulumi/pulumi";
 import type { KvmfrActual } from "../provider/kvmfrDevice";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
 import type { KvmfrDeviceArgs } from "./generated/args";
-import { ConnectionArgs } from "./types";
 
 export type { KvmfrActual };
 
