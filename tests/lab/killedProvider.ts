@@ -7,7 +7,7 @@
  * process kills itself with SIGKILL. The remote interpreter has received nothing more, so the host is left exactly
  * at that point, as by a provider killed there. Test-only: the provider knows nothing of it.
  */
-import { withLockThrough } from "../../provider/host/lock";
+import { InterceptingHost } from "../fake/intercepting";
 import { SshHost } from "../../provider/host/ssh";
 import type { Host, Op, OpResult, RunOptions } from "../../provider/host/types";
 import { check, create, remove } from "../../provider/iommuBinding";
@@ -26,38 +26,21 @@ export interface KilledProviderInput {
 }
 
 /** Forwards every batch to `inner`; the batch holding the kill point is cut after it, and the process dies. */
-class KillingHost implements Host {
+class KillingHost extends InterceptingHost {
     armed = false;
     constructor(
-        private readonly inner: Host,
+        inner: Host,
         private readonly after: KillPoint,
-    ) {}
-    get name(): string {
-        return this.inner.name;
+    ) {
+        super(inner);
     }
-    get roundTrips(): number {
-        return this.inner.roundTrips;
-    }
-    run(ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
-        return this.runOn(this.inner, ops, opts);
-    }
-    private async runOn(target: Host, ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
+    protected async runOn(target: Host, ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
         const at = this.armed ? ops.findIndex((o) => o.op === "write" && o.path === this.after.path && o.data === this.after.data) : -1;
         if (at < 0) return target.run(ops, opts);
         const r = await target.run(ops.slice(0, at + 1), opts);
         process.stderr.write(`killed after ${at + 1} of ${ops.length} ops: ${JSON.stringify(r.map((x) => x.ok))}\n`);
         process.kill(process.pid, "SIGKILL");
         return new Promise(() => undefined);
-    }
-    /** The section's batches go through the locked host of `inner`, cut at the kill point like any other. */
-    withLock<T>(fn: (locked: Host) => Promise<T>, timeoutMs?: number): Promise<T> {
-        return withLockThrough(this, this.inner, (locked, ops, opts) => this.runOn(locked, ops, opts), fn, timeoutMs);
-    }
-    openUnixSocket(path: string): Promise<import("stream").Duplex> {
-        return this.inner.openUnixSocket(path);
-    }
-    close(): Promise<void> {
-        return this.inner.close();
     }
 }
 

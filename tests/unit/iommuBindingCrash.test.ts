@@ -3,6 +3,7 @@
  * of the delete batch, the host keeps the record of what it had (the journal), and a fresh process's `up` and
  * `destroy` give the GPU back to bochs-drm and its audio function back to snd_hda_intel.
  */
+import { InterceptingHost } from "../fake/intercepting";
 import { withLockThrough } from "../../provider/host/lock";
 import { FakeHost } from "../fake/host";
 import { fakeLabKernel } from "../fake/lab";
@@ -21,32 +22,20 @@ const JOURNAL = journalPath(GPU);
  * A provider process that dies in its change: of the first batch that writes (create's or delete's one batch), only
  * the first `k` ops reach the host, then the process is gone and every later call fails.
  */
-class DyingHost implements Host {
-    readonly name = "dying";
+class DyingHost extends InterceptingHost {
     dead = false;
     constructor(
-        private readonly inner: FakeHost,
+        inner: FakeHost,
         private readonly k: number,
-    ) {}
-    get roundTrips(): number {
-        return this.inner.roundTrips;
+    ) {
+        super(inner);
     }
-    async run(ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
+    protected async runOn(target: Host, ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
         if (this.dead) throw new Error("the process is gone");
-        if (!ops.some((o) => o.op === "write" || o.op === "put")) return this.inner.run(ops, opts);
-        await this.inner.run(ops.slice(0, this.k), opts);
+        if (!ops.some((o) => o.op === "write" || o.op === "put")) return target.run(ops, opts);
+        await target.run(ops.slice(0, this.k), opts);
         this.dead = true;
         throw new Error(`killed after ${this.k} of ${ops.length} operations`);
-    }
-    /** The section's batches come back here (through a locked view), so they die like any other. */
-    withLock<T>(fn: (locked: Host) => Promise<T>): Promise<T> {
-        return withLockThrough(this, this.inner, (_locked, ops, opts) => this.run(ops, opts), fn);
-    }
-    openUnixSocket(path: string): Promise<import("stream").Duplex> {
-        return this.inner.openUnixSocket(path);
-    }
-    close(): Promise<void> {
-        return this.inner.close();
     }
 }
 
