@@ -119,6 +119,10 @@ GUEST_PKGS=linux-image-amd64,systemd-sysv,udev,kmod,iproute2,openssh-server,pciu
 GUEST_PKGS+=,ifupdown,isc-dhcp-client,procps,bash,driverctl,mdevctl,nodejs,util-linux,findutils,coreutils
 # Debian's GRUB for EFI without its grub-install postinst (grub2-common: update-grub; -bin: the x86_64-efi modules).
 GUEST_PKGS+=,grub-efi-amd64-bin,grub2-common
+# systemd-boot (bootctl, kernel-install's loader-entry plugin): the second boot path (esp-sdboot.img).
+GUEST_PKGS+=,systemd-boot
+# libvirt's system daemon and virsh: the libvirt VM backend's lab tests (qemu:///system, TCG domains).
+GUEST_PKGS+=,libvirt-daemon-system,libvirt-clients
 log "debootstrap $SUITE from $MIRROR (takes ~2 min)"
 run_long debootstrap --variant=minbase --include="$GUEST_PKGS" "$SUITE" "$ROOT" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
   || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -266,6 +270,43 @@ mmd -i "$WORK/esp.fat" ::/EFI ::/EFI/BOOT
 mcopy -i "$WORK/esp.fat" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
 dd if="$WORK/esp.fat" of="$WORK/esp-grub.img" bs=512 seek=2048 conv=notrunc status=none
 rm -f "$WORK/esp.fat" "$WORK/BOOTX64.EFI"
+
+# --- 3c. the second boot path: OVMF -> esp-sdboot.img (systemd-boot) -> its own loader entry ---------------------
+# Unlike GRUB's, systemd-boot's kernel, initrd and entries live on the ESP itself, so this ESP is the guest's
+# /efi (fstab by label, nofail: the other boot paths have no such disk) and kernel-install writes into it. The first
+# entry is the one kernel-install's loader-entry plugin would write (entry token = the fixed machine-id below), so
+# the guest's own `kernel-install add` replaces it rather than adding a second.
+MACHINE_ID=4c41427066696f6c61626d616368696e
+echo "$MACHINE_ID" > "$ROOT/etc/machine-id"
+mkdir -p "$ROOT/efi" "$ROOT/etc/kernel"
+echo 'LABEL=LABSDBOOT /efi vfat umask=0077,nofail,x-systemd.device-timeout=5s 0 0' >> "$ROOT/etc/fstab"
+echo 'root=/dev/vda ro console=ttyS0 net.ifnames=0 panic=-1' > "$ROOT/etc/kernel/cmdline"
+echo "$MACHINE_ID" > "$ROOT/etc/kernel/entry-token"
+SDBOOT_EFI="$ROOT/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+[ -f "$SDBOOT_EFI" ] || die "no systemd-bootx64.efi in the guest"
+truncate -s 160M "$WORK/esp-sdboot.img"
+printf 'label: gpt\nstart=2048, size=323584, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP\n' | sfdisk -q "$WORK/esp-sdboot.img" >/dev/null
+mkfs.vfat -C -F 32 -n LABSDBOOT "$WORK/sd.fat" 161792 >/dev/null
+mmd -i "$WORK/sd.fat" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries "::/$MACHINE_ID" "::/$MACHINE_ID/$KVER"
+mcopy -i "$WORK/sd.fat" "$SDBOOT_EFI" ::/EFI/BOOT/BOOTX64.EFI
+mcopy -i "$WORK/sd.fat" "$SDBOOT_EFI" ::/EFI/systemd/systemd-bootx64.efi
+printf 'timeout 0\ndefault %s-*\n' "$MACHINE_ID" > "$WORK/loader.conf"
+mcopy -i "$WORK/sd.fat" "$WORK/loader.conf" ::/loader/loader.conf
+printf 'title Debian GNU/Linux (lab, systemd-boot)\nversion %s\nmachine-id %s\nsort-key debian\noptions %s\nlinux /%s/%s/linux\ninitrd /%s/%s/initrd\n' \
+  "$KVER" "$MACHINE_ID" "$(cat "$ROOT/etc/kernel/cmdline")" "$MACHINE_ID" "$KVER" "$MACHINE_ID" "$KVER" > "$WORK/entry.conf"
+mcopy -i "$WORK/sd.fat" "$WORK/entry.conf" "::/loader/entries/$MACHINE_ID-$KVER.conf"
+mcopy -i "$WORK/sd.fat" "$ROOT/boot/vmlinuz-$KVER" "::/$MACHINE_ID/$KVER/linux"
+mcopy -i "$WORK/sd.fat" "$ROOT/boot/initrd.img-$KVER" "::/$MACHINE_ID/$KVER/initrd"
+dd if="$WORK/sd.fat" of="$WORK/esp-sdboot.img" bs=512 seek=2048 conv=notrunc status=none
+rm -f "$WORK/sd.fat" "$WORK/loader.conf" "$WORK/entry.conf"
+
+# libvirt: socket-activated only (libvirtd at every boot costs seconds under TCG and most tests never use it); no
+# default NAT network (its dnsmasq is not installed and the lab's domains need none); libvirt-guests would try to
+# suspend domains at every lab shutdown.
+chroot "$ROOT" systemctl disable -q libvirtd.service 2>/dev/null || true
+chroot "$ROOT" systemctl enable -q libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket 2>/dev/null || true
+chroot "$ROOT" systemctl mask -q libvirt-guests.service 2>/dev/null || true
+rm -f "$ROOT/etc/libvirt/qemu/networks/autostart/default.xml"
 
 # Smaller image: documentation and package caches are of no use in a throwaway VM.
 rm -rf "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* \
