@@ -211,20 +211,37 @@ export interface DeviceState {
 }
 
 /**
+ * A member's driver change in two halves: `leave` takes it off the driver it is on, `enter` hands it to the next
+ * one. Between them the device is on no driver: a step that needs it so (a reset before the host driver takes it
+ * back) runs there.
+ */
+export interface DriverSequence {
+    leave: Op[];
+    enter: Op[];
+}
+
+/**
  * driverctl's `set-override`, for one device: unbind from the current driver, set `driver_override`, and ask the
  * bus to probe. `drivers_probe` is optional: it has been seen to fail with EINVAL and still leave the override
  * (canonical/lxd#12128); the `driver` link read afterwards is the verdict.
  */
-export function bindOps(address: string, from: DeviceState, driver: string): Op[] {
-    const ops: Op[] = [];
+export function bindSequence(address: string, from: DeviceState, driver: string): DriverSequence {
     if (from.driver === driver) {
-        if (from.override !== driver) ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: driver });
-        return ops;
+        return { leave: [], enter: from.override !== driver ? [{ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: driver }] : [] };
     }
-    if (from.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${from.driver}/unbind`, data: address });
-    ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: driver });
-    ops.push({ op: "write", path: "/sys/bus/pci/drivers_probe", data: address, optional: true });
-    return ops;
+    return {
+        leave: from.driver ? [{ op: "write", path: `${PCI_DRIVERS}/${from.driver}/unbind`, data: address }] : [],
+        enter: [
+            { op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: driver },
+            { op: "write", path: "/sys/bus/pci/drivers_probe", data: address, optional: true },
+        ],
+    };
+}
+
+/** {@link bindSequence} as one list of ops. */
+export function bindOps(address: string, from: DeviceState, driver: string): Op[] {
+    const s = bindSequence(address, from, driver);
+    return [...s.leave, ...s.enter];
 }
 
 /**
@@ -233,24 +250,31 @@ export function bindOps(address: string, from: DeviceState, driver: string): Op[
  * a `probe` target is driverctl's `unset-override` (clear the override, unbind, `drivers_probe`).
  * Every step is optional: a restore goes as far as it can and the read-back tells what stuck.
  */
-export function restoreOps(address: string, now: DeviceState, to: DeviceState): Op[] {
-    const ops: Op[] = [];
+export function restoreSequence(address: string, now: DeviceState, to: DeviceState): DriverSequence {
+    const leave: Op[] = [];
+    const enter: Op[] = [];
     if (to.probe) {
         // The kernel's own choice, as a boot would make it: no override, off the driver we bound, then probe.
-        if (now.override !== null) ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: "\n", optional: true });
-        if (now.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
-        ops.push({ op: "write", path: "/sys/bus/pci/drivers_probe", data: address, optional: true });
-        return ops;
+        if (now.override !== null) leave.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: "\n", optional: true });
+        if (now.driver) leave.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
+        enter.push({ op: "write", path: "/sys/bus/pci/drivers_probe", data: address, optional: true });
+        return { leave, enter };
     }
-    if (now.driver && now.driver !== to.driver) ops.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
+    if (now.driver && now.driver !== to.driver) leave.push({ op: "write", path: `${PCI_DRIVERS}/${now.driver}/unbind`, data: address, optional: true });
     if (now.override !== to.override) {
         // Writing a newline clears the override (`echo > driver_override`); an empty write would not reach the kernel.
-        ops.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: to.override ?? "\n", optional: true });
+        enter.push({ op: "write", path: `${PCI_DEVICES}/${address}/driver_override`, data: to.override ?? "\n", optional: true });
     }
     if (to.driver && now.driver !== to.driver) {
-        ops.push({ op: "write", path: `${PCI_DRIVERS}/${to.driver}/bind`, data: address, optional: true });
+        enter.push({ op: "write", path: `${PCI_DRIVERS}/${to.driver}/bind`, data: address, optional: true });
     }
-    return ops;
+    return { leave, enter };
+}
+
+/** {@link restoreSequence} as one list of ops. */
+export function restoreOps(address: string, now: DeviceState, to: DeviceState): Op[] {
+    const s = restoreSequence(address, now, to);
+    return [...s.leave, ...s.enter];
 }
 
 export function driverLinkOp(address: string): Op {
