@@ -9,9 +9,10 @@
  * every mdev, every `/dev/vfio/<n>`'s openers, every file found, every VM's pidfile; (3) only when there is
  * something to name: the command of each PID found, and the mdevctl files under the parents listed.
  */
+import { BatchQuery } from "./host/query";
 import { Host, Op, OpResult } from "./host/types";
 import { isVfioDriver } from "./sysfs/iommu";
-import { DEVICE_READ_OPS, PCI_DEVICES, classLabel, deviceReadOps, isAddress, parseDevice } from "./sysfs/pci";
+import { PCI_DEVICES, classLabel, deviceReadOps, isAddress, parseDevice } from "./sysfs/pci";
 import { MDEVCTL_DIR, MDEV_DEVICES, isUuid, mdevReadOps, parseMdevDevice, parseMdevctlConfig } from "./sysfs/mdev";
 import { KVMFR_MODULE, LOADED_SIZES, MODPROBE_CONF, MODULES_LOAD_CONF, UDEV_RULES } from "./sysfs/kvmfr";
 import { UNIT_DIR, VM_NAME, VM_RUN_ROOT, vmPaths } from "./qemu/cmdline";
@@ -120,60 +121,62 @@ function effectiveUid(r: OpResult | undefined): number | null {
 /** What is bound and created on `host` now. Three round trips at most; changes nothing. */
 export async function getHostStatus(host: Host): Promise<HostStatus> {
     // ---- round trip 1: listings
-    const r1 = await host.run([
-        { op: "list", path: PCI_DEVICES },
-        { op: "list", path: MDEV_DEVICES },
-        { op: "list", path: "/dev/vfio" },
-        { op: "list", path: "/dev" },
-        { op: "list", path: DRIVERCTL_DIR },
-        { op: "list", path: MDEVCTL_DIR },
-        { op: "list", path: VM_RUN_ROOT },
-        { op: "list", path: UNIT_DIR },
-        { op: "list", path: `/sys/module/${KVMFR_MODULE}` },
-        { op: "read", path: "/proc/self/status" },
-        ...KVMFR_FILES.map((path): Op => ({ op: "read", path })),
-    ]);
-    const addresses = lines(r1[0]).filter(isAddress).sort();
-    const uuids = lines(r1[1]).filter(isUuid).sort();
-    const groups = lines(r1[2]).filter((n) => /^\d+$/.test(n)).map(Number).sort((a, b) => a - b);
-    const kvmfrPaths = lines(r1[3])
+    const q1 = new BatchQuery();
+    const list = (path: string) => q1.one({ op: "list", path }, lines);
+    const addressList = list(PCI_DEVICES);
+    const uuidList = list(MDEV_DEVICES);
+    const groupList = list("/dev/vfio");
+    const devList = list("/dev");
+    const driverctlList = list(DRIVERCTL_DIR);
+    const mdevctlList = list(MDEVCTL_DIR);
+    const vmList = list(VM_RUN_ROOT);
+    const unitList = list(UNIT_DIR);
+    const kvmfrModule = q1.one({ op: "list", path: `/sys/module/${KVMFR_MODULE}` }, (r) => !!r?.ok);
+    const uidPart = q1.one({ op: "read", path: "/proc/self/status" }, effectiveUid);
+    const kvmfrFilesPart = q1.each(KVMFR_FILES, (path): Op[] => [{ op: "read", path }], (path, [r]) => ({ path, text: text(r) }));
+    const r1 = await q1.run(host);
+    const addresses = addressList(r1).filter(isAddress).sort();
+    const uuids = uuidList(r1).filter(isUuid).sort();
+    const groups = groupList(r1).filter((n) => /^\d+$/.test(n)).map(Number).sort((x, y) => x - y);
+    const kvmfrPaths = devList(r1)
         .filter((n) => /^kvmfr\d+$/.test(n))
-        .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)))
+        .sort((x, y) => Number(x.slice(5)) - Number(y.slice(5)))
         .map((n) => `/dev/${n}`);
-    const driverctlFiles = lines(r1[4]).filter((n) => /^pci-/.test(n) && isAddress(n.slice(4))).sort().map((n) => `${DRIVERCTL_DIR}/${n}`);
-    const mdevctlParents = lines(r1[5]).filter(safeName).sort();
-    const vmNames = new Set(lines(r1[6]).filter((n) => VM_NAME.test(n)));
-    const unitNames = lines(r1[7]).map((n) => UNIT.exec(n)?.[1]).filter((n): n is string => !!n && VM_NAME.test(n));
+    const driverctlFiles = driverctlList(r1).filter((n) => /^pci-/.test(n) && isAddress(n.slice(4))).sort().map((n) => `${DRIVERCTL_DIR}/${n}`);
+    const mdevctlParents = mdevctlList(r1).filter(safeName).sort();
+    const vmNames = new Set(vmList(r1).filter((n) => VM_NAME.test(n)));
+    const unitNames = unitList(r1).map((n) => UNIT.exec(n)?.[1]).filter((n): n is string => !!n && VM_NAME.test(n));
     for (const n of unitNames) vmNames.add(n);
-    const kvmfrLoaded = !!r1[8]?.ok;
-    const uid = effectiveUid(r1[9]);
-    const kvmfrFiles = KVMFR_FILES.map((path, i) => ({ path, text: text(r1[10 + i]) })).filter((f) => f.text !== null);
+    const kvmfrLoaded = kvmfrModule(r1);
+    const uid = uidPart(r1);
+    const kvmfrFiles = kvmfrFilesPart(r1).filter((f) => f.text !== null);
     const loadedSizes = kvmfrLoaded ? (kvmfrFiles.find((f) => f.path === LOADED_SIZES)?.text ?? null) : null;
     const vms = [...vmNames].sort();
 
     // ---- round trip 2: attributes, openers, files, pidfiles
-    const second: Op[] = [
-        ...addresses.flatMap(deviceReadOps),
-        ...uuids.flatMap(mdevReadOps),
-        ...groups.map((g): Op => ({ op: "openers", path: `/dev/vfio/${g}` })),
-        ...kvmfrPaths.map((path): Op => ({ op: "stat", path })),
-        ...driverctlFiles.map((path): Op => ({ op: "read", path })),
-        ...mdevctlParents.map((p): Op => ({ op: "list", path: `${MDEVCTL_DIR}/${p}` })),
-        ...vms.flatMap((n): Op[] => [
+    const q2 = new BatchQuery();
+    const pciPart = q2.each(addresses, deviceReadOps, parseDevice);
+    const mdevPart = q2.each(uuids, mdevReadOps, parseMdevDevice);
+    const openersPart = q2.each(groups, (g): Op[] => [{ op: "openers", path: `/dev/vfio/${g}` }], (_, [r]) => pidsOf(r));
+    const kvmfrStatsPart = q2.each(kvmfrPaths, (path): Op[] => [{ op: "stat", path }], (_, [r]) => r);
+    const driverctlPart = q2.each(driverctlFiles, (path): Op[] => [{ op: "read", path }], (_, [r]) => r);
+    const mdevctlPart = q2.each(mdevctlParents, (p): Op[] => [{ op: "list", path: `${MDEVCTL_DIR}/${p}` }], (_, [r]) => lines(r).filter(isUuid).sort());
+    const vmFilesPart = q2.each(
+        vms,
+        (n): Op[] => [
             { op: "read", path: vmPaths(n).pidFile },
             { op: "read", path: vmPaths(n).unitFile },
-        ]),
-    ];
-    const r2 = await host.run(second);
-    let at = 0;
-    const take = (n: number) => r2.slice(at, (at += n));
-    const pci = addresses.map((a) => parseDevice(a, take(DEVICE_READ_OPS))).filter((d): d is NonNullable<typeof d> => d !== null);
-    const mdevDevices = uuids.map((u) => parseMdevDevice(u, take(mdevReadOps(u).length))).filter((d): d is NonNullable<typeof d> => d !== null);
-    const openers = take(groups.length).map(pidsOf);
-    const kvmfrStats = take(kvmfrPaths.length);
-    const driverctlTexts = take(driverctlFiles.length);
-    const mdevctlLists = take(mdevctlParents.length).map((r) => lines(r).filter(isUuid).sort());
-    const vmFiles = vms.map(() => take(2));
+        ],
+        (_, r) => r,
+    );
+    const r2 = await q2.run(host);
+    const pci = pciPart(r2).filter((d): d is NonNullable<typeof d> => d !== null);
+    const mdevDevices = mdevPart(r2).filter((d): d is NonNullable<typeof d> => d !== null);
+    const openers = openersPart(r2);
+    const kvmfrStats = kvmfrStatsPart(r2);
+    const driverctlTexts = driverctlPart(r2);
+    const mdevctlLists = mdevctlPart(r2);
+    const vmFiles = vmFilesPart(r2);
 
     const vmPids = vmFiles.map(([pidR]) => {
         const t = text(pidR)?.trim() ?? "";
@@ -181,12 +184,14 @@ export async function getHostStatus(host: Host): Promise<HostStatus> {
     });
 
     // ---- round trip 3 (only when needed): commands of PIDs, mdevctl files
-    const pids = [...new Set([...openers.flat(), ...vmPids.filter((p): p is number => p !== null)])].sort((a, b) => a - b);
+    const pids = [...new Set([...openers.flat(), ...vmPids.filter((p): p is number => p !== null)])].sort((x, y) => x - y);
     const mdevctlFiles = mdevctlParents.flatMap((p, i) => mdevctlLists[i].map((u) => ({ parent: p, uuid: u, path: `${MDEVCTL_DIR}/${p}/${u}` })));
-    const third: Op[] = [...pids.map((p): Op => ({ op: "read", path: `/proc/${p}/comm` })), ...mdevctlFiles.map((f): Op => ({ op: "read", path: f.path }))];
-    const r3 = third.length ? await host.run(third) : [];
-    const commands = new Map(pids.map((p, i) => [p, r3[i]?.ok ? r3[i].data.trim() : null]));
-    const mdevctlConfigs = mdevctlFiles.map((f, i) => ({ ...f, config: parseMdevctlConfig(text(r3[pids.length + i]) ?? "") }));
+    const q3 = new BatchQuery();
+    const commandsPart = q3.each(pids, (p): Op[] => [{ op: "read", path: `/proc/${p}/comm` }], (p, [r]) => [p, r?.ok ? r.data.trim() : null] as const);
+    const configsPart = q3.each(mdevctlFiles, (f): Op[] => [{ op: "read", path: f.path }], (f, [r]) => ({ ...f, config: parseMdevctlConfig(text(r) ?? "") }));
+    const r3 = await q3.runIfAny(host);
+    const commands = new Map(commandsPart(r3));
+    const mdevctlConfigs = configsPart(r3);
 
     // ---- assemble
     const devices: HeldDevice[] = pci
@@ -276,7 +281,7 @@ export function formatHostStatus(s: HostStatus): string {
     section(
         "kvmfr devices",
         s.kvmfr.map((k) => {
-            const size = s.kvmfrSizesMb?.[Number(k.path.slice("/dev/kvmfr".length))];
+            const size = s.kvmfrSizesMb?.[Number(k.path.replace(/^\/dev\/kvmfr/, ""))];
             return [k.path, k.isCharDevice ? "character device" : "NOT a character device (QEMU created it before kvmfr was loaded)", size !== undefined ? `${size} MiB` : ""];
         }),
         s.kvmfrLoaded ? "none" : "none (kvmfr module not loaded)",

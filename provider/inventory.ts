@@ -21,12 +21,12 @@
  */
 import { Host, Op, OpResult } from "./host/types";
 import { IOMMU_GROUPS, IOMMU_OFF_FIX, iommuStatusOps, memberViable, parseIommuStatus, viabilityProblems } from "./sysfs/iommu";
-import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, classLabel, deviceReadOps, isAddress, isBridge, parseDevice } from "./sysfs/pci";
+import { PCI_DEVICES, PciDevice, classLabel, deviceReadOps, isAddress, isBridge, parseDevice } from "./sysfs/pci";
 import { BootSummary, bootSummary } from "./boot/summary";
 import { bootFactsQuery } from "./boot/facts";
 import { defaults as bootDefaults } from "./boot/types";
 import { BatchQuery } from "./host/query";
-import { CRITICAL_READ_OPS, criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
+import { criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 
 /** Where distributions install pci.ids (Debian/Ubuntu `pci.ids`, Fedora/Arch/Alpine `hwdata`), in lookup order. */
 export const PCI_IDS_PATHS = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
@@ -256,69 +256,57 @@ const MDEV_ATTRS = ["name", "description", "available_instances", "device_api"] 
 /** Everything the host offers for passthrough. At most three round trips, whatever the number of devices. */
 export async function getHostInventory(host: Host): Promise<HostInventory> {
     // ---- round trip 1: what exists
-    const first: Op[] = [
-        { op: "list", path: PCI_DEVICES },
-        ...iommuStatusOps(),
-        { op: "read", path: "/proc/sys/kernel/osrelease" },
-        { op: "read", path: "/proc/cmdline" },
-        { op: "list", path: "/sys/module" },
-        { op: "list", path: "/dev/vfio" },
-        { op: "list", path: "/dev" },
-        { op: "list", path: MDEV_BUS },
-        ...PCI_IDS_PATHS.map((path): Op => ({ op: "stat", path })),
-        { op: "exec", argv: ["awk", "BEGIN { exit 0 }"], optional: true, timeoutMs: 10_000 },
-        ...criticalReadOps(),
-    ];
-    const criticalAt = first.length - CRITICAL_READ_OPS;
+    const q1 = new BatchQuery();
+    const addressList = q1.one({ op: "list", path: PCI_DEVICES }, (r) => lines(r).filter(isAddress).sort());
+    const iommuPart = q1.add(iommuStatusOps(), parseIommuStatus);
+    const releasePart = q1.one({ op: "read", path: "/proc/sys/kernel/osrelease" }, text);
+    const cmdlinePart = q1.one({ op: "read", path: "/proc/cmdline" }, text);
+    const modulesPart = q1.one({ op: "list", path: "/sys/module" }, (r) => lines(r).filter((m) => MODULE.test(m)).sort());
+    const vfioPart = q1.one({ op: "list", path: "/dev/vfio" }, (r) => new Set(lines(r)));
+    const kvmfrNodes = q1.one({ op: "list", path: "/dev" }, (r) =>
+        lines(r)
+            .filter((n) => /^kvmfr\d+$/.test(n))
+            .sort((x, y) => Number(x.slice(5)) - Number(y.slice(5)))
+            .map((n) => `/dev/${n}`),
+    );
+    const parentsPart = q1.one({ op: "list", path: MDEV_BUS }, (r) => lines(r).filter(safeName).sort());
+    const pciIdsPart = q1.add(
+        PCI_IDS_PATHS.map((path): Op => ({ op: "stat", path })),
+        (r) => PCI_IDS_PATHS.find((_, i) => r[i]?.ok && r[i].data.startsWith("regular file")) ?? null,
+    );
+    const awkPart = q1.one({ op: "exec", argv: ["awk", "BEGIN { exit 0 }"], optional: true, timeoutMs: 10_000 }, (r) => r.ok);
+    const criticalPart = q1.add(criticalReadOps(), parseCriticalReads);
     // The boot loader and command lines ride in the same round trip.
-    const bootQuery = new BatchQuery();
-    const bootFacts = bootFactsQuery(bootQuery, bootDefaults({}));
-    const bootAt = first.length;
-    first.push(...bootQuery.ops);
-    const r1 = await host.run(first);
-    const reads = parseCriticalReads(r1.slice(criticalAt, bootAt));
-    const boot = bootSummary(bootFacts(r1.slice(bootAt)));
-    const addresses = lines(r1[0]).filter(isAddress).sort();
-    const iommu = parseIommuStatus(r1.slice(1, 3));
-    const kernelRelease = text(r1[3]);
-    const kernelCmdline = text(r1[4]);
-    const modules = lines(r1[5]).filter((m) => MODULE.test(m)).sort();
-    const vfioNodes = new Set(lines(r1[6]));
-    const kvmfrPaths = lines(r1[7])
-        .filter((n) => /^kvmfr\d+$/.test(n))
-        .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)))
-        .map((n) => `/dev/${n}`);
-    const mdevParents = lines(r1[8]).filter(safeName).sort();
-    const idsAt = 9;
-    const pciIds = PCI_IDS_PATHS.find((_, i) => r1[idsAt + i]?.ok && r1[idsAt + i].data.startsWith("regular file")) ?? null;
-    const haveAwk = r1[idsAt + PCI_IDS_PATHS.length]?.ok === true;
+    const bootFacts = bootFactsQuery(q1, bootDefaults({}));
+    const r1 = await q1.run(host);
+    const reads = criticalPart(r1);
+    const boot = bootSummary(bootFacts(r1));
+    const addresses = addressList(r1);
+    const iommu = iommuPart(r1);
+    const kernelRelease = releasePart(r1);
+    const kernelCmdline = cmdlinePart(r1);
+    const modules = modulesPart(r1);
+    const vfioNodes = vfioPart(r1);
+    const kvmfrPaths = kvmfrNodes(r1);
+    const mdevParents = parentsPart(r1);
+    const pciIds = pciIdsPart(r1);
+    const haveAwk = awkPart(r1);
     const groupNumbers = iommu.enabled ? iommu.groups : [];
 
     // ---- round trip 2: every device, group, mdev parent and kvmfr node
-    const second: Op[] = [
-        ...addresses.flatMap(deviceReadOps),
-        ...groupNumbers.map((g): Op => ({ op: "list", path: `${IOMMU_GROUPS}/${g}/devices` })),
-        ...mdevParents.map((p): Op => ({ op: "list", path: `${MDEV_BUS}/${p}/mdev_supported_types` })),
-        ...kvmfrPaths.map((path): Op => ({ op: "stat", path })),
-        // What the host's mounts, swaps and SSH session lead to; stacked devices (dm, md) only cost more round trips.
-        ...linkOps(reads.uses),
-    ];
-    const r2 = second.length ? await host.run(second) : [];
-    let at = 0;
-    const take = (n: number) => {
-        const part = r2.slice(at, at + n);
-        at += n;
-        return part;
-    };
-    const pciDevices: PciDevice[] = [];
-    for (const a of addresses) {
-        const d = parseDevice(a, take(DEVICE_READ_OPS));
-        if (d) pciDevices.push(d);
-    }
-    const groupLists = take(groupNumbers.length).map(lines);
-    const typeLists = take(mdevParents.length).map((r) => lines(r).filter(safeName).sort());
-    const kvmfr = take(kvmfrPaths.length).map((r, i): KvmfrDevice => ({ path: kvmfrPaths[i], isCharDevice: !!r?.ok && r.data.startsWith("character special file") }));
-    const uses = await traceUses(host, reads, r2.slice(at));
+    const q2 = new BatchQuery();
+    const devicesPart = q2.each(addresses, deviceReadOps, parseDevice);
+    const groupsPart = q2.each(groupNumbers, (g): Op[] => [{ op: "list", path: `${IOMMU_GROUPS}/${g}/devices` }], (_, [r]) => lines(r));
+    const typesPart = q2.each(mdevParents, (p): Op[] => [{ op: "list", path: `${MDEV_BUS}/${p}/mdev_supported_types` }], (_, [r]) => lines(r).filter(safeName).sort());
+    const kvmfrPart = q2.each(kvmfrPaths, (path): Op[] => [{ op: "stat", path }], (path, [r]): KvmfrDevice => ({ path, isCharDevice: !!r?.ok && r.data.startsWith("character special file") }));
+    // What the host's mounts, swaps and SSH session lead to; stacked devices (dm, md) only cost more round trips.
+    const linksPart = q2.add(linkOps(reads.uses), (r) => r);
+    const r2 = await q2.runIfAny(host);
+    const pciDevices = devicesPart(r2).filter((d): d is PciDevice => d !== null);
+    const groupLists = groupsPart(r2);
+    const typeLists = typesPart(r2);
+    const kvmfr = kvmfrPart(r2);
+    const uses = await traceUses(host, reads, linksPart(r2));
 
     const byAddress = new Map(pciDevices.map((d) => [d.address, d]));
     const groupMembers = groupNumbers.map((g, i) => {
@@ -330,31 +318,26 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
 
     // ---- round trip 3 (only when needed): names, mdev type attributes, drivers of non-PCI group members
     const wants = pciIdWants(pciDevices);
-    const third: Op[] = [];
-    if (pciIds && wants.vendors.size) {
-        third.push(haveAwk ? { op: "exec", argv: pciIdsAwkArgv(pciIds, wants), optional: true, timeoutMs: 30_000 } : { op: "read", path: pciIds, timeoutMs: 30_000 });
-    }
+    const q3 = new BatchQuery();
+    const namesPart =
+        pciIds && wants.vendors.size
+            ? q3.one(haveAwk ? { op: "exec", argv: pciIdsAwkArgv(pciIds, wants), optional: true, timeoutMs: 30_000 } : { op: "read", path: pciIds, timeoutMs: 30_000 }, (r) => (r?.ok ? parsePciIds(r.data, wants) : null))
+            : undefined;
     const typePaths = mdevParents.flatMap((p, i) => typeLists[i].map((t) => `${MDEV_BUS}/${p}/mdev_supported_types/${t}`));
-    for (const tp of typePaths) for (const a of MDEV_ATTRS) third.push({ op: "read", path: `${tp}/${a}` });
-    for (const f of foreign) third.push({ op: "readlink", path: `${IOMMU_GROUPS}/${f.replace("/", "/devices/")}/driver` });
-    const r3 = third.length ? await host.run(third) : [];
-    let k = 0;
-    let names: PciNames | null = null;
-    if (pciIds && wants.vendors.size) {
-        const r = r3[k++];
-        if (r?.ok) names = parsePciIds(r.data, wants);
-    }
-    const types = new Map<string, MdevType>();
-    for (const tp of typePaths) {
-        const [nameR, descR, availR, apiR] = r3.slice(k, k + MDEV_ATTRS.length);
-        k += MDEV_ATTRS.length;
-        types.set(tp, { id: basename(tp), name: text(nameR), description: text(descR), availableInstances: num(text(availR)), deviceApi: text(apiR) });
-    }
-    const foreignDrivers = new Map<string, string | null>();
-    for (const f of foreign) {
-        const r = r3[k++];
-        foreignDrivers.set(f, r?.ok && r.data.trim() ? basename(r.data.trim()) : null);
-    }
+    const typeAttrs = q3.each(
+        typePaths,
+        (tp) => MDEV_ATTRS.map((a): Op => ({ op: "read", path: `${tp}/${a}` })),
+        (tp, [nameR, descR, availR, apiR]) => [tp, { id: basename(tp), name: text(nameR), description: text(descR), availableInstances: num(text(availR)), deviceApi: text(apiR) }] as const,
+    );
+    const foreignPart = q3.each(
+        foreign,
+        (f): Op[] => [{ op: "readlink", path: `${IOMMU_GROUPS}/${f.replace("/", "/devices/")}/driver` }],
+        (f, [r]) => [f, r?.ok && r.data.trim() ? basename(r.data.trim()) : null] as const,
+    );
+    const r3 = await q3.runIfAny(host);
+    const names: PciNames | null = namesPart?.(r3) ?? null;
+    const types = new Map<string, MdevType>(typeAttrs(r3));
+    const foreignDrivers = new Map<string, string | null>(foreignPart(r3));
 
     // ---- assemble
     const mdev: MdevParent[] = mdevParents.map((p, i) => ({

@@ -22,11 +22,11 @@ import { CheckResult, DiffResult, containsUnknown, isUnknown, validate, withoutP
 import { PlanError } from "./errors";
 import { hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
-import { withHost } from "./host";
-import { isVfioDriver, lastGroupView, noteMemberStates, readGroup, readGroupState } from "./sysfs/iommu";
+import { observations, withHost } from "./host";
+import { GroupObservation, afterChange, groupGuards, isVfioDriver, readGroup, readGroupState } from "./sysfs/iommu";
 import { assertDriverName, isAddress, PCI_DEVICES, parseAddress } from "./sysfs/pci";
 import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
-import { CriticalReads, criticalReadOps, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
+import { criticalReadOps, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 import { DRIVERCTL_DIR, driverctlFile, dropJournalOp, parseJournal, readJournalOp } from "./sysfs/journal";
 import { BindingChange, PlanFacts, planBinding, planChange, planRelease, planRestoreFromHost, toMember } from "./binding/plan";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./binding/types";
@@ -40,11 +40,13 @@ const DRIVERCTL_BINARIES = ["/usr/sbin/driverctl", "/usr/bin/driverctl"];
 
 // ------------------------------------------------------------------------------------------------ host facts
 
-function factOps(driver: string): Op[] {
-    return [
-        { op: "exec", argv: ["modprobe", "-n", "-q", driver] },
-        ...DRIVERCTL_BINARIES.map((p): Op => ({ op: "stat", path: p })),
-    ];
+/** What this program last read of each device's group on a host (kept by the host pool, see host/index.ts). */
+export const groupObservations = (host: Host) => observations<GroupObservation>(host, "iommu-group");
+
+/** Keep `o` as the last observation of `address`'s group (undefined: the device is gone, forget it). */
+function keep(host: Host, address: string, o: GroupObservation | undefined): void {
+    if (o) groupObservations(host).set(address, o);
+    else groupObservations(host).delete(address);
 }
 
 /**
@@ -53,26 +55,33 @@ function factOps(driver: string): Op[] {
  * start processes, which on a busy host cost more than the rest of the batch.
  */
 async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true): Promise<PlanFacts> {
+    const seen = groupObservations(host).get(address);
     // check (probe) shows the whole picture; create and update, under the lock, read only what binding needs.
     if (!probe) {
-        const view = await readGroup(host, address, [], "binding");
+        const view = await readGroup(host, address, seen, { view: "binding" });
+        keep(host, address, view.observation);
         return { view, driverKnown: true, driverctlInstalled: true, previous };
     }
     // The host's uses (mounts, swap, SSH session) ride on the group's two batches: names in the first, the sysfs
     // links they lead to in the second; only a stacked device (dm, md) costs a further round trip per level.
-    const own = [...factOps(driver), { op: "list", path: `${PCI_DEVICES}/${address}` } as Op];
-    let reads: CriticalReads | undefined;
-    const view = await readGroup(host, address, [...own, ...criticalReadOps()], "full", (ex) => linkOps((reads = parseCriticalReads(ex.slice(own.length))).uses));
-    const [modprobe, ...rest] = view.extra;
-    const driverctl = rest.slice(0, DRIVERCTL_BINARIES.length);
-    const children = rest[DRIVERCTL_BINARIES.length];
+    const view = await readGroup(host, address, seen, {
+        extra: (q) => {
+            const modprobe = q.one({ op: "exec", argv: ["modprobe", "-n", "-q", driver] }, (r) => r.ok);
+            const driverctl = q.add(DRIVERCTL_BINARIES.map((p): Op => ({ op: "stat", path: p })), (r) => r.some((x) => x.ok));
+            const behind = q.one({ op: "list", path: `${PCI_DEVICES}/${address}` }, (r) => (r.ok ? r.data.split("\n").filter(isAddress).sort() : undefined));
+            const critical = q.add(criticalReadOps(), parseCriticalReads);
+            return (r) => ({ modprobe: modprobe(r), driverctl: driverctl(r), behind: behind(r), critical: critical(r) });
+        },
+        then: (extra, q) => q.add(linkOps(extra.critical.uses), (r) => r),
+    });
+    keep(host, address, view.observation);
     return {
         view,
-        driverKnown: view.drivers.includes(driver) || !!modprobe?.ok,
-        driverctlInstalled: driverctl.some((r) => r.ok),
+        driverKnown: view.drivers.includes(driver) || view.extra.modprobe,
+        driverctlInstalled: view.extra.driverctl,
         previous,
-        uses: await traceUses(host, reads!, view.then),
-        behind: children?.ok ? children.data.split("\n").filter(isAddress).sort() : undefined,
+        uses: await traceUses(host, view.extra.critical, view.then),
+        behind: view.extra.behind,
     };
 }
 
@@ -179,7 +188,7 @@ function safeAddress(s: string): string | undefined {
  * (so delete later restores the drivers the host had before the first create, not intermediate ones).
  *
  * A create right after check in the same program (as `pulumi up` does) plans from what check read, and its one
- * batch verifies before the first write that the group is still as read (the guards of `lastGroupView`); when a guard
+ * batch verifies before the first write that the group is still as read (`groupGuards` of the observation the host pool kept); when a guard
  * stops it (nothing was written), or that plan has problems, or the group was not read yet, or this is an update, the
  * group is read under the lock and the change planned from that.
  */
@@ -189,12 +198,12 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
     return host.withLock(async (host) => {
         const address = await resolveAddress(host, inputs.device);
         const context = { previous, wasPersistent };
-        const seen = previous ? undefined : lastGroupView(host, address);
+        const seen = previous ? undefined : groupObservations(host).get(address)?.seen;
         if (seen?.view.device) {
             // Who holds the group is the guard's to tell; the driver list decides whether to modprobe.
             const change = planChange({ ...inputs, address }, { view: { ...seen.view, openers: [] }, driverKnown: true, driverctlInstalled: true }, context);
             if (!change.problems.length) {
-                const done = await noted(host, address, change, () => applyGuarded(host, address, change, seen.guards));
+                const done = await noted(host, address, change, () => applyGuarded(host, address, change, groupGuards(address, seen)));
                 if (done.kind === "applied") return outputsOf(inputs, address, change, done.drivers);
             }
         }
@@ -206,17 +215,18 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
     });
 }
 
-/** Run `apply` and record what it left the group with for the next change planned from `lastGroupView` (a failure:
- *  state unknown, forgotten). */
+/** Run `apply` and keep what it left the group with as the observation the next change plans from (a failure: what
+ *  the host has is unknown, only the member hint is kept). */
 async function noted<R extends Applied | Stale>(host: Host, address: string, change: BindingChange, apply: () => Promise<R>): Promise<R> {
+    const before = groupObservations(host).get(address);
     let done: R;
     try {
         done = await apply();
     } catch (e) {
-        noteMemberStates(host, address, undefined);
+        keep(host, address, afterChange(before, address, undefined));
         throw e;
     }
-    if (done.kind === "applied") noteMemberStates(host, address, done.states, change.driver, change.kept);
+    if (done.kind === "applied") keep(host, address, afterChange(before, address, done.states, change.driver, change.kept));
     return done;
 }
 
@@ -255,7 +265,9 @@ export async function update(_id: string, olds: IommuBindingOutputs, news: Iommu
  */
 export async function read(id: string, props: IommuBindingOutputs, onHost?: Host): Promise<{ id: string; props?: IommuBindingOutputs }> {
     return withHost(props.connection, async (host) => {
-        const view = await readGroup(host, props.address ?? id);
+        const address = props.address ?? id;
+        const view = await readGroup(host, address, groupObservations(host).get(address));
+        keep(host, address, view.observation);
         if (!view.device) return { id: "" };
         const byAddr = new Map(view.members.map((d) => [d.address, d]));
         const journal = new Map((view.journal?.members ?? []).map((e) => [e.address, e]));
@@ -283,12 +295,13 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
     await withHost(props.connection, (host) =>
         host.withLock(async (host) => {
             const first = await applyRelease(host, planRelease(props), props.group);
-            if (first.kind === "released") return noteMemberStates(host, props.address, first.states);
-            noteMemberStates(host, props.address, undefined);
+            const before = groupObservations(host).get(props.address);
+            keep(host, props.address, afterChange(before, props.address, first.kind === "released" ? first.states : undefined));
+            if (first.kind === "released") return;
 
             const members = props.members ?? [];
-            const view = await readGroupState(host, props.address, members.map((m) => m.address), [readJournalOp(props.address)]);
-            const found = parseJournal(props.address, view.extra[0]).journal;
+            const view = await readGroupState(host, props.address, members.map((m) => m.address), (q) => q.one(readJournalOp(props.address), (r) => parseJournal(props.address, r).journal));
+            const found = view.extra;
             if (!view.exists) return;
             if (view.openers.length) throw await heldError(host, view.group, view.openers);
             const undo = planRestoreFromHost(members, view.members, found);

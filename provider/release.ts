@@ -10,9 +10,11 @@
  * device away again at the next boot.
  */
 import { Host, Op } from "./host/types";
-import { driverctlFile, DRIVERCTL_DIR } from "./iommuBinding";
-import { describeHolders, pidsOf } from "./sysfs/proc";
-import { isVfioDriver, readGroup } from "./sysfs/iommu";
+import { BatchQuery } from "./host/query";
+import { heldError } from "./binding/apply";
+import { driverctlFile, groupObservations } from "./iommuBinding";
+import { pidsOf } from "./sysfs/proc";
+import { afterChange, isVfioDriver, readGroup } from "./sysfs/iommu";
 import { DeviceState, PCI_DEVICES, PciDevice, classLabel, driverFromLink, driverLinkOp, overrideOf, parseAddress, restoreOps } from "./sysfs/pci";
 
 export interface ReleaseOptions {
@@ -83,13 +85,16 @@ export function describeOp(op: Op): string {
 export async function releaseDevice(host: Host, input: string, opts: ReleaseOptions = {}): Promise<ReleaseReport> {
     const address = parseAddress(input);
     const work = async (host: Host): Promise<ReleaseReport> => {
-        const view = await readGroup(host, address, [{ op: "list", path: DRIVERCTL_DIR }]);
+        const cache = groupObservations(host);
+        const view = await readGroup(host, address, cache.get(address));
+        if (view.observation) cache.set(address, view.observation);
+        else cache.delete(address);
         if (!view.device) throw new Error(`no PCI device ${address} on this host; \`pulumi-vfio inventory\` lists the devices`);
-        const persisted = new Set(view.extra[0]?.ok ? view.extra[0].data.split("\n").filter(Boolean) : []);
+        const persisted = new Set(view.savedOverrides ?? []);
         const scope = opts.group ? view.members : [view.device];
         if (view.openers.length && scope.some(isHeld)) throw await heldError(host, view.group, view.openers);
 
-        const plans = scope.map((d) => ({ d, ops: isHeld(d) ? releaseOps(d, persisted.has(`pci-${d.address}`)) : [] }));
+        const plans = scope.map((d) => ({ d, ops: isHeld(d) ? releaseOps(d, persisted.has(d.address)) : [] }));
         const ops = plans.flatMap((p) => p.ops);
         const member = (d: PciDevice, released: boolean, after: DeviceState): ReleaseMember => ({
             address: d.address,
@@ -101,21 +106,24 @@ export async function releaseDevice(host: Host, input: string, opts: ReleaseOpti
         const report = (members: ReleaseMember[]): ReleaseReport => ({ address, group: view.group, members, steps: ops.map(describeOp), dryRun: !!opts.dryRun });
         if (opts.dryRun || ops.length === 0) return report(plans.map((p) => member(p.d, p.ops.length > 0, { driver: p.d.driver, override: p.d.override })));
 
-        const guard: Op = { op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true };
-        const released = plans.filter((p) => p.ops.length);
-        const verify = released.flatMap((p): Op[] => [driverLinkOp(p.d.address), { op: "read", path: `${PCI_DEVICES}/${p.d.address}/driver_override` }]);
-        const r = await host.run([guard, ...ops, ...verify], { stopOnError: true });
-        if (!r[0].ok && r[0].errno === "EBUSY") throw await heldError(host, view.group, pidsOf(r[0]));
-        const back = r.slice(1 + ops.length);
-        const after = new Map(released.map((p, i) => [p.d.address, { driver: driverFromLink(back[2 * i]), override: back[2 * i + 1]?.ok ? overrideOf(back[2 * i + 1].data) : null }]));
+        const q = new BatchQuery();
+        const guard = q.one({ op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true }, (r) => r);
+        q.add(ops, () => undefined);
+        const released = q.each(
+            plans.filter((p) => p.ops.length),
+            (p) => [driverLinkOp(p.d.address), { op: "read", path: `${PCI_DEVICES}/${p.d.address}/driver_override` }],
+            (p, [link, ov]) => [p.d.address, { driver: driverFromLink(link), override: ov?.ok ? overrideOf(ov.data) : null }] as const,
+        );
+        const r = await q.run(host, { stopOnError: true });
+        // What the group is now is the read-back's to say: the next change on it reads it again.
+        const left = afterChange(cache.get(address), address, undefined);
+        if (left) cache.set(address, left);
+        const held = guard(r);
+        if (!held.ok && held.errno === "EBUSY") throw await heldError(host, view.group, pidsOf(held));
+        const after = new Map(released(r));
         return report(plans.map((p) => member(p.d, p.ops.length > 0, after.get(p.d.address) ?? { driver: p.d.driver, override: p.d.override })));
     };
     return opts.dryRun ? work(host) : host.withLock(work);
-}
-
-async function heldError(host: Host, group: number | null, pids: number[]): Promise<Error> {
-    const who = await describeHolders(host, pids);
-    return new Error(`refusing to release IOMMU group ${group}: /dev/vfio/${group} is held open by ${who}. Stop the VM first; unbinding now would block in the kernel until it exits`);
 }
 
 /** Members still taken after a release (on a vfio driver or pci-stub, or with an override left). */

@@ -5,6 +5,7 @@
  */
 import { createHash } from "crypto";
 import { LocalHost } from "./local";
+import { baseHost } from "./lock";
 import { Connection, SshHost } from "./ssh";
 import { Host } from "./types";
 
@@ -36,7 +37,7 @@ export function setHostFactory(f?: HostFactory): void {
     for (const [key, e] of pool) {
         pool.delete(key);
         if (e.timer) clearTimeout(e.timer);
-        void e.host.close();
+        dropHost(e.host);
     }
 }
 
@@ -89,9 +90,59 @@ export async function withHost<T>(connection: Connection | undefined | null, fn:
         if (--e.users === 0) {
             e.timer = setTimeout(() => {
                 if (pool.get(key) === e) pool.delete(key);
-                void e.host.close();
+                dropHost(e.host);
             }, HOST_IDLE_MS);
             e.timer.unref();
         }
     }
+}
+
+function dropHost(host: Host): void {
+    observed.delete(host);
+    void host.close();
+}
+
+// ------------------------------------------------------------------------------------------------ observations
+
+/**
+ * What a read saw of a machine, kept for a later operation on the same machine in this program: `pulumi up` runs
+ * check and then create in one process, and create acts on what check read instead of reading it again. The
+ * module that reads decides what it keeps and derives from it the guards (reads with `expect`, see the Host seam)
+ * behind which a later batch may act on it: a cached value is a hint, never the host's truth.
+ */
+export interface Observations<T> {
+    get(key: string): T | undefined;
+    set(key: string, value: T): void;
+    delete(key: string): void;
+}
+
+/** How many observations one host keeps (of all kinds); the least recently stored go first. */
+export const OBSERVATIONS_PER_HOST = 64;
+
+/** Per host (the unlocked one: check reads outside the lock, create acts inside), kind and key → value. Dropped with
+ *  the host when the pool closes it. */
+const observed = new WeakMap<Host, Map<string, unknown>>();
+
+/** The observations of `kind` (`iommu-group`) kept for `host`, by key (a PCI address). */
+export function observations<T>(host: Host, kind: string): Observations<T> {
+    const base = baseHost(host);
+    const entries = () => {
+        let m = observed.get(base);
+        if (!m) observed.set(base, (m = new Map()));
+        return m;
+    };
+    const at = (key: string) => `${kind}\0${key}`;
+    return {
+        get: (key) => entries().get(at(key)) as T | undefined,
+        set: (key, value) => {
+            const m = entries();
+            m.delete(at(key));
+            m.set(at(key), value);
+            for (const oldest of m.keys()) {
+                if (m.size <= OBSERVATIONS_PER_HOST) break;
+                m.delete(oldest);
+            }
+        },
+        delete: (key) => void entries().delete(at(key)),
+    };
 }

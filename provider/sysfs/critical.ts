@@ -24,6 +24,7 @@
  * Reading is split in two steps so that both ride on batches the caller already makes: {@link criticalReadOps}
  * need no names, {@link linkOps} follow the names they gave. Everything else here is pure.
  */
+import { BatchQuery } from "../host/query";
 import { Host, Op, OpResult } from "../host/types";
 import { PciDevice, classLabel } from "./pci";
 
@@ -59,8 +60,6 @@ export function criticalReadOps(): Op[] {
         { op: "exec", argv: IP_ADDR_ARGV, optional: true, timeoutMs: 10_000 },
     ];
 }
-
-export const CRITICAL_READ_OPS = 4;
 
 /** Something the host is using, to be followed through sysfs to the PCI function that provides it. */
 export interface UseNode {
@@ -181,46 +180,45 @@ export function pciAddressOfPath(path: string): string | null {
 
 /** Per node: where its link leads, and what it is built on (block: `slaves`, `multipath`; net: its `lower_*` entries). */
 export function linkOps(nodes: UseNode[]): Op[] {
-    return nodes.flatMap((n): Op[] =>
-        n.kind === "block"
-            ? [
-                  { op: "readlink", path: n.path },
-                  { op: "list", path: `${n.path}/slaves` },
-                  { op: "list", path: `${n.path}/multipath` },
-              ]
-            : [
-                  { op: "readlink", path: n.path },
-                  { op: "list", path: n.path },
-              ],
-    );
+    return nodes.flatMap(nodeOps);
 }
 
-const opsPerNode = (n: UseNode) => (n.kind === "block" ? 3 : 2);
+function nodeOps(n: UseNode): Op[] {
+    return n.kind === "block"
+        ? [
+              { op: "readlink", path: n.path },
+              { op: "list", path: `${n.path}/slaves` },
+              { op: "list", path: `${n.path}/multipath` },
+          ]
+        : [
+              { op: "readlink", path: n.path },
+              { op: "list", path: n.path },
+          ];
+}
+
+type LinkStep = { found: { address: string; use: string }[]; next: UseNode[]; unknown: string[] };
 
 /**
  * One step down: the PCI functions the nodes resolved to, and the nodes still to follow (what a virtual device is
- * built on). A node whose link cannot be read is reported in `unknown`.
+ * built on), from the results of {@link linkOps}. A node whose link cannot be read is reported in `unknown`.
  */
-export function followLinks(nodes: UseNode[], r: OpResult[]): { found: { address: string; use: string }[]; next: UseNode[]; unknown: string[] } {
-    const found: { address: string; use: string }[] = [];
-    const next: UseNode[] = [];
-    const unknown: string[] = [];
+export function followLinks(nodes: UseNode[], r: OpResult[]): LinkStep {
     const names = (x: OpResult | undefined) => (x?.ok ? x.data.split("\n").filter(safeName) : []);
-    let at = 0;
-    for (const n of nodes) {
-        const [link, a, b] = r.slice(at, (at += opsPerNode(n)));
+    const q = new BatchQuery();
+    const steps = q.each(nodes, nodeOps, (n, [link, a, b]): LinkStep => {
         const target = link?.ok ? link.data.trim() : "";
         const address = pciAddressOfPath(target);
-        if (address) found.push({ address, use: n.use });
-        else if (!target) unknown.push(`${n.path} could not be followed (${link?.message ?? "no answer"}): the PCI device that ${n.use} is unknown`);
-        else if (n.kind === "block") {
-            for (const s of names(a)) next.push({ kind: "block", path: `${n.path}/slaves/${s}`, use: n.use });
-            for (const s of names(b)) next.push({ kind: "block", path: `${n.path}/multipath/${s}`, use: n.use });
-        } else {
-            for (const s of names(a).filter((e) => e.startsWith("lower_"))) next.push({ kind: "net", path: `${n.path}/${s}`, use: n.use });
-        }
-    }
-    return { found, next, unknown };
+        if (address) return { found: [{ address, use: n.use }], next: [], unknown: [] };
+        if (!target) return { found: [], next: [], unknown: [`${n.path} could not be followed (${link?.message ?? "no answer"}): the PCI device that ${n.use} is unknown`] };
+        const next: UseNode[] =
+            n.kind === "block"
+                ? [...names(a).map((x): UseNode => ({ kind: "block", path: `${n.path}/slaves/${x}`, use: n.use })), ...names(b).map((x): UseNode => ({ kind: "block", path: `${n.path}/multipath/${x}`, use: n.use }))]
+                : names(a)
+                      .filter((e) => e.startsWith("lower_"))
+                      .map((x): UseNode => ({ kind: "net", path: `${n.path}/${x}`, use: n.use }));
+        return { found: [], next, unknown: [] };
+    })(r);
+    return { found: steps.flatMap((x) => x.found), next: steps.flatMap((x) => x.next), unknown: steps.flatMap((x) => x.unknown) };
 }
 
 /** How deep stacked devices are followed (LVM on LUKS on md on a partition is 3). */

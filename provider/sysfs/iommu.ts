@@ -3,11 +3,11 @@
  * member is bound to a vfio driver, pci-stub, pcieport (bridges) or to no driver at all; otherwise QEMU fails with
  * "group N is not viable". The kernel does not refuse a non-viable bind (LAB.md), so the check is ours.
  */
-import { baseHost } from "../host/lock";
+import { BatchQuery, Part } from "../host/query";
 import { Host, Op, OpResult } from "../host/types";
 import { DRIVERCTL_DIR, Journal, journalGuard, parseJournal, readJournalOp, savedOverrides } from "./journal";
 import { pidsOf } from "./proc";
-import { BINDING_READ_OPS, DEVICE_READ_OPS, PCI_DEVICES, PCI_DRIVERS, PciDevice, bindingReadOps, deviceReadOps, driverFromLink, driverLinkOp, overrideOf, parseBindingDevice, parseDevice } from "./pci";
+import { PCI_DEVICES, PCI_DRIVERS, PciDevice, driverFromLink, driverLinkOp, overrideOf, deviceQuery } from "./pci";
 
 export const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
 
@@ -72,29 +72,32 @@ export interface GroupView {
 }
 
 /**
- * What this program last saw of a device's group, per host: the other members and the group number (groups are
- * fixed at boot, so the next read of the same device asks for them in its first batch; only a hint, since the same
- * batch lists the group and a member the hint missed is read in a second round trip), and the whole view with the
- * group's `iommu_group/devices` listing exactly as the host answered it, for a batch that acts on it behind guards.
+ * What a read saw of a device's group, to be passed to the next read or change of the same device: the other members
+ * and the group number (groups are fixed at boot, so the next read asks for them in its first batch; only a hint,
+ * since the same batch lists the group and a member the hint missed is read in a second round trip), and, unless a
+ * change since left the host unknown, the whole view with the group's `iommu_group/devices` listing, the journal
+ * and driverctl's directory exactly as the host answered, for a batch that acts on it behind {@link groupGuards}.
  */
-interface GroupHint {
+export interface GroupObservation {
     others: string[];
     group: number | null;
-    seen?: { view: GroupView; listing: string; journal: string; saved: string };
+    seen?: GroupSeen;
 }
-/** Keyed by the host outside any locked section: check reads the group on it, create acts under the lock. */
-const groupHints = new WeakMap<Host, Map<string, GroupHint>>();
+
+export interface GroupSeen {
+    view: GroupView;
+    listing: string;
+    journal: string;
+    saved: string;
+}
 
 /**
- * The group of `address` as this program last read it on `host` (with changes it made since, see
- * {@link noteMemberStates}), or undefined; possibly stale, so act on it only behind its `guards`: reads with `expect`
- * (see the Host seam) that hold while the group is as the view says — nobody holds `/dev/vfio/<group>`, the group
- * has the same members, and every member has the same driver and `driver_override`. Put first in a `stopOnError`
- * batch, they stop it before its first write when anything changed.
+ * Guards for a batch planned from `seen` (reads with `expect`, see the Host seam) that hold while the group is as
+ * the view says: nobody holds `/dev/vfio/<group>`, the group has the same members, every member has the same driver
+ * and `driver_override`, and what the plan took as "before us" (the binding's journal, driverctl's saved overrides)
+ * is as read. Put first in a `stopOnError` batch, they stop it before its first write when anything changed.
  */
-export function lastGroupView(host: Host, address: string): { view: GroupView; guards: Op[] } | undefined {
-    const seen = groupHints.get(baseHost(host))?.get(address)?.seen;
-    if (!seen) return undefined;
+export function groupGuards(address: string, seen: GroupSeen): Op[] {
     const guards: Op[] = [
         { op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true },
         { op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices`, expect: seen.listing.replace(/\n+$/, "") },
@@ -103,103 +106,113 @@ export function lastGroupView(host: Host, address: string): { view: GroupView; g
         guards.push({ op: "readlink", path: `${PCI_DEVICES}/${m.address}/driver`, expect: m.driver ? `${PCI_DRIVERS}/${m.driver}` : "" });
         guards.push({ op: "read", path: `${PCI_DEVICES}/${m.address}/driver_override`, expect: m.override ?? "(null)" });
     }
-    // What the plan took as "before us" (the binding's journal, driverctl's saved overrides) is as read too.
     guards.push(journalGuard(address, seen.journal), { op: "list", path: DRIVERCTL_DIR, expect: seen.saved.replace(/\n+$/, "") });
-    return { view: seen.view, guards };
+    return guards;
 }
 
 /**
- * Record what a change left the members of `address`'s group with (as read back), and a driver it registered, so
- * the next change planned from {@link lastGroupView} matches the host; `undefined` forgets the view (state unknown).
+ * The observation after a change that left the members of `address`'s group with `states` (as read back), possibly
+ * registering a driver, with the binding's journal as it left it (none after a delete); `states` undefined: what the
+ * host has is unknown (a failed change), only the member hint is kept.
  */
-export function noteMemberStates(host: Host, address: string, states: Map<string, { driver: string | null; override: string | null }> | undefined, registered?: string, journal?: { journal?: Journal; text: string }): void {
-    const hint = groupHints.get(baseHost(host))?.get(address);
-    if (!hint?.seen) return;
-    if (!states) {
-        delete hint.seen;
-        return;
-    }
-    const { view } = hint.seen;
+export function afterChange(
+    o: GroupObservation | undefined,
+    address: string,
+    states: Map<string, { driver: string | null; override: string | null }> | undefined,
+    registered?: string,
+    journal?: { journal?: Journal; text: string },
+): GroupObservation | undefined {
+    if (!o?.seen) return o;
+    if (!states) return { others: o.others, group: o.group };
+    const { view } = o.seen;
     const members = view.members.map((m) => (states.has(m.address) ? { ...m, ...states.get(m.address)! } : m));
     const drivers = registered && !view.drivers.includes(registered) ? [...view.drivers, registered] : view.drivers;
-    hint.seen.view = { ...view, members, drivers, device: members.find((m) => m.address === address) ?? view.device };
-    // The journal as the change left it: the caller passes the one it wrote or kept; none after a delete.
-    hint.seen.journal = journal?.text ?? "";
-    if (journal?.journal) hint.seen.view.journal = journal.journal;
-    else delete hint.seen.view.journal;
+    const next: GroupView = { ...view, members, drivers, device: members.find((m) => m.address === address) ?? view.device };
+    if (journal?.journal) next.journal = journal.journal;
+    else delete next.journal;
+    return { ...o, seen: { ...o.seen, view: next, journal: journal?.text ?? "" } };
+}
+
+/** What a caller adds to {@link readGroup}'s batches. */
+export interface GroupReadOptions<E, T> {
+    /** `binding`: only what binding needs of each member (see `bindingReadOps`), for the reads made under the host
+     *  lock; the IOMMU is then known to be on from the device's group link alone. Default `full`. */
+    view?: "full" | "binding";
+    /** More reads in the first batch; their value is the result's `extra`. */
+    extra?: (q: BatchQuery) => Part<E>;
+    /** Given `extra`'s value, reads for a second batch (which is then always made); their value is `then`. */
+    then?: (extra: E, q: BatchQuery) => Part<T>;
 }
 
 /**
- * Read a device, its whole IOMMU group, the IOMMU status and the registered drivers: one round trip when the
- * group was seen before by this program (see `groupHints`), else two (the first learns the member list). The
- * `binding` view reads only what binding needs (see `bindingReadOps`), for the reads made under the host lock.
- * `extra` ops ride in the first batch (their results in `extra`); `then`, given those results, returns ops for the
- * second batch (their results in `then`), which is then always made.
+ * Read a device, its whole IOMMU group, the IOMMU status, the registered drivers, the binding's journal and
+ * driverctl's saved overrides: one round trip when `seen` (the last observation of this device on this host) names
+ * the group's members, else two (the first learns the member list). Returns the view, the caller's `extra` and
+ * `then` values, and the observation to pass to the next read or change (undefined when the device is absent).
  */
-export async function readGroup(
+export async function readGroup<E = undefined, T = undefined>(
     host: Host,
     address: string,
-    extra: Op[] = [],
-    view: "full" | "binding" = "full",
-    then?: (extra: OpResult[]) => Op[],
-): Promise<GroupView & { extra: OpResult[]; then: OpResult[] }> {
-    const [readOps, count, parse] = view === "full" ? [deviceReadOps, DEVICE_READ_OPS, parseDevice] : [bindingReadOps, BINDING_READ_OPS, parseBindingDevice];
-    let hints = groupHints.get(baseHost(host));
-    if (!hints) groupHints.set(baseHost(host), (hints = new Map()));
-    const hint = hints.get(address) ?? { others: [], group: null };
-    // The binding view learns whether the IOMMU is on from the device's group link alone.
-    const statusOps = view === "full" ? iommuStatusOps() : [];
-    const first: Op[] = [
-        ...readOps(address),
-        { op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices` },
-        { op: "list", path: "/sys/bus/pci/drivers" },
-        readJournalOp(address),
-        { op: "list", path: DRIVERCTL_DIR },
-        ...statusOps,
-        ...extra,
-        ...hint.others.flatMap((a) => readOps(a)),
-    ];
-    if (hint.group !== null) first.push({ op: "openers", path: `/dev/vfio/${hint.group}` });
-    const r1 = await host.run(first);
-    let at = 0;
-    const take = (n: number) => r1.slice(at, (at += n));
-    const device = parse(address, take(count));
-    const [listed, driverList, journalRead, savedList] = take(4);
-    const status = take(statusOps.length);
-    const extraResults = take(extra.length);
-    const hinted = new Map(hint.others.map((a) => [a, take(count)]));
-    const membersListed = listed.ok ? listed.data.split("\n").filter(Boolean) : [];
-    const drivers = driverList.ok ? driverList.data.split("\n").filter(Boolean) : [];
-    const group = device?.group ?? null;
-    const iommu = view === "full" ? parseIommuStatus(status) : { enabled: group !== null, groups: group === null ? [] : [group] };
-    const others = membersListed.filter((a) => a !== address).sort();
+    seen?: GroupObservation,
+    opts: GroupReadOptions<E, T> = {},
+): Promise<GroupView & { extra: E; then: T; observation?: GroupObservation }> {
+    const kind = opts.view ?? "full";
+    const hint = seen ?? { others: [], group: null };
+    const q = new BatchQuery();
+    const device = deviceQuery(q, address, kind);
+    const listed = q.one({ op: "list", path: `${PCI_DEVICES}/${address}/iommu_group/devices` }, (r) => r);
+    const driverList = q.one({ op: "list", path: "/sys/bus/pci/drivers" }, (r) => (r.ok ? r.data.split("\n").filter(Boolean) : []));
+    const journalRead = q.one(readJournalOp(address), (r) => r);
+    const savedList = q.one({ op: "list", path: DRIVERCTL_DIR }, (r) => r);
+    const status = kind === "full" ? q.add(iommuStatusOps(), parseIommuStatus) : undefined;
+    const extra = opts.extra?.(q);
+    const hinted = new Map(hint.others.map((a) => [a, deviceQuery(q, a, kind)] as const));
+    const openersHinted = hint.group === null ? undefined : q.one({ op: "openers", path: `/dev/vfio/${hint.group}` }, pidsIfOk);
+    const r1 = await q.run(host);
 
-    const missing = others.filter((a) => !hinted.has(a));
-    const second: Op[] = missing.flatMap((a) => readOps(a));
+    const dev = device(r1);
+    const listing = listed(r1);
+    const group = dev?.group ?? null;
+    const others = (listing.ok ? listing.data.split("\n").filter(Boolean) : []).filter((a) => a !== address).sort();
+    const extraValue = extra?.(r1) as E;
+
+    // The members the hint missed, who holds the group when the hint named another, and the caller's second reads.
+    const q2 = new BatchQuery();
+    const missing = new Map(others.filter((a) => !hinted.has(a)).map((a) => [a, deviceQuery(q2, a, kind)] as const));
     const openersKnown = group !== null && group === hint.group;
-    if (group !== null && !openersKnown) second.push({ op: "openers", path: `/dev/vfio/${group}` });
-    const openersAt = second.length - 1;
-    const thenOps = then?.(extraResults) ?? [];
-    second.push(...thenOps);
-    const r2 = second.length ? await host.run(second) : [];
-    missing.forEach((a, i) => hinted.set(a, r2.slice(i * count, (i + 1) * count)));
+    const openersRead = group !== null && !openersKnown ? q2.one({ op: "openers", path: `/dev/vfio/${group}` }, pidsIfOk) : undefined;
+    const then = opts.then?.(extraValue, q2);
+    const r2 = await q2.runIfAny(host);
 
-    const members = device ? [device] : [];
+    const members = dev ? [dev] : [];
     for (const a of others) {
-        const d = parse(a, hinted.get(a)!);
+        const part = hinted.get(a);
+        const d = part ? part(r1) : missing.get(a)!(r2);
         if (d) members.push(d);
     }
-    members.sort((a, b) => a.address.localeCompare(b.address));
-    const openersResult = group === null ? undefined : openersKnown ? r1[r1.length - 1] : r2[openersAt];
-    const openers = openersResult?.ok ? pidsOf(openersResult) : [];
-    const journal = parseJournal(address, journalRead);
-    const saved = savedList.ok ? savedList.data : "";
-    const result: GroupView = { device, group, members, iommu, drivers, openers, savedOverrides: [...savedOverrides(savedList)] };
-    if (journal.journal) result.journal = journal.journal;
-    if (device) hints.set(address, listed.ok ? { others, group, seen: { view: result, listing: listed.data, journal: journal.text, saved } } : { others, group });
-    else hints.delete(address);
-    return { ...result, extra: extraResults, then: r2.slice(r2.length - thenOps.length) };
+    members.sort((x, y) => x.address.localeCompare(y.address));
+    const openers = group === null ? [] : openersKnown ? openersHinted!(r1) : openersRead!(r2);
+    const journal = parseJournal(address, journalRead(r1));
+    const saved = savedList(r1);
+    const view: GroupView = {
+        device: dev,
+        group,
+        members,
+        iommu: status ? status(r1) : { enabled: group !== null, groups: group === null ? [] : [group] },
+        drivers: driverList(r1),
+        openers,
+        savedOverrides: [...savedOverrides(saved)],
+    };
+    if (journal.journal) view.journal = journal.journal;
+    const observation: GroupObservation | undefined = !dev
+        ? undefined
+        : listing.ok
+          ? { others, group, seen: { view, listing: listing.data, journal: journal.text, saved: saved.ok ? saved.data : "" } }
+          : { others, group };
+    return { ...view, extra: extraValue, then: then?.(r2) as T, observation };
 }
+
+const pidsIfOk = (r: OpResult) => (r.ok ? pidsOf(r) : []);
 
 export interface GroupState {
     /** False when the device is gone. */
@@ -210,29 +223,23 @@ export interface GroupState {
     members: Map<string, { driver: string | null; override: string | null } | null>;
     /** PIDs that hold `/dev/vfio/<group>` open. */
     openers: number[];
-    /** The results of the caller's `extra` ops, in order. */
-    extra: OpResult[];
 }
 
 /**
  * What releasing a group needs, in one round trip: the group link of `address`, each member's driver and
- * `driver_override`, who holds the group's `/dev/vfio` node, and the caller's `extra` reads.
+ * `driver_override`, who holds the group's `/dev/vfio` node, and the caller's `extra` reads (their value: `extra`).
  */
-export async function readGroupState(host: Host, address: string, members: string[], extra: Op[] = []): Promise<GroupState> {
-    const ops: Op[] = [{ op: "readlink", path: `${PCI_DEVICES}/${address}/iommu_group` }];
-    for (const a of members) ops.push(driverLinkOp(a), { op: "read", path: `${PCI_DEVICES}/${a}/driver_override` });
-    ops.push({ op: "groupHolders", path: `${PCI_DEVICES}/${address}` });
-    const r = await host.run([...ops, ...extra]);
-    const extraResults = r.splice(ops.length);
-    const link = r[0].ok ? r[0].data.trim() : "";
-    const group = link ? Number(link.slice(link.lastIndexOf("/") + 1)) : null;
-    const state = new Map<string, { driver: string | null; override: string | null } | null>();
-    members.forEach((a, i) => {
-        const [drv, ov] = r.slice(1 + 2 * i, 3 + 2 * i);
-        state.set(a, ov.ok ? { driver: driverFromLink(drv), override: overrideOf(ov.data) } : null);
-    });
-    const held = r[r.length - 1];
-    const openers = held.ok ? pidsOf(held) : [];
-    const exists = state.has(address) ? state.get(address) !== null : r[0].ok;
-    return { exists, group, members: state, openers, extra: extraResults };
+export async function readGroupState<E = undefined>(host: Host, address: string, members: string[], extra?: (q: BatchQuery) => Part<E>): Promise<GroupState & { extra: E }> {
+    const q = new BatchQuery();
+    const link = q.one({ op: "readlink", path: `${PCI_DEVICES}/${address}/iommu_group` }, (r) => r);
+    const states = q.each(members, (a): Op[] => [driverLinkOp(a), { op: "read", path: `${PCI_DEVICES}/${a}/driver_override` }], (a, [drv, ov]) => [a, ov.ok ? { driver: driverFromLink(drv), override: overrideOf(ov.data) } : null] as const);
+    const held = q.one({ op: "groupHolders", path: `${PCI_DEVICES}/${address}` }, pidsIfOk);
+    const extraPart = extra?.(q);
+    const r = await q.run(host);
+    const l = link(r);
+    const target = l.ok ? l.data.trim() : "";
+    const group = target ? Number(target.slice(target.lastIndexOf("/") + 1)) : null;
+    const state = new Map(states(r));
+    const exists = state.has(address) ? state.get(address) !== null : l.ok;
+    return { exists, group, members: state, openers: held(r), extra: extraPart?.(r) as E };
 }

@@ -5,6 +5,7 @@
  */
 import { Host, Op, OpResult } from "../host/types";
 import { SysfsError } from "../errors";
+import { BatchQuery, Part } from "../host/query";
 
 export const PCI_DEVICES = "/sys/bus/pci/devices";
 export const PCI_DRIVERS = "/sys/bus/pci/drivers";
@@ -94,14 +95,18 @@ export function deviceReadOps(address: string): Op[] {
     return readOps(address, ATTRS, LINKS);
 }
 
-export const DEVICE_READ_OPS = ATTRS.length + LINKS.length;
-
 /** Ops that read what binding needs of a device; parse the results with {@link parseBindingDevice}. */
 export function bindingReadOps(address: string): Op[] {
     return readOps(address, BINDING_ATTRS, BINDING_LINKS);
 }
 
-export const BINDING_READ_OPS = BINDING_ATTRS.length + BINDING_LINKS.length;
+/**
+ * Add one device's reads to a query: all of {@link deviceReadOps} (`full`), or only what binding needs
+ * ({@link bindingReadOps}); the part is the device, or null when it does not exist.
+ */
+export function deviceQuery(q: BatchQuery, address: string, view: "full" | "binding" = "full"): Part<PciDevice | null> {
+    return view === "full" ? q.add(deviceReadOps(address), (r) => parseDevice(address, r)) : q.add(bindingReadOps(address), (r) => parseBindingDevice(address, r));
+}
 
 const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
 const hexId = (v: string) => v.trim().replace(/^0x/, "").toLowerCase();
@@ -156,8 +161,9 @@ function parseWith(address: string, r: OpResult[], attrs: readonly Attr[], links
 
 /** Read several devices in one round trip. Missing devices map to null. */
 export async function readDevices(host: Host, addresses: string[]): Promise<Map<string, PciDevice | null>> {
-    const r = await host.run(addresses.flatMap(deviceReadOps));
-    return new Map(addresses.map((a, i) => [a, parseDevice(a, r.slice(i * DEVICE_READ_OPS, (i + 1) * DEVICE_READ_OPS))]));
+    const q = new BatchQuery();
+    const devices = q.each(addresses, deviceReadOps, (a, r) => [a, parseDevice(a, r)] as const);
+    return new Map(devices(await q.run(host)));
 }
 
 /**

@@ -2,9 +2,10 @@
  * Reading every PCI device of a host in two round trips (list, then all attributes), and resolving a selector by
  * vendor/device id to exactly one address.
  */
+import { BatchQuery } from "../host/query";
 import { Host, Op } from "../host/types";
 import { IommuStatus, iommuStatusOps, parseIommuStatus } from "./iommu";
-import { DEVICE_READ_OPS, PCI_DEVICES, PciDevice, deviceReadOps, parseDevice } from "./pci";
+import { PCI_DEVICES, PciDevice, deviceReadOps, parseDevice } from "./pci";
 
 export interface HostScan {
     iommu: IommuStatus;
@@ -16,17 +17,16 @@ export interface HostScan {
 }
 
 export async function scanHost(host: Host, extra: Op[] = []): Promise<HostScan> {
-    const r1 = await host.run([{ op: "list", path: PCI_DEVICES }, ...iommuStatusOps(), { op: "list", path: "/sys/bus/pci/drivers" }, ...extra]);
-    const addresses = r1[0].ok ? r1[0].data.split("\n").filter(Boolean).sort() : [];
-    const iommu = parseIommuStatus(r1.slice(1, 3));
-    const drivers = r1[3].ok ? r1[3].data.split("\n").filter(Boolean) : [];
-    const r2 = await host.run(addresses.flatMap(deviceReadOps));
-    const devices: PciDevice[] = [];
-    addresses.forEach((a, i) => {
-        const d = parseDevice(a, r2.slice(i * DEVICE_READ_OPS, (i + 1) * DEVICE_READ_OPS));
-        if (d) devices.push(d);
-    });
-    return { iommu, devices, drivers, extra: r1.slice(4) };
+    const q1 = new BatchQuery();
+    const addresses = q1.one({ op: "list", path: PCI_DEVICES }, (r) => (r.ok ? r.data.split("\n").filter(Boolean).sort() : []));
+    const iommu = q1.add(iommuStatusOps(), parseIommuStatus);
+    const drivers = q1.one({ op: "list", path: "/sys/bus/pci/drivers" }, (r) => (r.ok ? r.data.split("\n").filter(Boolean) : []));
+    const extraResults = q1.add(extra, (r) => r);
+    const r1 = await q1.run(host);
+    const q2 = new BatchQuery();
+    const devices = q2.each(addresses(r1), deviceReadOps, parseDevice);
+    const r2 = await q2.run(host);
+    return { iommu: iommu(r1), devices: devices(r2).filter((d): d is PciDevice => d !== null), drivers: drivers(r1), extra: extraResults(r1) };
 }
 
 /** Choose one device by ids. Ids are hex, with or without `0x`, any case. */
