@@ -23,6 +23,7 @@ import { PlanError } from "./errors";
 import { hostIdentity } from "./host/ssh";
 import { Host, Op } from "./host/types";
 import { observations, withHost } from "./host";
+import { checkOnHost } from "./checkOnHost";
 import { GroupObservation, afterChange, groupGuards, isVfioDriver, readGroup, readGroupState } from "./sysfs/iommu";
 import { assertDriverName, isAddress, PCI_DEVICES, parseAddress } from "./sysfs/pci";
 import { DeviceSelector, resolveSelector, scanHost } from "./sysfs/scan";
@@ -116,29 +117,23 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
         return { inputs, failures: [] };
     }
     if (allowList.length && !containsUnknown(allowList)) inputs.allowHostCritical = [...new Set(allowList.map((a) => safeAddress(a)!))];
-    try {
-        assertDriverName(defaults(inputs).driver);
-        await withHost(inputs.connection, async (host) => {
-            let address: string;
-            try {
-                address = await resolveAddress(host, inputs.device);
-            } catch (e) {
-                if ((e as Error).name === "ConnectionError") throw e;
-                failures.push({ property: "device", reason: (e as Error).message });
-                return;
-            }
-            const previous = (olds?.members as BindingMember[] | undefined) ?? undefined;
-            const sameDevice = olds?.address === address;
-            const facts = await readFacts(host, address, defaults(inputs).driver, sameDevice ? previous : undefined);
-            const plan = planBinding({ ...inputs, address }, facts);
-            failures.push(...plan.problems);
-            inputs.address = address;
-            inputs.plan = plan.lines;
-        }, onHost);
-    } catch (e) {
-        const err = e as Error;
-        failures.push({ property: err.name === "ConnectionError" ? "connection" : "device", reason: err.message });
-    }
+    failures.push(
+        ...(await checkOnHost(
+            inputs.connection,
+            onHost,
+            async (host) => {
+                assertDriverName(defaults(inputs).driver);
+                const address = await resolveAddress(host, inputs.device);
+                const previous = (olds?.members as BindingMember[] | undefined) ?? undefined;
+                const facts = await readFacts(host, address, defaults(inputs).driver, olds?.address === address ? previous : undefined);
+                const plan = planBinding({ ...inputs, address }, facts);
+                inputs.address = address;
+                inputs.plan = plan.lines;
+                return plan.problems;
+            },
+            "device",
+        )),
+    );
     return { inputs, failures };
 }
 

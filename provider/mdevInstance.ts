@@ -23,7 +23,8 @@
  */
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, validate, DiffResult } from "./check";
 import { PlanError } from "./errors";
-import { ConnectionError, withHost } from "./host";
+import { withHost } from "./host";
+import { checkOnHost } from "./checkOnHost";
 import { hostIdentity } from "./host/ssh";
 import { Host } from "./host/types";
 import { assertAttrName, parseParent, parseUuid } from "./sysfs/mdev";
@@ -94,22 +95,21 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
         // Preview of a value computed later: the host is checked again when it is known.
         return { inputs, failures: [] };
     }
-    try {
-        await withHost(
+    failures.push(
+        ...(await checkOnHost(
             inputs.connection,
+            onHost,
             async (host) => {
                 const prev = olds?.uuid === inputs.uuid && olds?.parent === inputs.parent ? (olds.typeId as string | undefined) : undefined;
                 const { plan } = await observeAndPlan(host, inputs as MdevInputsWithUuid, inputs.type ?? prev, olds as Partial<MdevInstanceOutputs>, true);
-                failures.push(...plan.problems);
                 if (plan.parent) inputs.parentDevice = plan.parent;
                 if (plan.type) inputs.typeId = plan.type.id;
                 inputs.plan = plan.lines;
+                return plan.problems;
             },
-            onHost,
-        );
-    } catch (e) {
-        failures.push({ property: e instanceof ConnectionError ? "connection" : "parent", reason: (e as Error).message });
-    }
+            "parent",
+        )),
+    );
     return { inputs, failures };
 }
 

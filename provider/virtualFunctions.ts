@@ -14,7 +14,8 @@
  */
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
 import { PlanError, SysfsError } from "./errors";
-import { ConnectionError, withHost } from "./host";
+import { withHost } from "./host";
+import { checkOnHost } from "./checkOnHost";
 import { BatchQuery } from "./host/query";
 import { pidsOf } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
@@ -196,21 +197,18 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
     if (addressFailure) failures.unshift({ property: "physicalFunction", reason: `physicalFunction: ${addressFailure}` });
     if (failures.length) return { inputs, failures };
     if ([inputs.physicalFunction, inputs.count, inputs.autoprobe, inputs.connection].some(containsUnknown)) return { inputs, failures: [] };
-    try {
-        await withHost(
+    failures.push(
+        ...(await checkOnHost(
             inputs.connection,
-            async (host) => {
-                const facts = await readVfFacts(host, inputs.physicalFunction);
-                const plan = planVfs(inputs, facts);
-                failures.push(...plan.problems);
-                inputs.plan = plan.lines;
-            },
             onHost,
-        );
-    } catch (e) {
-        const err = e as Error;
-        failures.push({ property: e instanceof ConnectionError ? "connection" : "physicalFunction", reason: err.message });
-    }
+            async (host) => {
+                const plan = planVfs(inputs, await readVfFacts(host, inputs.physicalFunction));
+                inputs.plan = plan.lines;
+                return plan.problems;
+            },
+            "physicalFunction",
+        )),
+    );
     return { inputs, failures };
 }
 

@@ -1,9 +1,10 @@
 /**
  * What check reports when the host cannot be read: an unreachable host is the `connection` field's problem, any
- * other failure the device field's, for MdevInstance and VirtualFunctions alike.
+ * other failure the device field's, for IommuBinding, MdevInstance and VirtualFunctions alike (provider/checkOnHost.ts).
  */
 import { ConnectionError } from "../../provider/host/ssh";
 import { Host } from "../../provider/host/types";
+import { check as bindingCheck } from "../../provider/iommuBinding";
 import { check as mdevCheck } from "../../provider/mdevInstance";
 import { check as vfCheck } from "../../provider/virtualFunctions";
 
@@ -36,5 +37,13 @@ test.each<[string, string, Error]>([
     ["another failure", "physicalFunction", lookalike],
 ])("VirtualFunctions check on %s reports it on %s", async (_what, property, error) => {
     const c = await vfCheck({}, { physicalFunction: "0000:03:00.0", count: 1 }, failing(error));
+    expect(c.failures).toEqual([{ property, reason: error.message }]);
+});
+
+test.each<[string, string, Error]>([
+    ["an unreachable host", "connection", unreachable],
+    ["another failure", "device", lookalike],
+])("IommuBinding check on %s reports it on %s", async (_what, property, error) => {
+    const c = await bindingCheck({}, { device: "0000:01:00.0" }, failing(error));
     expect(c.failures).toEqual([{ property, reason: error.message }]);
 });
