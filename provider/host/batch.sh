@@ -15,7 +15,8 @@
 #     <op> <flag> <path> <field>...
 #                                 one operation (see the `case` at the end); <flag> is `-`, `optional` (its failure
 #                                 never stops the batch), `expect` (a read guarding what follows, the last field the
-#                                 answer it must give) or `guard` (group-holders: a held group fails the op)
+#                                 answer it must give), `guard` (group-holders: a held group fails the op) or
+#                                 `inplace` (put: an absent file is written where it belongs, see `put`)
 #     exec <flag> - <argument>...
 #                                 run a program (the path field is unused)
 #     lock <seconds>              inside a batch: take the host lock (0: try once); without it the batch stops
@@ -30,8 +31,8 @@
 # without starting a program. Answers to reads are collected and sent in one write, before the next operation that
 # may block (so each operation's time limit starts when it does) or at the batch's end.
 #
-# No program we start but flock(1) inherits fd 9, the host lock's: a daemon started by an `exec` operation must never
-# keep the host locked. Every program that may read stdin gets /dev/null instead: our stdin is
+# No program we start but flock(1) inherits fd 9, the host lock's (when there is no helper, see `helper`), nor the
+# helper's pipes: a daemon started by an `exec` operation must never keep the host locked. Every program that may read stdin gets /dev/null instead: our stdin is
 # the protocol.
 
 set -u
@@ -112,6 +113,61 @@ absent() {
   if [ "$flag" = expect ]; then reply ''; else trailer 1 "$1"; fi
 }
 
+# The helper: one perl coprocess per interpreter, started at its first use, for the three system calls bash has no
+# builtin for and a change needs: flock(2) (the host lock), rename(2) (put's replace) and unlink(2) (remove). With it
+# a change starts no process at all; without perl (perl-base is Essential on Debian and Ubuntu, not everywhere) each
+# of them costs one: flock(1), mv, rm. It holds the host lock on its own descriptor of the lock file, so the lock goes
+# when it goes, and it goes when the interpreter does (its stdin closes); no program we start inherits its pipes
+# (bash marks them close-on-exec). Requests and answers are one line: `lock <seconds>` → 0 (taken), T (timed out)
+# or `E <why>`; `unlock` → 0; `rename <from> <to>` and `unlink <path>` → 0 or `E <strerror>`. Paths never hold
+# a space or newline (batch.ts allows [A-Za-z0-9_@+,:=.-/] only). flock by number (LOCK_EX 2, LOCK_NB 4, LOCK_UN
+# 8): loading Fcntl would double perl's start-up.
+# shellcheck disable=SC2016 # perl code, not shell: its $ must reach perl unexpanded.
+HELPER_PL='$| = 1; my ($p, $f) = @ARGV;
+while (my $l = <STDIN>) {
+  chomp $l; my ($c, $a, $b) = split / /, $l, 3;
+  if ($c eq "lock") {
+    if (!$f && !open($f, ">>", $p)) { undef $f; print "E $!\n"; next }
+    my $ok = flock($f, 6);
+    if (!$ok && $a > 0) { eval { local $SIG{ALRM} = sub { die "timeout\n" }; alarm $a; $ok = flock($f, 2); alarm 0 }; alarm 0 }
+    print $ok ? "0\n" : "T\n";
+  } elsif ($c eq "unlock") { flock($f, 8) if $f; print "0\n" }
+  elsif ($c eq "rename") { print rename($a, $b) ? "0\n" : "E $!\n" }
+  elsif ($c eq "unlink") { print unlink($a) || !(-e $a || -l $a) ? "0\n" : "E $!\n" }
+}'
+HAVE_PERL=0
+hash perl 2>/dev/null && HAVE_PERL=1
+# helper <request>: the helper's answer in $x; false without perl, so the caller starts the program instead. A
+# helper that went away (killed on its own) took any lock it held with it: this interpreter can no longer tell
+# whether it holds the lock, so it ends, and batch.ts starts a new one, which takes the lock again.
+HELPER_STARTED=0
+helper_gone() {
+  printf '%s\n' "the lock helper (perl) went away, and the host lock it held for this interpreter with it" >&2
+  exit 75
+}
+# Whether the helper holds the host lock for us now.
+HELPER_LOCKED=0
+# helper_alive: false once the helper is gone (or a zombie not reaped yet).
+helper_alive() {
+  local st=
+  [ -n "${HELPER_PID-}" ] || return 1
+  { IFS= read -r st <"/proc/$HELPER_PID/stat"; } 2>/dev/null || return 1
+  st=${st##*) }
+  [[ $st != [ZX]* ]]
+}
+helper() {
+  [ "$HAVE_PERL" = 1 ] || return 1
+  if [ "$HELPER_STARTED" = 0 ]; then
+    coproc HELPER { exec perl -e "$HELPER_PL" "$LOCK" 2>/dev/null 3>&- 4>&- 9>&-; }
+    HELPER_STARTED=1
+  fi
+  # bash forgets a coprocess it has reaped.
+  [ -n "${HELPER_PID-}" ] || helper_gone
+  x=
+  printf '%s\n' "$1" >&"${HELPER[1]}"
+  IFS= read -r x <&"${HELPER[0]}" || helper_gone
+}
+
 # holders <path>: the PIDs holding <path> open, one per line, in $held. A VFIO group can be open only once
 # (drivers/vfio/group.c: a second open fails with EBUSY), so a group we can open and close again has no holder and
 # costs no walk of /proc/*/fd.
@@ -138,6 +194,8 @@ while IFS=' ' read -r -a f; do
   op=${f[0]}
   case $op in
     batch)
+      # A helper killed on its own took our lock with it: end, rather than run this batch unlocked (see helper).
+      if [ "$HELPER_LOCKED" = 1 ] && ! helper_alive; then helper_gone; fi
       BOUNDARY=${f[1]}
       STOP=${f[2]}
       SKIP=0
@@ -150,6 +208,8 @@ while IFS=' ' read -r -a f; do
       continue
       ;;
     unlock)
+      if [ "$HELPER_STARTED" = 1 ]; then helper unlock; fi
+      HELPER_LOCKED=0
       exec 9>&-
       continue
       ;;
@@ -223,6 +283,23 @@ while IFS=' ' read -r -a f; do
       # The builtin writes the temp file (the umask 077 makes a new one 0600, so a 0600 put, the journal's, needs no
       # chmod process); only the rename is a program.
       decode mode "${f[3]}"
+      if [ "$flag" = inplace ] && [ ! -e "$p" ] && [ ! -L "$p" ] && [[ $mode == +([0-7]) ]]; then
+        # Absent, and its readers take an empty file as absent (the binding journal): one write(2) where it belongs,
+        # no temp file and no mv process. noclobber makes the open O_EXCL (a file that appeared meanwhile is not
+        # overwritten); the umask gives the file exactly <mode>. A write cut short leaves an empty file, as good as none.
+        printf -v um '%o' $((8#777 & ~8#$mode))
+        umask "$um"
+        set -o noclobber
+        if printf '%b' "${f[4]-}" 2>&4 >"$p"; then
+          ok
+        else
+          builtin_error
+          fail 1 "$e"
+        fi
+        set +o noclobber
+        umask 077
+        continue
+      fi
       tmp="$p.pulumi-vfio.$$"
       e=-
       if [ -e "$tmp" ]; then rm -f -- "$tmp" 9>&-; fi
@@ -230,6 +307,9 @@ while IFS=' ' read -r -a f; do
         builtin_error
       elif [ "$mode" != 600 ] && ! e=$(chmod "$mode" -- "$tmp" 2>&1 9>&-); then
         :
+      elif helper "rename $tmp $p"; then
+        e=${x#E }
+        [ "$x" = 0 ] && e=-
       elif ! e=$(mv -f -- "$tmp" "$p" 2>&1 9>&-); then
         :
       else
@@ -256,6 +336,8 @@ while IFS=' ' read -r -a f; do
     remove)
       if [ ! -e "$p" ] && [ ! -L "$p" ]; then
         trailer 0
+      elif helper "unlink $p"; then
+        if [ "$x" = 0 ]; then trailer 0; else fail 1 "${x#E }"; fi
       elif e=$(rm -f -- "$p" 2>&1 9>&-); then
         trailer 0
       else
@@ -296,18 +378,26 @@ while IFS=' ' read -r -a f; do
       if [ $rc -eq 0 ]; then trailer 0 "$e"; else fail $rc "$e"; fi
       ;;
     lock)
-      # The host lock is flock(2) on fd 9 of this process, taken by flock(1): held until `unlock` or until this
-      # process goes, even killed. The second field is the time limit in seconds, 0: try once.
+      # The host lock: flock(2) on the lock file, taken by the helper (no process) or else by flock(1) on fd 9 of
+      # this process; held until `unlock` or until this process goes, even killed. The second field is the time
+      # limit in seconds, 0: try once.
       #
-      # One flock(1) process per lock taken. The perl coprocess that held the lock for the interpreter (perl-base is
-      # Essential on Debian and Ubuntu) saved that process and was dropped on a bench run made under a load average
-      # of 5-13 (1.00x/0.80x with it, 1.04x/0.84x without: within noise there). On an idle machine IommuBinding
-      # create+delete is now 1.70x the shell script locally and 1.65x over SSH (was 1.04-1.16x / 0.9x with the helper
-      # and before the journal): this process is part of that, so a fork-free lock holder is due back.
+      # Why the helper: without it, a create+delete of a binding started three processes (flock(1) here, mv for the
+      # journal's put, rm for its removal), ~50 ms each on the emulated lab guest; the figures `npm run bench` gave
+      # with and without it are in the README (Limits, Speed).
       secs=$flag
       [ -d /run/lock ] || mkdir -p /run/lock 9>&-
       why="timed out after $secs s waiting for $LOCK: another pulumi-vfio operation holds it"
-      if ! { exec 9>>"$LOCK"; } 2>&4; then
+      if helper "lock $secs"; then
+        case $x in
+          0)
+            why=
+            HELPER_LOCKED=1
+            ;;
+          T) ;;
+          E*) why="cannot open $LOCK: ${x#E }" ;;
+        esac
+      elif ! { exec 9>>"$LOCK"; } 2>&4; then
         builtin_error
         why="cannot open $LOCK: $e"
       elif [ "$secs" = 0 ] && flock -n 9 </dev/null; then

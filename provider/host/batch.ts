@@ -49,7 +49,8 @@ function field(value: string): string {
 
 /** The stdin line for one operation. */
 export function encodeOp(op: Op): string {
-    const flag = "optional" in op && op.optional ? "optional" : op.op === "groupHolders" && op.guard ? "guard" : isGuardRead(op) ? "expect" : "-";
+    if (op.op === "put" && op.inPlace && op.optional) throw new Error(`put ${op.path}: inPlace and optional cannot be combined`);
+    const flag = "optional" in op && op.optional ? "optional" : op.op === "groupHolders" && op.guard ? "guard" : isGuardRead(op) ? "expect" : op.op === "put" && op.inPlace ? "inplace" : "-";
     const word = OP_WORD[op.op];
     if (op.op === "exec") {
         if (op.argv.length === 0) throw new Error("exec needs a program");

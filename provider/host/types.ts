@@ -22,8 +22,13 @@ export type Op =
     | { op: "stat"; path: string; timeoutMs?: number }
     /** Write `data` to an existing file in one write(2), as `echo > /sys/...` does. Sysfs attributes only. */
     | { op: "write"; path: string; data: string; timeoutMs?: number; optional?: boolean }
-    /** Create or replace a regular file atomically (temp file + rename) with the given octal mode. */
-    | { op: "put"; path: string; data: string; mode: number; timeoutMs?: number; optional?: boolean }
+    /**
+     * Create or replace a regular file atomically (temp file + rename) with the given octal mode. With `inPlace`, a
+     * file that is absent is instead created with one write(2) where it belongs (no temp file, no rename, so no
+     * process): only for a file whose readers take an empty one as absent (the binding journal), since a write cut
+     * short there leaves it empty. A file that exists is still replaced by rename. Not with `optional`.
+     */
+    | { op: "put"; path: string; data: string; mode: number; timeoutMs?: number; optional?: boolean; inPlace?: boolean }
     /** mkdir -p: the directory gets the given mode when created; missing parents get 0700. */
     | { op: "mkdir"; path: string; mode: number; timeoutMs?: number; optional?: boolean }
     /** Remove a regular file; succeeds when already absent. */

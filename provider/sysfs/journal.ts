@@ -48,11 +48,16 @@ export function journalOf(address: string, members: JournalEntry[]): { journal: 
     return { journal, text: JSON.stringify(journal) + "\n" };
 }
 
-/** The ops that write a journal: first in a change's batch, before any write. */
+/**
+ * The ops that write a journal: first in a change's batch, before any write. A new journal is written in place
+ * (`inPlace`, no process): a write cut short leaves an empty file, which {@link parseJournal} takes as no journal,
+ * and rightly so, since it comes before the change's first write. One that exists is replaced by rename, so what it
+ * recorded is never lost to a half-written file.
+ */
 export function writeJournalOps(address: string, text: string): Op[] {
     return [
         { op: "mkdir", path: JOURNAL_DIR, mode: 0o700 },
-        { op: "put", path: journalPath(address), data: text, mode: 0o600 },
+        { op: "put", path: journalPath(address), data: text, mode: 0o600, inPlace: true },
     ];
 }
 
@@ -76,7 +81,8 @@ export function dropJournalOp(address: string): Op {
  * @throws Error naming the file and what is wrong with it.
  */
 export function parseJournal(address: string, r: OpResult | undefined): { journal?: Journal; text: string } {
-    if (!r?.ok) return { text: "" };
+    // Empty: a new journal's write cut short, before the change's first write (see writeJournalOps).
+    if (!r?.ok || r.data === "") return { text: "" };
     const path = journalPath(address);
     try {
         const j = JSON.parse(r.data) as Journal;

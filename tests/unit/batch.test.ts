@@ -40,6 +40,25 @@ test("files are created with the mode asked for, atomically", async () => {
     expect(fs.readdirSync(dir).filter((f) => f.includes(".pulumi-vfio."))).toEqual([]);
 });
 
+test("an inPlace put creates an absent file with one write and no process; one that exists is still replaced by rename", async () => {
+    // A PATH with bash alone: any program the put needed (mv, chmod) would fail.
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), "pv-bin-"));
+    fs.symlinkSync(spawnSync("bash", ["-c", "command -v bash"], { encoding: "utf8" }).stdout.trim(), `${bin}/bash`);
+    const bare = new LocalHost({ sudo: false, env: { PATH: bin } });
+    try {
+        const file = `${dir}/journal.json`;
+        const [created] = await bare.run([{ op: "put", path: file, data: "{}\n", mode: 0o640, inPlace: true }]);
+        expect(created.ok).toBe(true);
+        expect([fs.statSync(file).mode & 0o777, fs.readFileSync(file, "utf8")]).toEqual([0o640, "{}\n"]);
+        const [replaced] = await bare.run([{ op: "put", path: file, data: "new\n", mode: 0o640, inPlace: true }]);
+        expect(replaced.ok).toBe(false);
+        expect(fs.readFileSync(file, "utf8")).toBe("{}\n");
+    } finally {
+        await bare.close();
+        fs.rmSync(bin, { recursive: true, force: true });
+    }
+});
+
 test("a failed write reports the errno the kernel returned", async () => {
     const r = await host.run([{ op: "write", path: "/proc/self/oom_score_adj", data: "not-a-number" }]);
     expect(r[0].ok).toBe(false);
@@ -127,6 +146,8 @@ describe("one interpreter per host", () => {
             await h.run([{ op: "read", path: "/etc/hostname" }]);
             return "taken";
         }, ms);
+    /** Whether the interpreter has perl for its lock helper (see batch.sh `helper`). */
+    const perl = spawnSync("bash", ["-c", "hash perl"]).status === 0;
     /** Names of the interpreter's other children (besides the command substitution running this exec). */
     const helpers = async (h: Host) => {
         const script = "i=$(cut -d' ' -f4 /proc/$PPID/stat); for c in $(cat /proc/$i/task/*/children); do [ $c != $PPID ] && cat /proc/$c/comm; done; true";
@@ -242,17 +263,41 @@ describe("one interpreter per host", () => {
         }
     });
 
-    test("the lock is held by the interpreter itself: no process stays behind to hold it, and it is free once the interpreter ends", async () => {
+    test("the lock is held by the interpreter's own helper (perl, where there is perl) or its own descriptor: no other process stays behind, and it is free once the interpreter ends", async () => {
         const a = new LocalHost({ sudo: false });
         const b = new LocalHost({ sudo: false });
         try {
             await a.withLock(async (a) => {
                 await a.run([{ op: "read", path: "/etc/hostname" }]);
-                expect(await helpers(a)).toEqual([]);
+                expect(await helpers(a)).toEqual(perl ? ["perl"] : []);
                 await expect(locked(b, 1000)).rejects.toThrow(/timed out after 1 s/);
             });
             await a.close();
             expect(await locked(b, LOCK_LINGER_MS + 8_000)).toBe("taken");
+        } finally {
+            await Promise.all([a.close(), b.close()]);
+        }
+    });
+
+    test("a lock helper killed on its own ends its interpreter: the section's next batch fails unrun, the next section takes the lock anew", async () => {
+        const a = new LocalHost({ sudo: false });
+        const b = new LocalHost({ sudo: false });
+        try {
+            await a.withLock(async (a) => {
+                await a.run([{ op: "read", path: "/etc/hostname" }]);
+                const kill = "i=$(cut -d' ' -f4 /proc/$PPID/stat); for c in $(cat /proc/$i/task/*/children); do [ \"$(cat /proc/$c/comm)\" = perl ] && kill -9 $c; done; true";
+                await a.run([{ op: "exec", argv: ["bash", "-c", kill] }]);
+                await new Promise((r) => setTimeout(r, 200));
+                if (perl) {
+                    await expect(a.run([{ op: "put", path: `${dir}/unlocked`, data: "x", mode: 0o600 }])).rejects.toThrow(/lock helper \(perl\) went away/);
+                    expect(fs.existsSync(`${dir}/unlocked`)).toBe(false);
+                }
+            });
+            expect(await locked(a, 1000)).toBe("taken");
+            await a.withLock(async (a) => {
+                await a.run([{ op: "read", path: "/etc/hostname" }]);
+                await expect(locked(b, 1000)).rejects.toThrow(/timed out after 1 s/);
+            });
         } finally {
             await Promise.all([a.close(), b.close()]);
         }

@@ -241,6 +241,20 @@ test("a journal that is not ours is refused at preview, naming the file", async 
     expect(c.failures).toEqual([{ property: "device", reason: expect.stringContaining(`${JOURNAL} is not a journal pulumi-vfio wrote`) }]);
 });
 
+test("an empty journal (a new journal's in-place write cut short, before the change's first write) is no journal", async () => {
+    const k = fakeLabKernel();
+    const host = new FakeHost(k);
+    await host.run([
+        { op: "mkdir", path: JOURNAL_DIR, mode: 0o700 },
+        { op: "put", path: JOURNAL, data: "", mode: 0o600 },
+    ]);
+    const c = await check({}, { device: GPU }, host);
+    expect(c.failures).toEqual([]);
+    const { outs } = await create(c.inputs, host);
+    expect(outs.members.map((m) => m.previousDriver)).toEqual(["bochs-drm", "snd_hda_intel"]);
+    expect(JSON.parse(k.read(JOURNAL)).members.map((m: { driver: string }) => m.driver)).toEqual(["bochs-drm", "snd_hda_intel"]);
+});
+
 test("the common case stays one batch for create and one for delete", async () => {
     const k = fakeLabKernel();
     const host = new FakeHost(k);
