@@ -14,16 +14,31 @@ import type { Connection } from "../host/ssh";
 
 // ------------------------------------------------------------------------------------------------ BootConfig inputs
 
+export interface ModuleSettingInput {
+    /** Module name as modprobe knows it, e.g. kvm, kvm_intel, vfio_pci. */
+    name: string;
+    /**
+     * Module parameters, e.g. {ignore_msrs: 1}; an array becomes a comma-separated list (static_size_mb=32,64).
+     * Default: `{}`.
+     */
+    options?: Record<string, string | number | boolean | (number | string)[]>;
+    /** Load the module at boot (a line in /etc/modules-load.d/pulumi-vfio.conf). Default: `false`. */
+    load?: boolean;
+}
+
 /**
  * Boot-time host configuration: kernel command line parameters (through the host's boot loader), devices claimed for
- * vfio-pci by PCI address before their host drivers load (udev rule in the initramfs and the root), and module options.
- * Takes effect at the next boot; pendingReboot says whether one is due.
+ * vfio-pci by PCI address before their host drivers load (driver_override written by modprobe's install hook of
+ * vfio-pci, in the initramfs and in the root), and module options. Takes effect at the next boot; pendingReboot says
+ * whether one is due.
  */
 export interface BootConfigSchemaInputs {
     /**
      * Kernel parameters to add to the command line of normal boots, e.g. intel_iommu=on, iommu=pt, video=efifb:off,
      * kvm.ignore_msrs=1, hugepagesz=1G hugepages=8 (one array item each). The user's own parameters are kept: ours are
-     * appended, so for a parameter given twice the kernel takes ours (the last one). Default: `[]`.
+     * appended, so for a parameter given twice the kernel takes ours (the last one). Refused at preview: white space,
+     * quotes, newlines (the kernel splits its command line at spaces and takes double quotes as grouping:
+     * Documentation/admin-guide/kernel-parameters.rst). Default: `[]`.
      */
     kernelParameters?: string[];
     /**
@@ -42,7 +57,7 @@ export interface BootConfigSchemaInputs {
      * Kernel module settings for boot: `options` lines in /etc/modprobe.d/pulumi-vfio.conf and, with load, a line in
      * /etc/modules-load.d/pulumi-vfio.conf. Default: `[]`.
      */
-    modules?: ({ name: string; options?: {  }; load?: boolean })[];
+    modules?: ModuleSettingInput[];
     /**
      * Which boot loader's configuration to change. auto (default) detects it: GRUB with /etc/default/grub.d and
      * update-grub (Debian, Ubuntu), grubby (Fedora, RHEL), systemd-boot (bootctl is-installed, /etc/kernel/cmdline and
