@@ -174,6 +174,15 @@ export interface KvmfrDeviceSchemaInputs {
      */
     mode?: string;
     /**
+     * Let QEMU started by libvirt open /dev/kvmfrN (Looking Glass's libvirt setup): add it to cgroup_device_acl in
+     * /etc/libvirt/qemu.conf (your own setting gets one line of ours; without one, libvirt's default list is kept in a
+     * marked setting of ours) and, where AppArmor confines libvirt, `/dev/kvmfrN rw,` to
+     * /etc/apparmor.d/local/abstractions/libvirt-qemu; libvirtd (or virtqemud) is restarted when qemu.conf changed and
+     * it is running. Delete takes back exactly the lines it added. Not needed for a PassthroughVm, whose QEMU runs
+     * without libvirt. Default: `false`.
+     */
+    libvirt?: boolean;
+    /**
      * How to reach the host over SSH: the shape of @pulumi/command's `remote.ConnectionArgs`, plus `hostKeyCheck` (the
      * README's Resources section says how it behaves). Absent: the machine running pulumi. Stored as a secret.
      */
