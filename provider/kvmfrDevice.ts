@@ -283,7 +283,8 @@ function outputs(inputs: KvmfrDeviceInputs & { plan?: string[] }, sizeMb: number
         uid: facts.uid ?? -1,
         gid: facts.gid ?? -1,
         actual: actualFrom(facts, inputs.index, libvirtAdded),
-        libvirtAdded,
+        // Only when set: an undefined field is not a value the engine's Struct can carry.
+        ...(libvirtAdded ? { libvirtAdded } : {}),
         plan,
     };
 }
