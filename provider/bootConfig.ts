@@ -21,7 +21,7 @@ import { parameterProblem } from "./boot/cmdline";
 import { CLAIM_SCRIPT, INITRAMFS_TOOLS_HOOK, MODULES_LOAD_CONF, chooseInitramfs, regenerateInitramfs } from "./boot/early";
 import { readBootFacts, BootFacts } from "./boot/facts";
 import { GRUBBY, GRUB_CFG, GRUB_DROPIN, GRUB_MKCONFIG, KERNEL_CMDLINE, UPDATE_GRUB, configuredParameters, renderKernelCmdline } from "./boot/loaders";
-import { BootPlan, kernelInstall, pendingReasons, planBoot } from "./boot/plan";
+import { BootPlan, pendingReasons, planBoot, sdbootCommands } from "./boot/plan";
 import { BOOT_ID, BootConfigInputs, BootConfigOutputs, OWNED, Settings, defaults } from "./boot/types";
 import { hostIdentity } from "./host/ssh";
 import { checkOnHost } from "./checkOnHost";
@@ -269,11 +269,12 @@ export async function remove(_id: string, props: BootConfigOutputs, onHost?: Hos
                 }
                 if (props.loader === "systemd-boot") {
                     const prev = props.previous?.kernelCmdline;
-                    if (prev !== undefined && (prev ?? undefined) !== f.kernelCmdline) {
+                    const cmdlineBack = prev !== undefined && (prev ?? undefined) !== f.kernelCmdline;
+                    if (cmdlineBack) {
                         before[KERNEL_CMDLINE] = { text: f.kernelCmdline, mode: 0o644 };
                         ops.push(prev === null ? { op: "remove", path: KERNEL_CMDLINE } : { op: "put", path: KERNEL_CMDLINE, data: prev, mode: 0o644 });
-                        commands.push(kernelInstall(f.kernelRelease));
-                    } else if (earlyFiles && initrd) commands.push(kernelInstall(f.kernelRelease));
+                    }
+                    commands.push(...sdbootCommands(f, cmdlineBack, !!(earlyFiles && initrd), chooseInitramfs(f.present)));
                 }
                 const all = [...ops, ...commands.map((argv): Op => ({ op: "exec", argv, timeoutMs: 600_000 }))];
                 if (!all.length) return;

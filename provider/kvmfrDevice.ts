@@ -13,6 +13,8 @@
  * - read: the device as it is; a missing, resized or re-permissioned device is drift the next `up` repairs.
  * - delete: refuse while the device is open; drop its size (the last entry only: kvmfr numbers devices by position)
  *   and its rule; unload the module when no device is left.
+ * - `libvirt: true` also lets libvirt's QEMU open the device (qemu.conf's cgroup_device_acl, AppArmor), in the same
+ *   batch and restored with the rest on failure: provider/libvirt/qemuConf.ts.
  */
 import { checkOnHost } from "./checkOnHost";
 import { CheckFailure, CheckResult, containsUnknown, isUnknown, schemaDefault, validate, withoutProvider } from "./check";
@@ -20,11 +22,10 @@ import { PlanError, SysfsError } from "./errors";
 import { withHost } from "./host";
 import { describeHolders } from "./sysfs/proc";
 import { hostIdentity } from "./host/ssh";
-import { Host, Op, OpResult } from "./host/types";
+import { Host, Op } from "./host/types";
 import { firstFailure } from "./sysfs/pci";
 import {
     KVMFR_CLASS,
-    KVMFR_MAX_DEVICES,
     KvmfrAccess,
     KvmfrFormula,
     KvmfrNode,
@@ -42,12 +43,15 @@ import {
     missingModuleMessage,
     modeProblem,
     normalizeMode,
-    parseModprobeConf,
-    parseStat,
     removeSize,
     renderModprobeConf,
 } from "./sysfs/kvmfr";
 import type { KvmfrDeviceSchemaInputs } from "./generated/inputs";
+import { LibvirtAdded, LibvirtPlan, libvirtOps, libvirtPresent, libvirtUndoOps, planLibvirt } from "./libvirt/qemuConf";
+import { KvmfrFacts, readKvmfrFacts } from "./kvmfr/facts";
+
+export { readKvmfrFacts };
+export type { KvmfrFacts };
 
 /**
  * The schema's inputs (provider/generated/inputs.ts, from schema/kvmfr-device.schema.json); check sets `sizeMb` from
@@ -65,6 +69,8 @@ export interface KvmfrActual {
     uid: number | null;
     gid: number | null;
     mode: string | null;
+    /** With `libvirt`: the lines it added to qemu.conf and AppArmor are still there. */
+    libvirt?: boolean;
 }
 
 export interface KvmfrDeviceOutputs extends KvmfrDeviceInputs {
@@ -81,6 +87,8 @@ export interface KvmfrDeviceOutputs extends KvmfrDeviceInputs {
     uid: number;
     gid: number;
     actual: KvmfrActual;
+    /** What `libvirt` added (for delete to take exactly that back). */
+    libvirtAdded?: LibvirtAdded;
 }
 
 const SCHEMA = "kvmfr-device.schema.json";
@@ -89,7 +97,10 @@ const defaults = (i: KvmfrDeviceInputs) => ({
     owner: i.owner ?? schemaDefault<string>(SCHEMA, "owner"),
     group: i.group ?? schemaDefault<string>(SCHEMA, "group"),
     mode: normalizeMode(i.mode ?? schemaDefault<string>(SCHEMA, "mode")),
+    libvirt: i.libvirt ?? schemaDefault<boolean>(SCHEMA, "libvirt"),
 });
+/** Whether libvirt's files must be read: wanted now, or something added before to take back. */
+const libvirtInvolved = (want: boolean, had?: LibvirtAdded) => want || !!had?.acl || !!had?.apparmor;
 
 const NAME = /^[a-z_][a-z0-9_-]{0,31}\$?$/;
 
@@ -114,81 +125,6 @@ export function inputProblems(i: KvmfrDeviceInputs, userGaveSize: boolean): Chec
     return out;
 }
 
-// ------------------------------------------------------------------------------------------------ host facts
-
-export interface KvmfrFacts {
-    installed: boolean;
-    kernelRelease: string;
-    loaded: boolean;
-    /** static_size_mb in /etc/modprobe.d/kvmfr.conf. */
-    confSizes: number[];
-    confText?: string;
-    udevText?: string;
-    modulesLoadText?: string;
-    /** What the loaded module was given: our record, else (loaded at boot) the conf, else unknown. */
-    loadedSizes: number[] | null;
-    /** /sys/class/kvmfr entries: how many devices the loaded module made. */
-    classCount: number;
-    node: KvmfrNode;
-    uid: number | null;
-    gid: number | null;
-    /** /dev/kvmfrI → PIDs holding it, for every device that exists or is configured. */
-    openers: Map<number, number[]>;
-    comms: Map<number, string>;
-}
-
-const lines = (r: OpResult | undefined) => (r?.ok ? r.data.split("\n").filter(Boolean) : []);
-
-function idFromGetent(r: OpResult | undefined): number | null {
-    if (!r?.ok) return null;
-    const f = r.data.split(":");
-    return f.length >= 3 && /^\d+$/.test(f[2]) ? Number(f[2]) : null;
-}
-
-/** Two round trips: files, module, node and accounts; then who holds which /dev/kvmfr*. */
-export async function readKvmfrFacts(host: Host, index: number, owner: string, group: string): Promise<KvmfrFacts> {
-    const ops: Op[] = [
-        { op: "exec", argv: ["modprobe", "-n", "-q", "kvmfr"], optional: true },
-        { op: "exec", argv: ["uname", "-r"], optional: true },
-        { op: "read", path: MODPROBE_CONF },
-        { op: "read", path: UDEV_RULES },
-        { op: "read", path: MODULES_LOAD_CONF },
-        { op: "stat", path: "/sys/module/kvmfr" },
-        { op: "read", path: LOADED_SIZES },
-        { op: "list", path: KVMFR_CLASS },
-        { op: "stat", path: kvmfrPath(index) },
-        { op: "exec", argv: ["getent", "passwd", owner], optional: true },
-        { op: "exec", argv: ["getent", "group", group], optional: true },
-    ];
-    const r = await host.run(ops);
-    const loaded = r[5].ok;
-    const confSizes = parseModprobeConf(r[2].ok ? r[2].data : undefined);
-    const classCount = lines(r[7]).filter((n) => /^kvmfr\d$/.test(n)).length;
-    const recorded = r[6].ok ? parseModprobeConf(`options kvmfr static_size_mb=${r[6].data.trim()}`) : null;
-    let loadedSizes: number[] | null = null;
-    if (loaded) loadedSizes = recorded && recorded.length === classCount ? recorded : confSizes.length === classCount ? confSizes : null;
-    const count = Math.min(KVMFR_MAX_DEVICES, Math.max(confSizes.length, classCount, index + 1));
-    const r2 = await host.run(Array.from({ length: count }, (_, i): Op => ({ op: "openers", path: kvmfrPath(i) })));
-    const openers = new Map<number, number[]>();
-    r2.forEach((x, i) => openers.set(i, lines(x).map(Number)));
-    return {
-        installed: r[0].ok || loaded,
-        kernelRelease: r[1].ok ? r[1].data.trim() : "",
-        loaded,
-        confSizes,
-        confText: r[2].ok ? r[2].data : undefined,
-        udevText: r[3].ok ? r[3].data : undefined,
-        modulesLoadText: r[4].ok ? r[4].data : undefined,
-        loadedSizes,
-        classCount,
-        node: parseStat(r[8].ok, r[8].data),
-        uid: idFromGetent(r[9]),
-        gid: idFromGetent(r[10]),
-        openers,
-        comms: new Map(),
-    };
-}
-
 // ------------------------------------------------------------------------------------------------ planning
 
 export interface KvmfrPlan {
@@ -205,14 +141,15 @@ export interface KvmfrPlan {
     blockers: { path: string; pids: number[] }[];
     /** For the preview: what will happen, one line each. */
     lines: string[];
+    libvirt?: LibvirtPlan;
 }
 
 /**
  * Decide the shared files and the module action for one device. Pure, so the same logic serves check, create,
  * update and the unit tests.
  */
-export function planKvmfr(inputs: KvmfrDeviceInputs & { sizeMb: number }, facts: KvmfrFacts, host = "this host", preview = false): KvmfrPlan {
-    const { owner, group, mode } = defaults(inputs);
+export function planKvmfr(inputs: KvmfrDeviceInputs & { sizeMb: number }, facts: KvmfrFacts, host = "this host", preview = false, had?: LibvirtAdded): KvmfrPlan {
+    const { owner, group, mode, libvirt } = defaults(inputs);
     const problems: CheckFailure[] = [];
     const index = inputs.index;
     const path = kvmfrPath(index);
@@ -261,7 +198,10 @@ export function planKvmfr(inputs: KvmfrDeviceInputs & { sizeMb: number }, facts:
     if (writeUdev) out.push(`${UDEV_RULES}: kvmfr${index} ${owner}:${group} ${mode}`);
     if (load) out.push(`modprobe kvmfr (creates /dev/kvmfr0..${sizes.length - 1})`);
     if (reload) out.push(`reload kvmfr (modprobe -r kvmfr; modprobe kvmfr): every /dev/kvmfr* is recreated`);
-    return { problems, sizes, confText, udevText, writeConf, writeUdev, writeModulesLoad, load, reload, blockers, lines: out };
+    const lv = facts.libvirt && planLibvirt(facts.libvirt, path, libvirt, had);
+    if (lv) problems.push(...lv.problems.map((reason) => ({ property: "libvirt", reason })));
+    if (lv) out.push(...lv.lines);
+    return { problems, sizes, confText, udevText, writeConf, writeUdev, writeModulesLoad, load, reload, blockers, lines: out, libvirt: lv || undefined };
 }
 
 // ------------------------------------------------------------------------------------------------ check / diff
@@ -274,7 +214,7 @@ function resolveSize(i: KvmfrDeviceInputs): number | undefined {
     return undefined;
 }
 
-export async function check(_olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<KvmfrDeviceInputs & { plan?: string[] }>> {
+export async function check(olds: Record<string, any>, news: Record<string, any>, onHost?: Host): Promise<CheckResult<KvmfrDeviceInputs & { plan?: string[] }>> {
     const { inputs, failures } = validate<KvmfrDeviceInputs & { plan?: string[] }>("kvmfr-device.schema.json", news);
     failures.push(...inputProblems(inputs, news?.sizeMb !== undefined));
     if (failures.length) return { inputs, failures };
@@ -283,10 +223,13 @@ export async function check(_olds: Record<string, any>, news: Record<string, any
     if (isUnknown(inputs.index) || size === undefined || isUnknown(size) || containsUnknown(inputs.connection) || isUnknown(inputs.owner) || isUnknown(inputs.group)) {
         return { inputs, failures };
     }
-    const { owner, group } = defaults(inputs);
+    const { owner, group, libvirt } = defaults(inputs);
+    // Another index is another device (replace): what the old one added is its delete's to take back.
+    const had: LibvirtAdded | undefined = olds?.index === inputs.index ? olds?.libvirtAdded : undefined;
     failures.push(
         ...(await checkOnHost(inputs.connection, onHost, async (host) => {
-            const plan = planKvmfr({ ...inputs, sizeMb: size }, await readKvmfrFacts(host, inputs.index, owner, group), host.name, true);
+            const facts = await readKvmfrFacts(host, inputs.index, owner, group, libvirtInvolved(libvirt, had));
+            const plan = planKvmfr({ ...inputs, sizeMb: size }, facts, host.name, true, had);
             inputs.plan = plan.lines;
             return plan.problems;
         })),
@@ -303,18 +246,19 @@ export function diff(_id: string, olds: KvmfrDeviceOutputs, news: KvmfrDeviceInp
     const n = defaults(news);
     let changes = replaces.length > 0;
     if (isUnknown(news.sizeMb) || news.sizeMb !== olds.sizeMb) changes = true;
-    if (n.owner !== olds.owner || n.group !== olds.group || n.mode !== olds.mode) changes = true;
+    if (n.owner !== olds.owner || n.group !== olds.group || n.mode !== olds.mode || n.libvirt !== (olds.libvirt ?? false)) changes = true;
     for (const k of ["width", "height", "hdr", "formula"] as const) if (news[k] !== olds[k]) changes = true;
     const a = olds.actual;
-    if (a && (a.kind !== "char" || a.sizeMb !== olds.sizeMb || a.uid !== olds.uid || a.gid !== olds.gid || a.mode !== olds.mode)) changes = true;
+    if (a && (a.kind !== "char" || a.sizeMb !== olds.sizeMb || a.uid !== olds.uid || a.gid !== olds.gid || a.mode !== olds.mode || a.libvirt === false)) changes = true;
     return { changes, replaces, deleteBeforeReplace: true };
 }
 
 // ------------------------------------------------------------------------------------------------ apply
 
-function actualFrom(facts: KvmfrFacts, index: number): KvmfrActual {
+function actualFrom(facts: KvmfrFacts, index: number, added?: LibvirtAdded): KvmfrActual {
     const n = facts.node;
     return {
+        ...(facts.libvirt && added ? { libvirt: libvirtPresent(facts.libvirt, kvmfrPath(index), added) } : {}),
         moduleLoaded: facts.loaded,
         kind: n.kind,
         sizeMb: facts.loaded && n.kind === "char" && facts.loadedSizes ? facts.loadedSizes[index] ?? null : null,
@@ -324,7 +268,7 @@ function actualFrom(facts: KvmfrFacts, index: number): KvmfrActual {
     };
 }
 
-function outputs(inputs: KvmfrDeviceInputs & { plan?: string[] }, sizeMb: number, facts: KvmfrFacts, plan: string[]): KvmfrDeviceOutputs & { plan: string[] } {
+function outputs(inputs: KvmfrDeviceInputs & { plan?: string[] }, sizeMb: number, facts: KvmfrFacts, plan: string[], libvirtAdded?: LibvirtAdded): KvmfrDeviceOutputs & { plan: string[] } {
     const { owner, group, mode } = defaults(inputs);
     return {
         ...withoutProvider(inputs),
@@ -338,7 +282,9 @@ function outputs(inputs: KvmfrDeviceInputs & { plan?: string[] }, sizeMb: number
         qemuArgs: kvmfrQemuArgs(inputs.index, sizeMb),
         uid: facts.uid ?? -1,
         gid: facts.gid ?? -1,
-        actual: actualFrom(facts, inputs.index),
+        actual: actualFrom(facts, inputs.index, libvirtAdded),
+        // Only when set: an undefined field is not a value the engine's Struct can carry.
+        ...(libvirtAdded ? { libvirtAdded } : {}),
         plan,
     };
 }
@@ -349,16 +295,17 @@ function restoreFileOps(facts: KvmfrFacts): Op[] {
     return [back(MODPROBE_CONF, facts.confText), back(UDEV_RULES, facts.udevText), back(MODULES_LOAD_CONF, facts.modulesLoadText)];
 }
 
-async function converge(host: Host, inputs: KvmfrDeviceInputs): Promise<KvmfrDeviceOutputs> {
+async function converge(host: Host, inputs: KvmfrDeviceInputs, had?: LibvirtAdded): Promise<KvmfrDeviceOutputs> {
     const sizeMb = resolveSize(inputs);
     const problems = inputProblems(inputs, inputs.width === undefined);
     if (problems.length || sizeMb === undefined) throw new PlanError(problems[0]?.property ?? "sizeMb", problems.map((p) => p.reason).join("; ") || "no size");
-    const { owner, group, mode } = defaults(inputs);
+    const { owner, group, mode, libvirt } = defaults(inputs);
     const index = inputs.index;
     const path = kvmfrPath(index);
     return host.withLock(async (host) => {
-        const facts = await readKvmfrFacts(host, index, owner, group);
-        const plan = planKvmfr({ ...inputs, sizeMb }, facts, host.name);
+        const involved = libvirtInvolved(libvirt, had);
+        const facts = await readKvmfrFacts(host, index, owner, group, involved);
+        const plan = planKvmfr({ ...inputs, sizeMb }, facts, host.name, false, had);
         if (plan.problems.length) {
             let msg = plan.problems.map((p) => p.reason).join("; ");
             if (plan.blockers.length) {
@@ -381,17 +328,18 @@ async function converge(host: Host, inputs: KvmfrDeviceInputs): Promise<KvmfrDev
             ops.push({ op: "put", path: LOADED_SIZES, data: plan.sizes.join(",") + "\n", mode: 0o644 });
             ops.push({ op: "exec", argv: ["udevadm", "settle", "--timeout=10"], optional: true });
         }
+        if (plan.libvirt) ops.push(...libvirtOps(plan.libvirt));
         const applied = ops.length;
         // udev applies the rule on add; setting them directly also covers a host without a running udev.
         ops.push({ op: "exec", argv: ["chown", `${owner}:${group}`, path] });
         ops.push({ op: "exec", argv: ["chmod", mode, path] });
         const r = await host.run(ops, { stopOnError: true });
         const failure = firstFailure(ops, r);
-        const after = await readKvmfrFacts(host, index, owner, group);
+        const after = await readKvmfrFacts(host, index, owner, group, involved);
         const problem = failure ?? verify(after, index, sizeMb, mode);
         if (problem) {
             if (applied) {
-                const undo = restoreFileOps(facts);
+                const undo = [...restoreFileOps(facts), ...(plan.libvirt ? libvirtUndoOps(plan.libvirt) : [])];
                 // A reload that got half way leaves the module out: load it again with the old sizes.
                 if (facts.loaded && !after.loaded) undo.push({ op: "exec", argv: ["modprobe", "kvmfr"], optional: true });
                 if (!facts.loaded && after.loaded) undo.push({ op: "exec", argv: ["modprobe", "-r", "kvmfr"], optional: true });
@@ -399,7 +347,7 @@ async function converge(host: Host, inputs: KvmfrDeviceInputs): Promise<KvmfrDev
             }
             throw problem instanceof Error ? new Error(`${path}: ${problem.message}. The kvmfr files were restored`) : new Error(`${path}: ${problem}. The kvmfr files were restored`);
         }
-        return outputs(inputs, sizeMb, after, plan.lines);
+        return outputs(inputs, sizeMb, after, plan.lines, plan.libvirt?.added);
     });
 }
 
@@ -420,8 +368,8 @@ export async function create(inputs: KvmfrDeviceInputs, onHost?: Host): Promise<
     return { id: `kvmfr${outs.index}`, outs };
 }
 
-export async function update(_id: string, _olds: KvmfrDeviceOutputs, news: KvmfrDeviceInputs, onHost?: Host): Promise<{ outs: KvmfrDeviceOutputs }> {
-    return { outs: await withHost(news.connection, (host) => converge(host, news), onHost) };
+export async function update(_id: string, olds: KvmfrDeviceOutputs, news: KvmfrDeviceInputs, onHost?: Host): Promise<{ outs: KvmfrDeviceOutputs }> {
+    return { outs: await withHost(news.connection, (host) => converge(host, news, olds.libvirtAdded), onHost) };
 }
 
 /** The device as it is: gone from the conf and from /dev → gone; otherwise its real kind, size and permissions. */
@@ -430,9 +378,9 @@ export async function read(id: string, props: KvmfrDeviceOutputs, onHost?: Host)
         props.connection,
         async (host) => {
             const { owner, group } = defaults(props);
-            const facts = await readKvmfrFacts(host, props.index, owner, group);
+            const facts = await readKvmfrFacts(host, props.index, owner, group, libvirtInvolved(false, props.libvirtAdded));
             if (facts.confSizes.length <= props.index && facts.node.kind === "absent") return { id: "" };
-            return { id, props: { ...props, uid: facts.uid ?? props.uid, gid: facts.gid ?? props.gid, actual: actualFrom(facts, props.index) } };
+            return { id, props: { ...props, uid: facts.uid ?? props.uid, gid: facts.gid ?? props.gid, actual: actualFrom(facts, props.index, props.libvirtAdded) } };
         },
         onHost,
     );
@@ -447,7 +395,7 @@ export async function remove(_id: string, props: KvmfrDeviceOutputs, onHost?: Ho
                 const index = props.index;
                 const path = kvmfrPath(index);
                 const { owner, group } = defaults(props);
-                const facts = await readKvmfrFacts(host, index, owner, group);
+                const facts = await readKvmfrFacts(host, index, owner, group, libvirtInvolved(false, props.libvirtAdded));
                 const mine = facts.openers.get(index) ?? [];
                 if (mine.length) {
                     throw new Error(`refusing to remove ${path}: it is held open by ${await describeHolders(host, mine)}. Stop the VM that uses it first`);
@@ -473,6 +421,7 @@ export async function remove(_id: string, props: KvmfrDeviceOutputs, onHost?: Ho
                         ops.push({ op: "put", path: LOADED_SIZES, data: sizes.join(",") + "\n", mode: 0o644 });
                     } else ops.push({ op: "remove", path: LOADED_SIZES });
                 }
+                if (facts.libvirt) ops.push(...libvirtOps(planLibvirt(facts.libvirt, path, false, props.libvirtAdded)));
                 const r = await host.run(ops, { stopOnError: true });
                 const failure = firstFailure(ops, r);
                 if (failure) throw new SysfsError(failure.path, failure.errno, `removing ${path}: ${failure.detail}`, failure.hint);

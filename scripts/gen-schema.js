@@ -24,6 +24,7 @@ const SHARED = new Set(["common.schema.json", "host.schema.json"]);
 
 /** Nested object types that get a name (`<name>Input` in the provider, `<name>Args` in the SDK), by schema location. */
 const NAMES = {
+    "boot-config.schema.json": { "/properties/modules/items": "ModuleSetting" },
     "iommu-binding.schema.json": { "/properties/device/oneOf/1": "DeviceSelector" },
     "mdev-instance.schema.json": { "/properties/vram": "VramBounds", "/properties/attrs/items": "MdevAttr" },
     "passthrough-vm.schema.json": {
@@ -125,6 +126,10 @@ class Renderer {
                 return `${el}[]`;
             }
             case "object": {
+                // A map (module parameters): names are free, values share one schema.
+                if (!node.properties && node.additionalProperties && typeof node.additionalProperties === "object") {
+                    return `Record<string, ${this.wrap(this.type(node.additionalProperties, file, `${pointer}/additionalProperties`))}>`;
+                }
                 const o = this.object(node, file, pointer);
                 return `{ ${o.fields.map((f) => `${f.key}${f.optional ? "?" : ""}: ${f.type}`).join("; ")} }`;
             }
@@ -238,6 +243,7 @@ function readmeType(node, schemas, file) {
         return / \| /.test(t) ? `(${t})[]` : `${t}[]`;
     }
     if (node.type === "object") {
+        if (!node.properties && node.additionalProperties && typeof node.additionalProperties === "object") return `{[name]: ${readmeType(node.additionalProperties, schemas, file)}}`;
         const req = new Set(node.required ?? []);
         return `\`{${Object.keys(node.properties ?? {}).map((k) => `${k}${req.has(k) ? "" : "?"}`).join(", ")}}\``;
     }

@@ -1,9 +1,10 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { KvmfrActual } from "../provider/kvmfrDevice";
+import type { LibvirtAdded } from "../provider/libvirt/qemuConf";
 import { secretConnection, thinProvider, withSecretConnection } from "./provider";
 import type { KvmfrDeviceArgs } from "./generated/args";
 
-export type { KvmfrActual };
+export type { KvmfrActual, LibvirtAdded };
 
 // The Args are generated from schema/kvmfr-device.schema.json (docs and defaults included): see scripts/gen-schema.js.
 export type { KvmfrDeviceArgs };
@@ -17,8 +18,10 @@ export type { KvmfrDeviceArgs };
  * reloads) the module — refused while a VM holds any `/dev/kvmfr*` — and checks that `/dev/kvmfrN` is a character
  * device of the right size (a regular file there means a QEMU started before the module). A host without the
  * module gets an error telling how to install Looking Glass's DKMS module. A PassthroughVm (QEMU run directly)
- * needs nothing more; a libvirt domain also needs the device in qemu.conf's `cgroup_device_acl` and AppArmor
- * (`/dev/kvmfr0 rw,`), which this resource does not touch.
+ * needs nothing more. For a libvirt domain, `libvirt: true` also does Looking Glass's libvirt setup: `/dev/kvmfrN` in
+ * `cgroup_device_acl` of /etc/libvirt/qemu.conf (the user's setting kept, or libvirt's default list kept in one of
+ * ours) and, where AppArmor confines libvirt, `/dev/kvmfrN rw,` in /etc/apparmor.d/local/abstractions/libvirt-qemu;
+ * libvirtd is restarted only when qemu.conf changed and it is running; destroy takes back exactly those lines.
  *
  * ## Example Usage
  *
@@ -51,6 +54,8 @@ export class KvmfrDevice extends pulumi.dynamic.Resource {
     public readonly actual!: pulumi.Output<KvmfrActual>;
     /** The planned file and module changes at the last check. */
     public readonly plan!: pulumi.Output<string[]>;
+    /** With `libvirt`: what was added to qemu.conf (`acl`) and AppArmor (`apparmor`), which destroy takes back. */
+    public readonly libvirtAdded!: pulumi.Output<LibvirtAdded | undefined>;
 
     constructor(name: string, args: KvmfrDeviceArgs, opts?: pulumi.CustomResourceOptions) {
         super(
@@ -64,6 +69,7 @@ export class KvmfrDevice extends pulumi.dynamic.Resource {
                 owner: args.owner,
                 group: args.group,
                 mode: args.mode,
+                libvirt: args.libvirt,
                 connection: secretConnection(args.connection),
                 path: undefined,
                 sizeBytes: undefined,
@@ -71,6 +77,7 @@ export class KvmfrDevice extends pulumi.dynamic.Resource {
                 uid: undefined,
                 gid: undefined,
                 actual: undefined,
+                libvirtAdded: undefined,
                 plan: undefined,
             },
             withSecretConnection(opts),

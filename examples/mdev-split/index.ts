@@ -15,7 +15,8 @@ const gpu = config.get("gpu") ?? "0000:41:00.0";
 const vramMiB = config.getNumber("vramMiB") ?? 4096;
 const names = config.getObject<string[]>("vms") ?? ["alice", "bob", "carol"];
 
-const definition: vfio.HostDefinition = { mdevs: {}, vms: {} };
+// The IOMMU on at the next boot (vGPU drivers want it; reboot by hand while the BootConfig's pendingReboot is true).
+const definition: vfio.HostDefinition = { bootConfig: { kernelParameters: ["intel_iommu=on", "iommu=pt"] }, mdevs: {}, vms: {} };
 for (const name of names) {
     definition.mdevs![`${name}-vgpu`] = { parent: gpu, vram: { min: vramMiB, max: vramMiB * 2 } };
     definition.vms![name] = {

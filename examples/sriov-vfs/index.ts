@@ -23,6 +23,8 @@ const vm = (index: number): vfio.VmEntry => ({
 });
 
 const host = new vfio.VfioHost("sriov-host", {
+    // VFs reach a VM only through the IOMMU: on at the next boot (reboot by hand while boot.pendingReboot is true).
+    bootConfig: { kernelParameters: ["intel_iommu=on", "iommu=pt"] },
     virtualFunctions: { vfs: { physicalFunction: pf, count } },
     vms: { "worker-0": vm(0), "worker-1": vm(1) },
 });

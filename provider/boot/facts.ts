@@ -113,13 +113,20 @@ export function bootFactsQuery(q: BatchQuery, s: Settings): (r: OpResult[]) => F
     });
 }
 
-function parseEntries(r: OpResult): LoaderEntry[] | undefined {
+/**
+ * `bootctl list --json=short`: systemd 252 (Debian 12) prints one JSON object a line, newer ones one array; both
+ * are taken.
+ */
+export function parseEntries(r: OpResult): LoaderEntry[] | undefined {
     if (!r.ok) return undefined;
-    try {
-        const v = JSON.parse(r.data);
-        return Array.isArray(v) ? (v as LoaderEntry[]) : undefined;
-    } catch {
-        return undefined;
+    const out: LoaderEntry[] = [];
+    for (const line of r.data.split("\n").map((l) => l.trim()).filter(Boolean)) {
+        try {
+            const v = JSON.parse(line);
+            out.push(...(Array.isArray(v) ? v : [v]));
+        } catch {
+            return undefined;
+        }
     }
+    return out;
 }
-

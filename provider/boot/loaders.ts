@@ -25,6 +25,11 @@ export const GRUBBY = "/usr/sbin/grubby";
 export const BOOTCTL = "/usr/bin/bootctl";
 export const KERNEL_INSTALL = "/usr/bin/kernel-install";
 export const KERNEL_CMDLINE = "/etc/kernel/cmdline";
+/**
+ * Debian's systemd-boot package hooks initramfs-tools: after `update-initramfs` writes an initrd, this script runs
+ * `kernel-install add <version> /boot/vmlinuz-<version> <initrd>` for it (seen on Debian 12's systemd-boot 252).
+ */
+export const SDBOOT_INITRAMFS_HOOK = "/etc/initramfs/post-update.d/systemd-boot";
 
 /** What the detection looked at, for the error when nothing matched. */
 export const LOOKED_FOR = [
@@ -91,10 +96,14 @@ export function grubbyParameters(info: string | undefined): string[] | undefined
     return m ? splitCmdline(m[1]) : undefined;
 }
 
-/** The default (else selected, else first) entry's options of `bootctl list --json=short`. */
+/**
+ * The entry the next boot takes, of `bootctl list --json=short`: the default, else the selected (booted) one, else the
+ * first. Only entries that boot a kernel count: bootctl also lists its own (`auto-reboot-to-firmware-setup`), and
+ * systemd 252 marks none as default or selected in this output.
+ */
 export function defaultEntry(entries: LoaderEntry[] | undefined): LoaderEntry | undefined {
-    if (!entries?.length) return undefined;
-    return entries.find((e) => e.isDefault) ?? entries.find((e) => e.isSelected) ?? entries[0];
+    const kernels = (entries ?? []).filter((e) => e.linux !== undefined || e.options !== undefined);
+    return kernels.find((e) => e.isDefault) ?? kernels.find((e) => e.isSelected) ?? kernels[0];
 }
 
 /** What the boot loader gives the kernel at the next boot, as configured now; undefined when it cannot be read. */
@@ -159,6 +168,16 @@ export function predictConfigured(configured: string[], ours: string[], add: str
     const mine = new Set(ours);
     const base = configured.filter((w) => !mine.has(w));
     return applyParameters(base, add, remove);
+}
+
+/**
+ * The loader entry's options after `kernel-install add` from /etc/kernel/cmdline's `words`: its loader-entry plugin
+ * (90-loaderentry.install) appends `systemd.machine_id=<id>` when entries are named after the machine id, which an
+ * entry that has that word now shows.
+ */
+export function predictEntryOptions(words: string[], current: string[] | undefined): string[] {
+    const machineId = (current ?? []).find((w) => w.startsWith("systemd.machine_id="));
+    return machineId && !words.some((w) => w.startsWith("systemd.machine_id=")) ? [...words, machineId] : words;
 }
 
 /** The kernel-install command line file's text for systemd-boot. */

@@ -2,7 +2,7 @@
 import type { CheckFailure } from "../check";
 import { applyParameters, missingParameters, parameterName, splitCmdline, vendorWarnings, vfioPciIds } from "./cmdline";
 import { DRACUT_CONF, INITRAMFS_TOOLS_HOOK, InitramfsGenerator, MODPROBE_CONF, MODULES_LOAD_CONF, CLAIM_SCRIPT, chooseInitramfs, regenerateInitramfs, renderClaimScript, renderDracutConf, renderInitramfsHook, renderModprobeConf } from "./early";
-import { Bootloader, GRUBBY, GRUB_CFG, GRUB_DROPIN, GRUB_MKCONFIG, KERNEL_CMDLINE, KERNEL_INSTALL, UPDATE_GRUB, chooseBootloader, configuredParameters, predictConfigured, renderGrubDropin, renderKernelCmdline } from "./loaders";
+import { Bootloader, GRUBBY, GRUB_CFG, GRUB_DROPIN, GRUB_MKCONFIG, KERNEL_CMDLINE, KERNEL_INSTALL, SDBOOT_INITRAMFS_HOOK, UPDATE_GRUB, chooseBootloader, configuredParameters, defaultEntry, predictConfigured, predictEntryOptions, renderGrubDropin, renderKernelCmdline } from "./loaders";
 import { ModuleOptionValue, moduleKey, optionsLine, ownedFile } from "./modprobe";
 import { BootFacts } from "./facts";
 import { BootPrevious, OWNED, Settings } from "./types";
@@ -119,12 +119,17 @@ export function planBoot(s: Settings, f: BootFacts, opts: { previous?: BootPrevi
         if (s.removeKernelParameters.length) commands.push([GRUBBY, "--update-kernel=ALL", `--remove-args=${s.removeKernelParameters.join(" ")}`]);
         if (s.kernelParameters.length) commands.push([GRUBBY, "--update-kernel=ALL", `--args=${s.kernelParameters.join(" ")}`]);
     }
-    if (loader === "systemd-boot" && (cmdlineChanged || (earlyChanged && initrdCmd))) commands.push(kernelInstall(f.kernelRelease));
+    if (loader === "systemd-boot") commands.push(...sdbootCommands(f, cmdlineChanged, !!(earlyChanged && initrdCmd), initramfs));
 
     // The preview: each file's lines, each command, and what the next boot changes.
     for (const p of changed) lines.push(...fileLines(p, f.owned[p], files[p]?.data));
     if (cmdlineChanged) lines.push(...fileLines(KERNEL_CMDLINE, f.kernelCmdline, kernelCmdlineText ?? undefined));
     if (loader === "grub" && base && !sameWords(configured, base)) lines.push(`${GRUB_CFG} (regenerated): - ${base.join(" ")}`, `${GRUB_CFG} (regenerated): + ${configured.join(" ")}`);
+    const entry = defaultEntry(f.entries);
+    if (loader === "systemd-boot" && cmdlineChanged && entry?.path && base) {
+        const next = predictEntryOptions(configured, base);
+        if (!sameWords(next, base)) lines.push(`${entry.path} (regenerated): - options ${base.join(" ")}`, `${entry.path} (regenerated): + options ${next.join(" ")}`);
+    }
     for (const c of commands) lines.push(`run: ${c.join(" ")}`);
     const pending = pendingReasons(s, f, configured);
     if (pending.length) lines.push(`reboot needed (${s.reboot === "ifNeeded" ? "pulumi up reboots the host" : "reboot: never, so reboot by hand"}): ${pending.join("; ")}`);
@@ -135,6 +140,16 @@ export function planBoot(s: Settings, f: BootFacts, opts: { previous?: BootPrevi
 }
 
 const sameWords = (a: string[], b: string[]) => a.length === b.length && a.every((w, i) => w === b[i]);
+
+/**
+ * What rewrites systemd-boot's entry: `kernel-install add` for the running kernel, unless the initramfs is
+ * regenerated anyway and Debian's hook (SDBOOT_INITRAMFS_HOOK) runs kernel-install for every kernel it rebuilt — by
+ * then /etc/kernel/cmdline is written, so that entry has the new options too.
+ */
+export function sdbootCommands(f: Pick<BootFacts, "present" | "kernelRelease">, cmdlineChanged: boolean, initrdRegenerated: boolean, initramfs: InitramfsGenerator): string[][] {
+    const hooked = initrdRegenerated && initramfs === "initramfs-tools" && f.present.has(SDBOOT_INITRAMFS_HOOK);
+    return (cmdlineChanged || initrdRegenerated) && !hooked ? [kernelInstall(f.kernelRelease)] : [];
+}
 
 export function kernelInstall(kver: string): string[] {
     return [KERNEL_INSTALL, "add", kver, `/boot/vmlinuz-${kver}`, `/boot/initrd.img-${kver}`];

@@ -1,27 +1,17 @@
 /** BootConfig's inputs, outputs and defaults (schema/boot-config.schema.json), shared by its reader, planner and resource. */
 import type { Bootloader } from "./loaders";
 import type { InitramfsGenerator } from "./early";
-import type { ModuleOptionValue } from "./modprobe";
 import { CLAIM_SCRIPT, DRACUT, DRACUT_CONF, INITRAMFS_TOOLS_HOOK, MODPROBE_CONF, MODULES_LOAD_CONF, UPDATE_INITRAMFS } from "./early";
-import { BOOTCTL, GRUBBY, GRUB_CFG, GRUB_DEFAULT, GRUB_DROPIN, GRUB_MKCONFIG, KERNEL_INSTALL, UPDATE_GRUB } from "./loaders";
-import type { Connection } from "../host/ssh";
+import { BOOTCTL, GRUBBY, GRUB_CFG, GRUB_DEFAULT, GRUB_DROPIN, GRUB_MKCONFIG, KERNEL_INSTALL, SDBOOT_INITRAMFS_HOOK, UPDATE_GRUB } from "./loaders";
+import { schemaDefault } from "../check";
+import type { BootConfigSchemaInputs, ModuleSettingInput } from "../generated/inputs";
 import { parseAddress } from "../sysfs/pci";
 
-export interface ModuleSetting {
-    name: string;
-    options?: Record<string, ModuleOptionValue>;
-    load?: boolean;
-}
+/** One module's boot settings (schema/boot-config.schema.json `modules` items, generated). */
+export type ModuleSetting = ModuleSettingInput;
 
-export interface BootConfigInputs {
-    kernelParameters?: string[];
-    removeKernelParameters?: string[];
-    earlyBinding?: string[];
-    modules?: ModuleSetting[];
-    bootloader?: "auto" | Bootloader;
-    reboot?: "never" | "ifNeeded";
-    rebootTimeout?: number;
-    connection?: Connection;
+/** The schema's inputs (provider/generated/inputs.ts, from schema/boot-config.schema.json) and what check adds. */
+export interface BootConfigInputs extends BootConfigSchemaInputs {
     /** Set by check: the lines that change, per file, and what a reboot will do. */
     plan?: string[];
 }
@@ -62,17 +52,19 @@ export interface BootConfigOutputs extends BootConfigInputs {
     previous: BootPrevious;
 }
 
+const SCHEMA = "boot-config.schema.json";
+/** Every input with the schema's default where it is unset (an older state, diff, read: validate() did not fill it). */
 export const defaults = (i: BootConfigInputs) => ({
-    kernelParameters: i.kernelParameters ?? [],
-    removeKernelParameters: i.removeKernelParameters ?? [],
-    earlyBinding: (i.earlyBinding ?? []).map((a) => parseAddress(a)),
-    modules: i.modules ?? [],
-    bootloader: i.bootloader ?? ("auto" as const),
-    reboot: i.reboot ?? ("never" as const),
-    rebootTimeout: i.rebootTimeout ?? 600,
+    kernelParameters: i.kernelParameters ?? schemaDefault<string[]>(SCHEMA, "kernelParameters"),
+    removeKernelParameters: i.removeKernelParameters ?? schemaDefault<string[]>(SCHEMA, "removeKernelParameters"),
+    earlyBinding: (i.earlyBinding ?? schemaDefault<string[]>(SCHEMA, "earlyBinding")).map((a) => parseAddress(a)),
+    modules: i.modules ?? schemaDefault<ModuleSetting[]>(SCHEMA, "modules"),
+    bootloader: i.bootloader ?? schemaDefault<"auto" | Bootloader>(SCHEMA, "bootloader"),
+    reboot: i.reboot ?? schemaDefault<"never" | "ifNeeded">(SCHEMA, "reboot"),
+    rebootTimeout: i.rebootTimeout ?? schemaDefault<number>(SCHEMA, "rebootTimeout"),
 });
 export type Settings = ReturnType<typeof defaults>;
 
 export const OWNED = [GRUB_DROPIN, MODPROBE_CONF, MODULES_LOAD_CONF, CLAIM_SCRIPT, INITRAMFS_TOOLS_HOOK, DRACUT_CONF];
-export const PROBED = [GRUB_DEFAULT, UPDATE_GRUB, GRUB_MKCONFIG, GRUB_CFG, GRUBBY, BOOTCTL, KERNEL_INSTALL, UPDATE_INITRAMFS, DRACUT];
+export const PROBED = [GRUB_DEFAULT, UPDATE_GRUB, GRUB_MKCONFIG, GRUB_CFG, GRUBBY, BOOTCTL, KERNEL_INSTALL, SDBOOT_INITRAMFS_HOOK, UPDATE_INITRAMFS, DRACUT];
 export const BOOT_ID = "/proc/sys/kernel/random/boot_id";

@@ -14,16 +14,31 @@ import type { Connection } from "../host/ssh";
 
 // ------------------------------------------------------------------------------------------------ BootConfig inputs
 
+export interface ModuleSettingInput {
+    /** Module name as modprobe knows it, e.g. kvm, kvm_intel, vfio_pci. */
+    name: string;
+    /**
+     * Module parameters, e.g. {ignore_msrs: 1}; an array becomes a comma-separated list (static_size_mb=32,64).
+     * Default: `{}`.
+     */
+    options?: Record<string, string | number | boolean | (number | string)[]>;
+    /** Load the module at boot (a line in /etc/modules-load.d/pulumi-vfio.conf). Default: `false`. */
+    load?: boolean;
+}
+
 /**
  * Boot-time host configuration: kernel command line parameters (through the host's boot loader), devices claimed for
- * vfio-pci by PCI address before their host drivers load (udev rule in the initramfs and the root), and module options.
- * Takes effect at the next boot; pendingReboot says whether one is due.
+ * vfio-pci by PCI address before their host drivers load (driver_override written by modprobe's install hook of
+ * vfio-pci, in the initramfs and in the root), and module options. Takes effect at the next boot; pendingReboot says
+ * whether one is due.
  */
 export interface BootConfigSchemaInputs {
     /**
      * Kernel parameters to add to the command line of normal boots, e.g. intel_iommu=on, iommu=pt, video=efifb:off,
      * kvm.ignore_msrs=1, hugepagesz=1G hugepages=8 (one array item each). The user's own parameters are kept: ours are
-     * appended, so for a parameter given twice the kernel takes ours (the last one). Default: `[]`.
+     * appended, so for a parameter given twice the kernel takes ours (the last one). Refused at preview: white space,
+     * quotes, newlines (the kernel splits its command line at spaces and takes double quotes as grouping:
+     * Documentation/admin-guide/kernel-parameters.rst). Default: `[]`.
      */
     kernelParameters?: string[];
     /**
@@ -42,7 +57,7 @@ export interface BootConfigSchemaInputs {
      * Kernel module settings for boot: `options` lines in /etc/modprobe.d/pulumi-vfio.conf and, with load, a line in
      * /etc/modules-load.d/pulumi-vfio.conf. Default: `[]`.
      */
-    modules?: ({ name: string; options?: {  }; load?: boolean })[];
+    modules?: ModuleSettingInput[];
     /**
      * Which boot loader's configuration to change. auto (default) detects it: GRUB with /etc/default/grub.d and
      * update-grub (Debian, Ubuntu), grubby (Fedora, RHEL), systemd-boot (bootctl is-installed, /etc/kernel/cmdline and
@@ -158,6 +173,15 @@ export interface KvmfrDeviceSchemaInputs {
      * owner or group. Default: `0660`.
      */
     mode?: string;
+    /**
+     * Let QEMU started by libvirt open /dev/kvmfrN (Looking Glass's libvirt setup): add it to cgroup_device_acl in
+     * /etc/libvirt/qemu.conf (your own setting gets one line of ours; without one, libvirt's default list is kept in a
+     * marked setting of ours) and, where AppArmor confines libvirt, `/dev/kvmfrN rw,` to
+     * /etc/apparmor.d/local/abstractions/libvirt-qemu; libvirtd (or virtqemud) is restarted when qemu.conf changed and
+     * it is running. Delete takes back exactly the lines it added. Not needed for a PassthroughVm, whose QEMU runs
+     * without libvirt. Default: `false`.
+     */
+    libvirt?: boolean;
     /**
      * How to reach the host over SSH: the shape of @pulumi/command's `remote.ConnectionArgs`, plus `hostKeyCheck` (the
      * README's Resources section says how it behaves). Absent: the machine running pulumi. Stored as a secret.

@@ -67,6 +67,7 @@ export const bootSubsystem: FakeSubsystem = {
                 b.initramfs = { claim: k.state.files["/usr/local/sbin/pulumi-vfio-claim"]?.data, modprobe: k.state.files["/etc/modprobe.d/pulumi-vfio.conf"]?.data };
                 if (name === "update-initramfs" && !k.state.files["/etc/initramfs-tools/hooks/pulumi-vfio"]) b.initramfs = {};
                 if (name === "dracut" && !k.state.files["/etc/dracut.conf.d/pulumi-vfio.conf"]) b.initramfs = {};
+                if (name === "update-initramfs" && k.state.files["/etc/initramfs/post-update.d/systemd-boot"]) return kernelInstall(k, ["add", kernelRelease(k)]);
                 return { code: 0 };
             case "bootctl":
                 return bootctl(k, argv.slice(1));
@@ -130,7 +131,11 @@ function bootctl(k: FakeKernel, args: string[]): ExecResult {
     if (args[0] === "is-installed") return entry ? { code: 0 } : { code: 1 };
     if (args[0] === "list") {
         if (!entry) return { code: 1, stderr: "Couldn't find EFI system partition." };
-        return { code: 0, stdout: JSON.stringify([{ id: `fake-${entry.version}.conf`, path: `/efi/loader/entries/fake-${entry.version}.conf`, version: entry.version, options: entry.options, isDefault: true }]) };
+        // As systemd 252 (Debian 12) prints it, seen on the lab: one object a line, no isDefault/isSelected, and
+        // bootctl's own firmware-setup entry after the kernel's.
+        const kernel = { id: `fake-${entry.version}.conf`, path: `/efi/loader/entries/fake-${entry.version}.conf`, version: entry.version, options: entry.options, linux: `/fake/${entry.version}/linux` };
+        const firmware = { id: "auto-reboot-to-firmware-setup", path: "/sys/firmware/efi/efivars/LoaderEntries-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f", title: "Reboot Into Firmware Interface" };
+        return { code: 0, stdout: `${JSON.stringify(kernel)}\n${JSON.stringify(firmware)}\n` };
     }
     return { code: 1, stderr: `bootctl ${args[0]}: not modelled` };
 }
@@ -183,13 +188,17 @@ export function addGrubBoot(k: FakeKernel, opts: { cmdlineDefault?: string; cpuV
     return k;
 }
 
-/** The lab host with systemd-boot (kernel-install, /etc/kernel/cmdline absent) and initramfs-tools. */
-export function addSystemdBoot(k: FakeKernel): FakeKernel {
+/**
+ * The lab host with systemd-boot (kernel-install, /etc/kernel/cmdline absent) and initramfs-tools; `initramfsHook`:
+ * Debian's /etc/initramfs/post-update.d/systemd-boot, so update-initramfs runs kernel-install itself.
+ */
+export function addSystemdBoot(k: FakeKernel, opts: { initramfsHook?: boolean } = {}): FakeKernel {
     addGrubBoot(k);
     for (const p of ["/etc/default/grub", "/usr/sbin/update-grub", "/usr/sbin/grub-mkconfig", "/boot/grub/grub.cfg"]) delete k.state.files[p];
     const exe = { data: "#!/bin/sh\n", mode: 0o755 };
     k.state.files["/usr/bin/bootctl"] = exe;
     k.state.files["/usr/bin/kernel-install"] = exe;
+    if (opts.initramfsHook) k.state.files["/etc/initramfs/post-update.d/systemd-boot"] = exe;
     k.state.ext.sdboot = { options: boot(k).cmdline.replace(/^BOOT_IMAGE=\S+\s*/, ""), version: kernelRelease(k) };
     return k;
 }

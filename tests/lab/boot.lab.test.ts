@@ -1,6 +1,6 @@
 /**
- * BootConfig through a real boot loader: this file boots its own lab VM the way a real host boots (OVMF → the ESP's
- * GRUB → the guest's /boot/grub/grub.cfg, see tests/lab/lab.ts `boot: "grub"`), without intel_iommu=on iommu=pt on its
+ * BootConfig through real boot loaders, GRUB and systemd-boot. Each part boots its own lab VM the way a real host boots
+ * (OVMF → the ESP's GRUB → the guest's /boot/grub/grub.cfg, see tests/lab/lab.ts `boot: "grub"`), without intel_iommu=on iommu=pt on its
  * command line (Debian's 6.1 kernel turns the emulated VT-d on by itself, so its groups exist anyway), and drives the
  * real dynamic-provider plugin over SSH as `pulumi` would:
  * 1. preview shows the lines and changes nothing;
@@ -9,6 +9,10 @@
  *    on vfio-pci from boot and bochs-drm never bound 01:00.0 (the console GPU, same ids, keeps it);
  * 3. a failing regeneration (update-grub exits 1) puts every file back and names the command and its stderr;
  * 4. destroy, then a reboot: the host is as before, grub.cfg byte-equal to the one before the first up.
+ * Then the same through systemd-boot (`boot: "sdboot"`: OVMF → systemd-boot on its own ESP, the guest's /efi → the
+ * loader entry kernel-install writes from /etc/kernel/cmdline), with the reboot done by hand (reboot: never) so that
+ * pendingReboot is seen true first: preview, up, reboot, verify, destroy, reboot, /etc/kernel/cmdline and the loader
+ * entry byte-equal to before. The fault case is GRUB's only (the restore path is the same code).
  * The other lab tests stay on the fast -kernel path (the VM of globalSetup).
  */
 import { SshHost } from "../../provider/host/ssh";
@@ -30,6 +34,16 @@ async function sh(host: Host, script: string, timeoutMs = 300_000): Promise<stri
     return r.data;
 }
 
+/** `fn` over a new SSH connection to `vm`: the old one dies with each reboot. */
+async function onFresh<T>(vm: LabVm, fn: (h: SshHost) => Promise<T>): Promise<T> {
+    const h = new SshHost(vm.connection);
+    try {
+        return await fn(h);
+    } finally {
+        await h.close();
+    }
+}
+
 labDescribe("BootConfig through GRUB on the lab kernel", () => {
     let vm: LabVm;
     let host: SshHost;
@@ -38,14 +52,7 @@ labDescribe("BootConfig through GRUB on the lab kernel", () => {
     let grubCfgBefore = "";
     const decl = (inputs: Record<string, unknown>): ResourceDecl => ({ name: "boot", kind: "bootConfig", type: TYPE, inputs: { ...inputs, connection: vm.connection } });
     const wanted = { kernelParameters: ["intel_iommu=on", "iommu=pt"], earlyBinding: [GPU, AUDIO], reboot: "ifNeeded", rebootTimeout: 900 };
-    const fresh = async <T>(fn: (h: SshHost) => Promise<T>): Promise<T> => {
-        const h = new SshHost(vm.connection);
-        try {
-            return await fn(h);
-        } finally {
-            await h.close();
-        }
-    };
+    const fresh = <T>(fn: (h: SshHost) => Promise<T>) => onFresh(vm, fn);
 
     beforeAll(async () => {
         vm = await bootLab({ boot: "grub", log: (m) => console.log(`[boot lab] ${m}`) });
@@ -126,6 +133,98 @@ labDescribe("BootConfig through GRUB on the lab kernel", () => {
             expect(await sh(h, "cat /boot/grub/grub.cfg")).toBe(grubCfgBefore);
             expect(await sh(h, `ls ${OURS.join(" ")} 2>/dev/null || true`)).toBe("");
         });
+        await vm.reboot({ timeoutMs: 900_000 });
+        await fresh(async (h) => {
+            expect(await sh(h, "cat /proc/cmdline")).not.toMatch(/intel_iommu/);
+            expect(await sh(h, `for d in ${GPU} ${AUDIO}; do basename "$(readlink /sys/bus/pci/devices/$d/driver)"; done`)).toBe("bochs-drm\nsnd_hda_intel\n");
+        });
+    }, 1_200_000);
+});
+
+labDescribe("BootConfig through systemd-boot on the lab kernel", () => {
+    const CMDLINE = "/etc/kernel/cmdline";
+    const MACHINE_ID = "4c41427066696f6c61626d616368696e";
+    let vm: LabVm;
+    let host: SshHost;
+    let plugin: PluginProcess;
+    let engine: Engine;
+    let kver = "";
+    let entry = "";
+    let before = "";
+    const decl = (inputs: Record<string, unknown>): ResourceDecl => ({ name: "boot", kind: "bootConfig", type: TYPE, inputs: { ...inputs, connection: vm.connection } });
+    const wanted = { kernelParameters: ["intel_iommu=on", "iommu=pt"], earlyBinding: [GPU, AUDIO] };
+    const ours = OURS.filter((p) => p !== DROPIN);
+    const bootFiles = () => fresh((h) => sh(h, `cat ${CMDLINE} ${entry}`));
+    const fresh = <T>(fn: (h: SshHost) => Promise<T>) => onFresh(vm, fn);
+
+    beforeAll(async () => {
+        vm = await bootLab({ boot: "sdboot", log: (m) => console.log(`[sdboot lab] ${m}`) });
+        host = new SshHost(vm.connection);
+        kver = (await sh(host, "uname -r")).trim();
+        entry = `/efi/loader/entries/${MACHINE_ID}-${kver}.conf`;
+        // The image's first entry is hand-written; the host's own is what kernel-install makes of /etc/kernel/cmdline.
+        await sh(host, `kernel-install add ${kver} /boot/vmlinuz-${kver} /boot/initrd.img-${kver}`);
+        before = await sh(host, `cat ${CMDLINE} ${entry}`);
+        plugin = await PluginProcess.start();
+        engine = new Engine(plugin);
+    }, 900_000);
+    afterAll(async () => {
+        await plugin?.stop();
+        await host?.close();
+        await vm?.stop();
+    }, 120_000);
+
+    test("booted through systemd-boot from its loader entry, without intel_iommu=on: bootctl sees it installed", async () => {
+        expect(await sh(host, "cat /proc/cmdline")).toBe(`initrd=\\${MACHINE_ID}\\${kver}\\initrd root=/dev/vda ro console=ttyS0 net.ifnames=0 panic=-1\n`);
+        expect(await sh(host, "bootctl is-installed; bootctl status 2>/dev/null | grep -m1 Product:")).toMatch(/^yes\n\s+Product: systemd-boot \d+/);
+        expect(before).toContain("options    root=/dev/vda ro console=ttyS0 net.ifnames=0 panic=-1 systemd.machine_id=" + MACHINE_ID + "\n");
+    });
+
+    test("preview shows /etc/kernel/cmdline, the entry's options and the regeneration, and changes nothing", async () => {
+        const [p] = await engine.preview([decl(wanted)]);
+        const plan: string[] = p.inputs!.plan;
+        const base = "root=/dev/vda ro console=ttyS0 net.ifnames=0 panic=-1";
+        expect(plan).toEqual(
+            expect.arrayContaining([
+                `${CMDLINE}: - ${base}`,
+                `${CMDLINE}: + ${base} intel_iommu=on iommu=pt`,
+                `${entry} (regenerated): - options ${base} systemd.machine_id=${MACHINE_ID}`,
+                `${entry} (regenerated): + options ${base} intel_iommu=on iommu=pt systemd.machine_id=${MACHINE_ID}`,
+                "/etc/modprobe.d/pulumi-vfio.conf: + softdep bochs pre: vfio_pci",
+                "run: update-initramfs -u -k all",
+            ]),
+        );
+        // Debian's systemd-boot runs kernel-install from update-initramfs's hook: not a second time.
+        expect(plan.filter((l) => l.includes("kernel-install"))).toEqual([]);
+        expect(plan.find((l) => l.startsWith("reboot needed"))).toMatch(/^reboot needed \(reboot: never, so reboot by hand\): running kernel: intel_iommu=on missing/);
+        expect(await bootFiles()).toBe(before);
+        expect(await sh(host, `ls ${ours.join(" ")} 2>/dev/null || true`)).toBe("");
+    });
+
+    test("up writes /etc/kernel/cmdline and the early binding, the entry gets the parameters; pendingReboot until a reboot through systemd-boot, then the pair is on vfio-pci from boot", async () => {
+        expect((await engine.up([decl(wanted)])).map((s) => s.op)).toEqual(["create"]);
+        const outs = engine.get("boot")!.outputs;
+        expect(outs).toMatchObject({ loader: "systemd-boot", initramfs: "initramfs-tools", pendingReboot: true, hostModules: ["bochs", "snd_hda_intel"] });
+        expect(outs.configured).toEqual(expect.arrayContaining(["intel_iommu=on", "iommu=pt"]));
+        expect(await sh(host, `grep '^options' ${entry}`)).toMatch(/ intel_iommu=on iommu=pt systemd\.machine_id=/);
+
+        await host.close();
+        await vm.reboot({ timeoutMs: 900_000 });
+        await fresh(async (h) => {
+            expect(await sh(h, "cat /proc/cmdline")).toMatch(/ panic=-1 intel_iommu=on iommu=pt systemd\.machine_id=\w+\n$/);
+            expect(await sh(h, `for d in ${GPU} ${AUDIO} 0000:00:01.0; do basename "$(readlink /sys/bus/pci/devices/$d/driver)"; done`)).toBe("vfio-pci\nvfio-pci\nbochs-drm\n");
+            const log = await sh(h, "dmesg");
+            expect(log).toMatch(/bochs-drm 0000:00:01\.0/);
+            expect(log).not.toMatch(/bochs-drm 0000:01:00\.0/);
+        });
+        expect((await engine.refresh()).map((s) => s.op)).toEqual(["refresh-drift"]);
+        expect(engine.get("boot")!.outputs).toMatchObject({ pendingReboot: false, pending: [] });
+    }, 1_200_000);
+
+    test("destroy and a reboot give the host its own boot back: /etc/kernel/cmdline and the entry byte-equal, the host drivers back", async () => {
+        expect((await engine.destroy()).map((s) => s.op)).toEqual(["delete"]);
+        expect(await bootFiles()).toBe(before);
+        expect(await fresh((h) => sh(h, `ls ${ours.join(" ")} 2>/dev/null || true`))).toBe("");
         await vm.reboot({ timeoutMs: 900_000 });
         await fresh(async (h) => {
             expect(await sh(h, "cat /proc/cmdline")).not.toMatch(/intel_iommu/);

@@ -119,14 +119,24 @@ GUEST_PKGS=linux-image-amd64,systemd-sysv,udev,kmod,iproute2,openssh-server,pciu
 GUEST_PKGS+=,ifupdown,isc-dhcp-client,procps,bash,driverctl,mdevctl,nodejs,util-linux,findutils,coreutils
 # Debian's GRUB for EFI without its grub-install postinst (grub2-common: update-grub; -bin: the x86_64-efi modules).
 GUEST_PKGS+=,grub-efi-amd64-bin,grub2-common
-# systemd-boot (bootctl, kernel-install's loader-entry plugin): the second boot path (esp-sdboot.img).
-GUEST_PKGS+=,systemd-boot
-# libvirt's system daemon and virsh: the libvirt VM backend's lab tests (qemu:///system, TCG domains).
-GUEST_PKGS+=,libvirt-daemon-system,libvirt-clients
 log "debootstrap $SUITE from $MIRROR (takes ~2 min)"
 run_long debootstrap --variant=minbase --include="$GUEST_PKGS" "$SUITE" "$ROOT" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
   || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
 umount_under "$ROOT"
+
+# Installed by apt in the finished base system, not by debootstrap: debootstrap's own ordering fails configuring
+# systemd-container (pulled in by libvirt). systemd-boot (bootctl, kernel-install's loader-entry plugin): the second
+# boot path (esp-sdboot.img). libvirt's system daemon and virsh: the libvirt VM backend's lab tests (qemu:///system).
+# policy-rc.d keeps every postinst from starting a service inside the build chroot.
+EXTRA_PKGS=(systemd-boot libvirt-daemon-system libvirt-clients)
+log "apt-get install ${EXTRA_PKGS[*]}"
+printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"; chmod 0755 "$ROOT/usr/sbin/policy-rc.d"
+mount -t proc proc "$ROOT/proc"
+{ chroot "$ROOT" apt-get update -q && DEBIAN_FRONTEND=noninteractive chroot "$ROOT" apt-get install -y -q \
+    --no-install-recommends "${EXTRA_PKGS[@]}"; } > "$WORK/apt.log" 2>&1 \
+  || { umount_under "$ROOT"; tail -n 30 "$WORK/apt.log" >&2; die "apt-get install in the guest failed"; }
+umount_under "$ROOT"
+rm -f "$ROOT/usr/sbin/policy-rc.d"
 
 KVER=$(ls "$ROOT/lib/modules" | head -n 1)
 [ -n "$KVER" ] && [ -f "$ROOT/boot/vmlinuz-$KVER" ] || die "no kernel in the guest"
@@ -273,13 +283,18 @@ rm -f "$WORK/esp.fat" "$WORK/BOOTX64.EFI"
 
 # --- 3c. the second boot path: OVMF -> esp-sdboot.img (systemd-boot) -> its own loader entry ---------------------
 # Unlike GRUB's, systemd-boot's kernel, initrd and entries live on the ESP itself, so this ESP is the guest's
-# /efi (fstab by label, nofail: the other boot paths have no such disk) and kernel-install writes into it. The first
+# /efi (fstab by label, noauto: the other boot paths have no such disk) and kernel-install writes into it. The first
 # entry is the one kernel-install's loader-entry plugin would write (entry token = the fixed machine-id below), so
-# the guest's own `kernel-install add` replaces it rather than adding a second.
+# the guest's own `kernel-install add` replaces it rather than adding a second. The disk mounts when udev has seen it
+# (SYSTEMD_WANTS), not as a boot job with a device timeout: under TCG udev tags it 10-20 s after systemd starts
+# waiting (a 5 s timeout left /efi unmounted on a real systemd-boot boot), and on the boot paths without that disk a
+# longer timeout would hold the boot "starting" (is-system-running) for as long.
 MACHINE_ID=4c41427066696f6c61626d616368696e
 echo "$MACHINE_ID" > "$ROOT/etc/machine-id"
 mkdir -p "$ROOT/efi" "$ROOT/etc/kernel"
-echo 'LABEL=LABSDBOOT /efi vfat umask=0077,nofail,x-systemd.device-timeout=5s 0 0' >> "$ROOT/etc/fstab"
+echo 'LABEL=LABSDBOOT /efi vfat umask=0077,noauto 0 0' >> "$ROOT/etc/fstab"
+echo 'ACTION=="add", SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="LABSDBOOT", ENV{SYSTEMD_WANTS}+="efi.mount"' \
+  > "$ROOT/etc/udev/rules.d/70-lab-esp.rules"
 echo 'root=/dev/vda ro console=ttyS0 net.ifnames=0 panic=-1' > "$ROOT/etc/kernel/cmdline"
 echo "$MACHINE_ID" > "$ROOT/etc/kernel/entry-token"
 SDBOOT_EFI="$ROOT/usr/lib/systemd/boot/efi/systemd-bootx64.efi"

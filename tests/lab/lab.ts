@@ -53,14 +53,18 @@ export interface LabImage {
     manifest: LabManifest;
     /** The ESP disk (GPT, FAT) with a standalone GRUB that boots the root disk's /boot/grub/grub.cfg. */
     espGrub: string;
+    /** The ESP disk (GPT, FAT, label LABSDBOOT) with systemd-boot, its loader entry, kernel and initrd: the guest's /efi. */
+    espSdboot: string;
 }
 
 /**
- * How the lab boots: `kernel` (QEMU's -kernel/-initrd/-append: fast, the IOMMU on, no boot loader reads any file)
- * or `grub` (OVMF → the ESP's GRUB → the guest's own /boot/grub/grub.cfg, as a real host boots; the command line is
- * the guest's /etc/default/grub's, without intel_iommu=on until a test adds it).
+ * How the lab boots: `kernel` (QEMU's -kernel/-initrd/-append: fast, the IOMMU on, no boot loader reads any file),
+ * `grub` (OVMF → the ESP's GRUB → the guest's own /boot/grub/grub.cfg, as a real host boots; the command line is
+ * the guest's /etc/default/grub's, without intel_iommu=on until a test adds it) or `sdboot` (OVMF → systemd-boot on
+ * its own ESP, the guest's /efi → the loader entry kernel-install writes there, with /etc/kernel/cmdline's line).
+ * The ESP is a snapshot=on disk like the root: the guest's writes last as long as the QEMU process, reboots included.
  */
-export type LabBoot = "kernel" | "grub";
+export type LabBoot = "kernel" | "grub" | "sdboot";
 
 /** Debian's ovmf package: the 4 MiB firmware code and the template of its variable store. */
 export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -220,6 +224,7 @@ export function findLabImage(): LabImage | { skip: string } {
         privateKeyPath: path.join(dir, "id_ed25519"),
         manifest,
         espGrub: path.join(dir, "esp-grub.img"),
+        espSdboot: path.join(dir, "esp-sdboot.img"),
     };
 }
 
@@ -827,12 +832,12 @@ export function qemuArgs(o: {
         // console GPU (boot_vga=1), which makes 01:00.0 a secondary GPU (boot_vga=0) as on a passthrough host.
         "-vga", "std",
         "-display", "none",
-        ...(o.boot === "grub"
+        ...(o.boot === "grub" || o.boot === "sdboot"
             ? [
                   // UEFI: OVMF's code read-only, a per-run copy of its variable store, the ESP as the second disk.
                   "-drive", `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`,
                   "-drive", `if=pflash,format=raw,unit=1,file=${path.join(o.runDir, "OVMF_VARS.fd")}`,
-                  "-drive", `file=${o.image.espGrub},if=none,id=esp,format=raw,snapshot=on`,
+                  "-drive", `file=${o.boot === "grub" ? o.image.espGrub : o.image.espSdboot},if=none,id=esp,format=raw,snapshot=on`,
                   "-device", "virtio-blk-pci,drive=esp,addr=0x4",
               ]
             : [
@@ -887,8 +892,9 @@ class BootedLab extends LabClient implements LabVm {
 
 async function startQemu(image: LabImage, accel: Accel, memoryMb: number, runDir: string, boot: LabBoot): Promise<{ pid: number; port: number }> {
     const errLog = path.join(runDir, "qemu.log");
-    if (boot === "grub") {
-        for (const f of [OVMF_CODE, OVMF_VARS, image.espGrub]) if (!fs.existsSync(f)) throw new Error(`lab: the GRUB boot path needs ${f} (apt-get install ovmf; npm run lab:build)`);
+    if (boot !== "kernel") {
+        const esp = boot === "grub" ? image.espGrub : image.espSdboot;
+        for (const f of [OVMF_CODE, OVMF_VARS, esp]) if (!fs.existsSync(f)) throw new Error(`lab: the ${boot} boot path needs ${f} (apt-get install ovmf; npm run lab:build)`);
         fs.copyFileSync(OVMF_VARS, path.join(runDir, "OVMF_VARS.fd"));
     }
     for (let attempt = 1; ; attempt++) {

@@ -208,6 +208,39 @@ describe("systemd-boot", () => {
     });
 });
 
+describe("systemd-boot with Debian's initramfs hook", () => {
+    beforeEach(() => {
+        k = addSystemdBoot(fakeLabKernel(), { initramfsHook: true });
+        host = new FakeHost(k);
+    });
+
+    test("the preview shows the entry's options before and after; update-initramfs's own hook rewrites the entry, so kernel-install is not run twice", async () => {
+        const c = await check({}, { kernelParameters: ["iommu=pt"], earlyBinding: [GPU, AUDIO] }, host);
+        expect(c.failures).toEqual([]);
+        expect(c.inputs.plan).toEqual(
+            expect.arrayContaining([
+                "/efi/loader/entries/fake-6.1.0-fake-amd64.conf (regenerated): - options root=UUID=f00d ro quiet",
+                "/efi/loader/entries/fake-6.1.0-fake-amd64.conf (regenerated): + options root=UUID=f00d ro quiet iommu=pt",
+                "run: update-initramfs -u -k all",
+            ]),
+        );
+        expect(c.inputs.plan!.filter((l) => l.includes("kernel-install"))).toEqual([]);
+        const outs = (await create(c.inputs, host)).outs;
+        expect(k.state.execLog.filter((a) => a[0].endsWith("kernel-install"))).toEqual([]);
+        expect(k.state.ext.sdboot.options).toBe("root=UUID=f00d ro quiet iommu=pt");
+        expect(outs.configured).toEqual(["root=UUID=f00d", "ro", "quiet", "iommu=pt"]);
+    });
+
+    test("refresh reads the entry bootctl lists: one kernel-install by hand from another command line is drift", async () => {
+        const outs = await up({ kernelParameters: ["iommu=pt"] });
+        // The user's own kernel-install run from an edited /etc/kernel/cmdline.
+        k.state.ext.sdboot.options = "root=UUID=f00d ro";
+        const r = await read("boot", outs, host);
+        expect(r.props!.configured).toEqual(["root=UUID=f00d", "ro"]);
+        expect(r.props!.pending).toContain("configured command line: iommu=pt missing");
+    });
+});
+
 describe("refused at preview, naming the field, nothing written", () => {
     test.each<[string, Record<string, unknown>, string, RegExp]>([
         ["a parameter with a space", { kernelParameters: ["hugepagesz=1G hugepages=8"] }, "kernelParameters", /kernelParameters\[0\]: "hugepagesz=1G hugepages=8" contains white space/],

@@ -86,7 +86,7 @@ test("yaml-host makes the same resources from host.yaml as looking-glass-gaming-
 test("mdev-split: one vGPU per VM chosen by video memory, each VM after (and replaced with) its own vGPU", async () => {
     const run = await runProgram(path.join(EXAMPLES, "mdev-split"), { project: "mdev-split", stack: "prod", config: { vms: ["ann", "ben"], vramMiB: 2048 } });
     const g = graph(run);
-    expect(g.kinds).toEqual(["MdevInstance vgpu-host-ann-vgpu", "MdevInstance vgpu-host-ben-vgpu", "PassthroughVm vgpu-host-ann", "PassthroughVm vgpu-host-ben"]);
+    expect(g.kinds).toEqual(["BootConfig vgpu-host-boot", "MdevInstance vgpu-host-ann-vgpu", "MdevInstance vgpu-host-ben-vgpu", "PassthroughVm vgpu-host-ann", "PassthroughVm vgpu-host-ben"]);
     expect(g.replaceWith("vgpu-host-ann")).toEqual(["vgpu-host-ann-vgpu"]);
     expect(g.replaceWith("vgpu-host-ben")).toEqual(["vgpu-host-ben-vgpu"]);
     expectVmsAfterTheirDevices(run);
@@ -102,6 +102,7 @@ test("sriov-vfs: the VFs, one vfio-pci binding per VF a VM uses (fed by the VF a
     const run = await runProgram(path.join(EXAMPLES, "sriov-vfs"), { project: "sriov-vfs", config: { physicalFunction: "0000:03:00.0", vfCount: 3 } });
     const g = graph(run);
     expect(g.kinds).toEqual([
+        "BootConfig sriov-host-boot",
         "VirtualFunctions sriov-host-vfs",
         "IommuBinding sriov-host-vfs.vf0",
         "IommuBinding sriov-host-vfs.vf1",
@@ -109,9 +110,10 @@ test("sriov-vfs: the VFs, one vfio-pci binding per VF a VM uses (fed by the VF a
         "PassthroughVm sriov-host-worker-1",
     ]);
     expect(g.get("sriov-host-vfs").inputs).toMatchObject({ physicalFunction: "0000:03:00.0", count: 3 });
-    expect(g.deps("sriov-host-vfs.vf1")).toEqual(["sriov-host-vfs"]);
+    // The boot half comes first: every device and VM of the host waits for it.
+    expect(g.deps("sriov-host-vfs.vf1")).toEqual(["sriov-host-boot", "sriov-host-vfs"]);
     expect(g.get("sriov-host-vfs.vf1").inputs).toMatchObject({ device: "0000:03:00.2", driver: "vfio-pci" });
-    expect(g.deps("sriov-host-worker-1")).toEqual(["sriov-host-vfs.vf1"]);
+    expect(g.deps("sriov-host-worker-1")).toEqual(["sriov-host-boot", "sriov-host-vfs.vf1"]);
     expect(g.get("sriov-host-worker-1").inputs.devices).toEqual([{ address: "0000:03:00.2", functions: ["0000:03:00.2"] }]);
     expectVmsAfterTheirDevices(run);
     expect(run.outputs.vfAddresses).toEqual(["0000:03:00.1", "0000:03:00.2", "0000:03:00.3"]);
@@ -123,6 +125,8 @@ test("fleet-over-ssh: one VfioHost per host file, each resource with its own hos
     expect(run.registrations.filter((r) => r.type === COMPONENT).map((r) => r.name)).toEqual(["render-1", "render-2"]);
     // Registration order across hosts is Pulumi's business (each VM waits only for its own devices).
     expect([...g.kinds].sort()).toEqual([
+        "BootConfig render-1-boot",
+        "BootConfig render-2-boot",
         "IommuBinding render-1-gpu",
         "IommuBinding render-2-gpu",
         "IommuBinding render-2-nvme.vf0",

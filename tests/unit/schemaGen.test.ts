@@ -9,6 +9,7 @@ import * as path from "path";
 import { schemaDefault, schemas } from "../../provider/check";
 import { normalize } from "../../provider/passthroughVm";
 import { diff as vfDiff, VirtualFunctionsOutputs } from "../../provider/virtualFunctions";
+import { diff as bootDiff, BootConfigOutputs } from "../../provider/bootConfig";
 
 const ROOT = path.resolve(__dirname, "../..");
 const gen = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, "scripts/gen-schema.js"), ...args], { encoding: "utf8" });
@@ -75,6 +76,18 @@ describe("defaults come from the schema", () => {
         expect(vfDiff("0000:03:00.0", olds, news).changes).toBe(true);
         withDefault("virtual-functions.schema.json", (s) => s.properties.autoprobe, true, () => {
             expect(vfDiff("0000:03:00.0", olds, news).changes).toBe(false);
+        });
+    });
+
+    test("BootConfig's diff compares absent inputs with the schema's defaults (reboot, rebootTimeout, bootloader)", () => {
+        const olds = { kernelParameters: ["intel_iommu=on"], removeKernelParameters: [], earlyBinding: [], modules: [], bootloader: "auto", reboot: "never", rebootTimeout: 600, written: {}, found: {} } as unknown as BootConfigOutputs;
+        const news = { kernelParameters: ["intel_iommu=on"] };
+        expect(bootDiff("boot", olds, news).changes).toBe(false);
+        withDefault("boot-config.schema.json", (s) => s.properties.rebootTimeout, 900, () => {
+            expect(bootDiff("boot", olds, news).changes).toBe(true);
+        });
+        withDefault("boot-config.schema.json", (s) => s.properties.bootloader, "grub", () => {
+            expect(bootDiff("boot", olds, news).changes).toBe(true);
         });
     });
 
