@@ -26,6 +26,7 @@ import { BootSummary, bootSummary } from "./boot/summary";
 import { bootFactsQuery } from "./boot/facts";
 import { defaults as bootDefaults } from "./boot/types";
 import { BatchQuery } from "./host/query";
+import { ResetCapability, busSiblings, resetCapability } from "./reset/capability";
 import { criticalReadOps, hostCriticalReason, linkOps, parseCriticalReads, traceUses } from "./sysfs/critical";
 
 /** Where distributions install pci.ids (Debian/Ubuntu `pci.ids`, Fedora/Arch/Alpine `hwdata`), in lookup order. */
@@ -81,6 +82,8 @@ export interface InventoryDevice {
     bootVga: boolean;
     /** `reset_method`, e.g. `["flr", "bus"]`; empty when the device cannot be reset. */
     resetMethods: string[];
+    /** Whether one of those resets can reset this function alone when a VM lets go of it (see reset/capability.ts). */
+    reset: ResetCapability;
     numaNode: number;
     /** SR-IOV physical function: totals and the VFs enabled now; null when not SR-IOV capable. */
     sriov: { totalVfs: number; numVfs: number; vfs: string[] } | null;
@@ -250,7 +253,7 @@ const num = (s: string | null) => (s !== null && /^-?\d+$/.test(s) ? Number(s) :
 const SAFE_NAME = /^[A-Za-z0-9_@+,:=.-]+$/;
 const safeName = (n: string) => SAFE_NAME.test(n) && n !== "." && n !== "..";
 
-const MODULE = /^(vfio.*|mdev|kvmfr|pci_stub)$/;
+const MODULE = /^(vfio.*|mdev|kvmfr|pci_stub|vendor_reset)$/;
 const MDEV_ATTRS = ["name", "description", "available_instances", "device_api"] as const;
 
 /** Everything the host offers for passthrough. At most three round trips, whatever the number of devices. */
@@ -365,6 +368,7 @@ export async function getHostInventory(host: Host): Promise<HostInventory> {
             group: iommu.enabled ? d.group : null,
             bootVga: d.bootVga,
             resetMethods: d.resetMethods,
+            reset: resetCapability({ ...d, busSiblings: busSiblings(d.address, addresses), vendorResetLoaded: modules.includes("vendor_reset") }),
             numaNode: d.numaNode,
             sriov: d.sriovTotalVfs !== undefined ? { totalVfs: d.sriovTotalVfs, numVfs: d.sriovNumVfs ?? 0, vfs: (vfsOf.get(d.address) ?? []).sort() } : null,
             physfn: d.physfn ?? null,

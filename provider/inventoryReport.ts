@@ -18,10 +18,17 @@ export function deviceFlags(d: InventoryDevice): string[] {
     if (d.driverOverride) f.push(`override:${d.driverOverride}`);
     if (d.resetMethods.length) f.push(`reset:${d.resetMethods.join(",")}`);
     else f.push("no-reset");
+    if (d.reset.verdict !== "ok" && d.resetMethods.length) f.push("reset-unusable");
     if (d.sriov) f.push(`sriov ${d.sriov.numVfs}/${d.sriov.totalVfs}`);
     if (d.physfn) f.push(`vf of ${d.physfn}`);
     if (d.mdevTypes.length) f.push(`mdev: ${formatMdevTypes(d.mdevTypes)}`);
     return f;
+}
+
+/** `0000:03:00.0 (AMD Navi 10 1002:731f): no working reset without vendor-reset (not loaded) — ...`. */
+export function resetLine(d: InventoryDevice): string {
+    const name = d.deviceName ?? (d.reset.vendorReset ? `AMD ${d.reset.vendorReset}` : undefined);
+    return `${d.address} (${name ? `${name} ` : ""}${d.vendor}:${d.device}): ${d.reset.text}`;
 }
 
 function deviceNames(d: InventoryDevice): string {
@@ -88,6 +95,12 @@ export function formatInventory(inv: HostInventory): string {
     if (criticalAt.size) {
         out.push("host-critical devices (IommuBinding refuses their groups unless allowHostCritical lists them)");
         for (const [a, why] of criticalAt) out.push(`  ${a} ${why}`);
+    }
+    // A GPU that cannot be reset is what makes a VM restart need a host reboot: say so, with the fix where there is one.
+    const noReset = inv.devices.filter((d) => d.reset.verdict === "vendor-reset" || (d.reset.verdict === "none" && d.class.startsWith("03")));
+    if (noReset.length) {
+        out.push("resets (what the kernel can do when a VM lets go of the device)");
+        for (const d of noReset) out.push(`  ${resetLine(d)}`);
     }
     const others = inv.mdev.filter((p) => !p.pci);
     if (others.length) {

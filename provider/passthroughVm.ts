@@ -23,6 +23,7 @@ import { PlanError } from "./errors";
 import { withHost } from "./host";
 import { pidsOf } from "./sysfs/proc";
 import { Connection, hostIdentity } from "./host/ssh";
+import { BatchQuery } from "./host/query";
 import { Host, Op, OpResult } from "./host/types";
 import {
     HostDevice,
@@ -228,9 +229,9 @@ const devOps = (a: string): Op[] => [
     { op: "read", path: `/sys/bus/pci/devices/${a}/class` },
 ];
 
-function devFrom(r: OpResult[]): DeviceFacts {
-    const cls = r[2]?.ok ? r[2].data.trim().replace(/^0x/, "").padStart(6, "0") : "";
-    return { exists: !!r[2]?.ok, driver: r[0]?.ok && r[0].data.trim() ? basename(r[0].data.trim()) : null, group: r[1]?.ok ? Number(basename(r[1].data.trim())) : null, class: cls };
+function devFrom([driver, group, cls]: OpResult[]): DeviceFacts {
+    const klass = cls?.ok ? cls.data.trim().replace(/^0x/, "").padStart(6, "0") : "";
+    return { exists: !!cls?.ok, driver: driver?.ok && driver.data.trim() ? basename(driver.data.trim()) : null, group: group?.ok ? Number(basename(group.data.trim())) : null, class: klass };
 }
 
 /**
@@ -242,56 +243,58 @@ export async function readVmFacts(host: Host, n: Normalized, paths: VmPaths): Pr
     const addresses = [...new Set([...n.devices.flatMap((d) => [d.address, ...(d.functions ?? [])]), ...n.mdevs.flatMap((m) => (m.address ? [m.address] : []))])];
     const files = [...(n.sharedMemory ? [n.sharedMemory.path] : []), ...n.mdevs.filter((m) => !m.address).map((m) => `/sys/bus/mdev/devices/${m.uuid}`)];
     const want = preflightWant(n);
-    const ops: Op[] = [];
-    for (const a of addresses) ops.push(...devOps(a), { op: "list", path: `/sys/bus/pci/devices/${a}/iommu_group/devices` });
-    for (const f of files) ops.push({ op: "stat", path: f });
-    ops.push({ op: "read", path: "/sys/devices/system/cpu/online" }, { op: "read", path: LOADED_SIZES }, { op: "read", path: paths.pidFile });
-    const envAt = ops.length;
-    ops.push(...envOps(want));
-    const r = await host.run(ops);
+
+    const q1 = new BatchQuery();
+    const named = q1.each(
+        addresses,
+        (a) => [...devOps(a), { op: "list", path: `/sys/bus/pci/devices/${a}/iommu_group/devices` }],
+        (a, [driver, group, cls, members]) => ({ address: a, device: devFrom([driver, group, cls]), members: members.ok ? members.data.split("\n").filter(Boolean).sort() : undefined }),
+    );
+    const fileStats = q1.each(files, (f) => [{ op: "stat", path: f }], (f, [st]) => [f, parseStat(st.ok, st.data)] as const);
+    const online = q1.one({ op: "read", path: "/sys/devices/system/cpu/online" }, (r) => (r.ok ? parseCpuList(r.data) : null));
+    const loaded = q1.one({ op: "read", path: LOADED_SIZES }, (r) => (r.ok ? parseModprobeConf(`options kvmfr static_size_mb=${r.data.trim()}`) : null));
+    const pidFile = q1.one({ op: "read", path: paths.pidFile }, (r) => (r.ok && /^\d+$/.test(r.data.trim()) ? Number(r.data.trim()) : null));
+    const environment = q1.add(envOps(want), (r) => parseEnv(want, r));
+    const r1 = await q1.run(host);
+
     const devices = new Map<string, DeviceFacts>();
     const groups = new Map<number, string[]>();
-    addresses.forEach((a, i) => {
-        const x = r.slice(i * 4, i * 4 + 4);
-        const d = devFrom(x);
-        devices.set(a, d);
-        if (d.group !== null && x[3].ok) groups.set(d.group, x[3].data.split("\n").filter(Boolean).sort());
-    });
-    let at = addresses.length * 4;
-    const stats = new Map<string, ReturnType<typeof parseStat>>();
-    for (const f of files) stats.set(f, parseStat(r[at].ok, r[at++].data));
-    const online = r[at++];
-    const loaded = r[at++];
-    const pidFile = r[at++];
-    const env = parseEnv(want, r.slice(envAt));
-    const pidFilePid = pidFile.ok && /^\d+$/.test(pidFile.data.trim()) ? Number(pidFile.data.trim()) : null;
-
-    const others = [...new Set([...groups.values()].flat())].filter((a) => !devices.has(a));
-    const ops2: Op[] = others.flatMap(devOps);
-    const groupList = [...groups.keys()];
-    for (const g of groupList) ops2.push({ op: "stat", path: `/dev/vfio/${g}` }, { op: "openers", path: `/dev/vfio/${g}` });
-    if (pidFilePid !== null) ops2.push({ op: "read", path: `/proc/${pidFilePid}/comm` });
-    const r2 = await host.run(ops2);
-    others.forEach((a, i) => devices.set(a, devFrom(r2.slice(i * 3, i * 3 + 3))));
-    const vfioDevice = new Map<number, boolean>();
-    const vfioOpeners = new Map<number, number[]>();
-    let j = others.length * 3;
-    for (const g of groupList) {
-        vfioDevice.set(g, r2[j++].ok);
-        const o = r2[j++];
-        vfioOpeners.set(g, o.ok ? pidsOf(o) : []);
+    for (const { address, device, members } of named(r1)) {
+        devices.set(address, device);
+        if (device.group !== null && members) groups.set(device.group, members);
     }
+    const pidFilePid = pidFile(r1);
+
+    const q2 = new BatchQuery();
+    const others = q2.each(
+        [...new Set([...groups.values()].flat())].filter((a) => !devices.has(a)),
+        devOps,
+        (a, r) => [a, devFrom(r)] as const,
+    );
+    const nodes = q2.each(
+        [...groups.keys()],
+        (g) => [
+            { op: "stat", path: `/dev/vfio/${g}` },
+            { op: "openers", path: `/dev/vfio/${g}` },
+        ],
+        (g, [node, openers]) => ({ group: g, exists: node.ok, openers: openers.ok ? pidsOf(openers) : [] }),
+    );
+    const qemuComm = pidFilePid === null ? () => undefined : q2.one({ op: "read", path: `/proc/${pidFilePid}/comm` }, (r) => (r.ok ? r.data.trim() : undefined));
+    const r2 = await q2.run(host);
+
+    for (const [a, d] of others(r2)) devices.set(a, d);
     const comm = new Map<number, string>();
-    if (pidFilePid !== null && r2[j]?.ok) comm.set(pidFilePid, r2[j].data.trim());
+    const c = qemuComm(r2);
+    if (pidFilePid !== null && c !== undefined) comm.set(pidFilePid, c);
     return {
         devices,
         groups,
-        vfioDevice,
-        vfioOpeners,
-        paths: stats,
-        env,
-        onlineCpus: online.ok ? parseCpuList(online.data) : null,
-        kvmfrSizes: loaded.ok ? parseModprobeConf(`options kvmfr static_size_mb=${loaded.data.trim()}`) : null,
+        vfioDevice: new Map(nodes(r2).map((x) => [x.group, x.exists])),
+        vfioOpeners: new Map(nodes(r2).map((x) => [x.group, x.openers])),
+        paths: new Map(fileStats(r1)),
+        env: environment(r1),
+        onlineCpus: online(r1),
+        kvmfrSizes: loaded(r1),
         pidFilePid,
         comm,
     };
@@ -579,11 +582,16 @@ async function inspect(client: QmpClient, spec: VmSpec): Promise<Omit<Running, "
 /** Pin each vCPU thread to its host CPU with taskset and read the affinity back. Returns the mismatches. */
 async function pinVcpus(host: Host, pid: number, threads: number[], pinning: number[]): Promise<string[]> {
     const ops: Op[] = threads.map((tid, i): Op => ({ op: "exec", argv: ["taskset", "-p", "-c", String(pinning[i]), String(tid)] }));
-    const check = threads.map((tid): Op => ({ op: "read", path: `/proc/${pid}/task/${tid}/status` }));
-    const r = await host.run([...ops, ...check]);
-    const f = firstFailure(ops, r);
+    const q = new BatchQuery();
+    const pinned = q.add(ops, (r) => firstFailure(ops, r));
+    const status = q.add(
+        threads.map((tid): Op => ({ op: "read", path: `/proc/${pid}/task/${tid}/status` })),
+        (r) => r,
+    );
+    const r = await q.run(host);
+    const f = pinned(r);
     if (f) return [f.message];
-    return pinningMismatches(r.slice(ops.length), threads, pinning);
+    return pinningMismatches(status(r), threads, pinning);
 }
 
 function pinningMismatches(status: OpResult[], threads: number[], pinning: number[]): string[] {
@@ -609,21 +617,24 @@ async function startQemu(host: Host, n: Normalized, spec: VmSpec, argv: string[]
         { op: "remove", path: p.qmpSocket },
     ];
     if (n.firmware && facts.env.nodes.get(p.varsFile) !== "file") ops.push({ op: "exec", argv: ["cp", "--", n.firmware.vars, p.varsFile] }, { op: "exec", argv: ["chmod", "0600", p.varsFile] });
-    const qemuAt = ops.length;
-    ops.push({ op: "exec", argv, timeoutMs: 120_000 });
-    ops.push({ op: "exec", argv: ["chmod", "0600", p.qmpSocket] });
-    ops.push({ op: "read", path: p.pidFile });
-    const r = await host.run(ops, { stopOnError: true });
-    const failed = ops.findIndex((_, i) => !r[i].ok && !r[i].skipped && ops[i].op !== "read");
-    if (failed >= 0 && failed < qemuAt) throw firstFailure(ops, r)!;
-    if (failed === qemuAt) {
-        const stderr = (r[qemuAt].message ?? "").replace(/ \| /g, "\n").trim();
-        throw new Error(`QEMU for VM ${spec.name} did not start (status ${r[qemuAt].code}):\n${stderr || "(no output)"}`);
+    const socketOp: Op = { op: "exec", argv: ["chmod", "0600", p.qmpSocket] };
+    const q = new BatchQuery();
+    const prepared = q.add(ops, (r) => firstFailure(ops, r));
+    const qemu = q.one({ op: "exec", argv, timeoutMs: 120_000 }, (r) => r);
+    const socket = q.one(socketOp, (r) => firstFailure([socketOp], [r]));
+    const pidText = q.one({ op: "read", path: p.pidFile }, (r) => (r.ok ? Number(r.data.trim()) : NaN));
+    const r = await q.run(host, { stopOnError: true });
+    const prepFailure = prepared(r);
+    if (prepFailure) throw prepFailure;
+    const started = qemu(r);
+    if (!started.ok) {
+        const stderr = (started.message ?? "").replace(/ \| /g, "\n").trim();
+        throw new Error(`QEMU for VM ${spec.name} did not start (status ${started.code}):\n${stderr || "(no output)"}`);
     }
-    const pidText = r[ops.length - 1];
-    const pid = pidText.ok ? Number(pidText.data.trim()) : NaN;
+    const pid = pidText(r);
     try {
-        if (failed >= 0) throw firstFailure(ops, r)!;
+        const socketFailure = socket(r);
+        if (socketFailure) throw socketFailure;
         if (!Number.isInteger(pid)) throw new Error(`QEMU started but wrote no pidfile ${p.pidFile}`);
         const client = await qmpWait(host, p.qmpSocket, 15_000);
         let info: Omit<Running, "pid">;
@@ -752,18 +763,21 @@ interface Observation extends VmObserved {
  */
 async function observe(host: Host, spec: VmSpec, n: Normalized, known?: { pid: number | null; vcpuThreads: number[]; commandLine?: string[] }): Promise<Observation> {
     const p = spec.paths;
-    const ops: Op[] = [{ op: "read", path: p.pidFile }, { op: "stat", path: p.unitFile }];
     const kp = known?.pid ?? null;
-    if (kp !== null) ops.push({ op: "read", path: `/proc/${kp}/comm` }, ...(known?.vcpuThreads ?? []).map((t): Op => ({ op: "read", path: `/proc/${kp}/task/${t}/status` })));
-    const r = await host.run(ops);
-    const filePid = r[0].ok && /^\d+$/.test(r[0].data.trim()) ? Number(r[0].data.trim()) : null;
-    const autostartEnabled = r[1].ok;
-    const pid = filePid ?? kp;
+    const q = new BatchQuery();
+    const pidFile = q.one({ op: "read", path: p.pidFile }, (r) => (r.ok && /^\d+$/.test(r.data.trim()) ? Number(r.data.trim()) : null));
+    const unit = q.one({ op: "stat", path: p.unitFile }, (r) => r.ok);
+    const knownIsQemu = kp === null ? () => false : q.one({ op: "read", path: `/proc/${kp}/comm` }, (r) => r.ok && r.data.startsWith("qemu-system"));
+    const knownThreads = q.add(
+        kp === null ? [] : (known?.vcpuThreads ?? []).map((t): Op => ({ op: "read", path: `/proc/${kp}/task/${t}/status` })),
+        (r) => r,
+    );
+    const r = await q.run(host);
+    const autostartEnabled = unit(r);
+    const pid = pidFile(r) ?? kp;
     const base: Observation = { process: "absent", qmp: false, pid: null, vcpuThreads: [], missingDevices: [], pinningOk: true, autostartEnabled, commandLine: known?.commandLine };
     if (pid === null) return base;
-    let alive: boolean;
-    if (pid === kp) alive = r[2].ok && r[2].data.startsWith("qemu-system");
-    else alive = await processAlive(host, pid);
+    const alive = pid === kp ? knownIsQemu(r) : await processAlive(host, pid);
     if (!alive) return base;
     let info: Omit<Running, "pid"> | undefined;
     try {
@@ -783,7 +797,7 @@ async function observe(host: Host, spec: VmSpec, n: Normalized, known?: { pid: n
     const pinning = n.cpu.pinning;
     if (pinning?.length) {
         const sameThreads = pid === kp && JSON.stringify(info.vcpuThreads) === JSON.stringify(known?.vcpuThreads ?? []);
-        const status = sameThreads ? r.slice(3) : await host.run(info.vcpuThreads.map((t): Op => ({ op: "read", path: `/proc/${pid}/task/${t}/status` })));
+        const status = sameThreads ? knownThreads(r) : await host.run(info.vcpuThreads.map((t): Op => ({ op: "read", path: `/proc/${pid}/task/${t}/status` })));
         pinningOk = pinningMismatches(status, info.vcpuThreads, pinning).length === 0;
     }
     return { ...base, process: "alive", qmp: true, pid, status: info.status, vcpuThreads: info.vcpuThreads, missingDevices: info.missingDevices, pinningOk };

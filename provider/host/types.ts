@@ -149,6 +149,7 @@ const STRERROR: Record<string, string> = {
     "Too many users": "EUSERS",
     "Operation not supported": "EOPNOTSUPP",
     "Function not implemented": "ENOSYS",
+    "Inappropriate ioctl for device": "ENOTTY",
     "Connection timed out": "ETIMEDOUT",
 };
 

@@ -8,6 +8,7 @@ import { groupGuards, readGroup } from "../../provider/sysfs/iommu";
 import { bindOps, isAddress, restoreOps } from "../../provider/sysfs/pci";
 import { criticalReadOps, linkOps, parseCriticalReads, parseMountinfo, parseSwaps, traceUses } from "../../provider/sysfs/critical";
 import { journalPath } from "../../provider/sysfs/journal";
+import { busSiblings, resetCapability } from "../../provider/reset/capability";
 
 const GPU = "0000:01:00.0";
 const AUDIO = "0000:01:00.1";
@@ -66,6 +67,25 @@ export function pciContract(describeFn: jest.Describe, target: () => ContractTar
             expect(r.ok).toBe(true);
         });
         afterEach(() => resetLabDevices(host));
+
+        test("reset: a bus reset is refused (ENOTTY) for the GPU, whose audio function shares its bus, and runs for edu, alone behind its root port; reset/capability.ts says so beforehand", async () => {
+            const [gpuMethods, eduMethods] = await host.run([
+                { op: "read", path: `${DEV}/${GPU}/reset_method` },
+                { op: "read", path: `${DEV}/${EDU}/reset_method` },
+            ]);
+            expect(gpuMethods.data.trim()).toBe("bus");
+            expect(eduMethods.data.trim()).toBe("bus");
+            const all = [GPU, AUDIO, EDU];
+            const facts = (a: string, methods: string) => ({ vendor: "1234", device: "1111", resetMethods: methods.trim().split(/\s+/), busSiblings: busSiblings(a, all), vendorResetLoaded: false });
+            expect(resetCapability(facts(GPU, gpuMethods.data)).verdict).toBe("none");
+            expect(resetCapability(facts(EDU, eduMethods.data))).toMatchObject({ verdict: "ok", method: "bus" });
+
+            const gpuReset = await one(host, w(`${DEV}/${GPU}/reset`, "1"));
+            expect([gpuReset.ok, gpuReset.errno]).toEqual([false, "ENOTTY"]);
+            expect(await driver(host, GPU)).toBe("bochs-drm");
+            const eduReset = await one(host, w(`${DEV}/${EDU}/reset`, "1"));
+            expect([eduReset.ok, eduReset.errno]).toEqual([true, undefined]);
+        });
 
         test("the GPU and its HDMI audio share one IOMMU group; reading it costs 2 round trips", async () => {
             const before = host.roundTrips;

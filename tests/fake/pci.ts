@@ -8,6 +8,7 @@
  * - `new_id` binds every *unbound* matching device, EEXIST on a duplicate, EINVAL when malformed;
  * - binding vfio-pci creates /dev/vfio/<group> at once, viable or not;
  * - unbinding vfio-pci while a process holds /dev/vfio/<group> blocks forever (the driver link is already gone);
+ * - `reset`: ENOTTY when the only method is `bus` and another function shares the bus (pci_parent_bus_reset);
  * - `sriov_numvfs`: ERANGE above `sriov_totalvfs`, ENOENT without an SR-IOV capable PF driver, EBUSY from one
  *   non-zero count to another.
  */
@@ -222,7 +223,16 @@ function deviceNode(k: FakeKernel, d: FakePciDevice, rest: string[]): FakeNode |
         iommu_group: () => (s.iommu ? link(`../../../kernel/iommu_groups/${d.group}`) : undefined),
         boot_vga: () => (d.class.startsWith("0x0300") ? file(() => (d.bootVga ? "1\n" : "0\n")) : undefined),
         reset_method: () => (d.resetMethods.length ? file(() => d.resetMethods.join(" ") + "\n") : undefined),
-        reset: () => (d.resetMethods.length ? wo(() => undefined) : undefined),
+        // pci_reset_function: a bus reset (the only method left) refuses with ENOTTY when another function is on the
+        // bus (pci_parent_bus_reset / pci_dev_reset_slot_function); the lab's 01:00.0 lists `bus` and answers so.
+        reset: () =>
+            d.resetMethods.length
+                ? wo(() => {
+                      const bus = d.address.slice(0, d.address.lastIndexOf(":"));
+                      const alone = !Object.keys(s.devices).some((a) => a !== d.address && a.startsWith(bus + ":"));
+                      if (!d.resetMethods.some((m) => (m === "bus" || m === "cxl_bus" ? alone : true))) throw new FakeErrno("ENOTTY");
+                  })
+                : undefined,
         physfn: () => (d.physfn ? link(`../${d.physfn}`) : undefined),
         sriov_totalvfs: () => (d.sriov ? file(() => d.sriov!.totalVfs + "\n") : undefined),
         sriov_numvfs: () =>

@@ -20,6 +20,10 @@ import { check as checkVirtualFunctions } from "../../provider/virtualFunctions"
 import { check as checkBinding } from "../../provider/iommuBinding";
 import { check as checkMdev } from "../../provider/mdevInstance";
 
+// Key generation (an encrypted key's KDF rounds) and SSH handshakes take seconds when the machine is loaded: a
+// generous limit, so a slow machine does not fail a test of behaviour.
+jest.setTimeout(30_000);
+
 const SUDO = "'sudo' '-n' '--' ";
 
 type ExecMode = "run" | "sudo-refuses";
