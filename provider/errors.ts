@@ -22,7 +22,11 @@ function hint(path: string, errno: string | undefined): string {
         case "ENOENT":
             if (leaf === "sriov_numvfs") return "the PF's driver does not support SR-IOV (a PF bound to vfio-pci needs `modprobe vfio-pci enable_sriov=1`)";
             return "the path does not exist on this host";
+        case "ENOTTY":
+            if (leaf === "reset") return "no listed reset method works for this function now (reset_method empty, or only a bus reset and another function shares its bus)";
+            return "the kernel does not support this operation on the device";
         case "EINVAL":
+            if (leaf === "reset_method") return "the device does not support that reset method now (its sysfs reset_method lists the ones it does)";
             if (leaf === "drivers_probe") return "the probe failed; the override stays in place (canonical/lxd#12128)";
             return "the kernel rejected the value";
         case "ERANGE":

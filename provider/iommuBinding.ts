@@ -152,6 +152,9 @@ export function diff(_id: string, olds: IommuBindingOutputs, news: IommuBindingI
     if (containsUnknown(news.connection) || hostIdentity(news.connection) !== hostIdentity(olds.connection)) replaces.push("connection");
     let changes = replaces.length > 0;
     for (const k of ["driver", "wholeGroup", "allowBootVga", "persistent"] as const) if (n[k] !== (olds as any)[k]) changes = true;
+    for (const k of ["resetMethod", "resetOnRelease"] as const) if (news[k] !== olds[k]) changes = true;
+    const o = defaults(olds);
+    for (const k of ["consoleHandover", "displayManager", "deadManSeconds"] as const) if (n[k] !== o[k]) changes = true;
     if (JSON.stringify(news.device) !== JSON.stringify(olds.device)) changes = true;
     if (JSON.stringify(news.allowHostCritical ?? []) !== JSON.stringify(olds.allowHostCritical ?? [])) changes = true;
     const drifted = (olds.members ?? []).some((m) => m.managed && m.driver !== olds.driver);
@@ -187,12 +190,12 @@ function safeAddress(s: string): string | undefined {
  * stops it (nothing was written), or that plan has problems, or the group was not read yet, or this is an update, the
  * group is read under the lock and the change planned from that.
  */
-async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[], wasPersistent = false): Promise<IommuBindingOutputs> {
+async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[], wasPersistent = false, resetMethodBefore?: string): Promise<IommuBindingOutputs> {
     const { driver } = defaults(inputs);
     assertDriverName(driver);
     return host.withLock(async (host) => {
         const address = await resolveAddress(host, inputs.device);
-        const context = { previous, wasPersistent };
+        const context = { previous, wasPersistent, resetMethodBefore };
         const seen = previous ? undefined : groupObservations(host).get(address)?.seen;
         if (seen?.view.device) {
             // Who holds the group is the guard's to tell; the driver list decides whether to modprobe.
@@ -238,6 +241,7 @@ function outputsOf(inputs: IommuBindingInputs, address: string, change: BindingC
         vfioDevice: isVfioDriver(driver) ? `/dev/vfio/${change.group}` : null,
         members: change.members.map((m) => toMember(m, drivers.get(m.device.address) ?? null)),
         plan: change.lines,
+        ...(change.resetMethod ? { resetMethodBefore: change.resetMethod.before } : {}),
     };
 }
 
@@ -247,7 +251,7 @@ export async function create(inputs: IommuBindingInputs, onHost?: Host): Promise
 }
 
 export async function update(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs, onHost?: Host): Promise<{ outs: IommuBindingOutputs }> {
-    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members, olds.persistent), onHost);
+    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members, olds.persistent, olds.resetMethodBefore), onHost);
     return { outs };
 }
 
@@ -289,10 +293,12 @@ export async function read(id: string, props: IommuBindingOutputs, onHost?: Host
 export async function remove(_id: string, props: IommuBindingOutputs, onHost?: Host): Promise<void> {
     await withHost(props.connection, (host) =>
         host.withLock(async (host) => {
-            const first = await applyRelease(host, planRelease(props), props.group);
+            const first = await applyRelease(host, planRelease(props), props.group, props.driver);
             const before = groupObservations(host).get(props.address);
             keep(host, props.address, afterChange(before, props.address, first.kind === "released" ? first.states : undefined));
             if (first.kind === "released") return;
+            // The group stays bound (the state keeps the resource): the error says what was done and what not.
+            if (first.kind === "resetFailed") throw first.error;
 
             const members = props.members ?? [];
             const view = await readGroupState(host, props.address, members.map((m) => m.address), (q) => q.one(readJournalOp(props.address), (r) => parseJournal(props.address, r).journal));

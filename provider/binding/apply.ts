@@ -9,7 +9,7 @@ import { Host, Op, OpResult } from "../host/types";
 import { describeHolders, pidsOf } from "../sysfs/proc";
 import { arrivedGuards, reached } from "../sysfs/journal";
 import { PCI_DRIVERS, driverFromLink, driverLinkOp, firstFailure, overrideOf } from "../sysfs/pci";
-import { BindingChange, BindingRelease, MemberPlan, RestoreEntry, restoreEntryOps, stateReadOps } from "./plan";
+import { BindingChange, BindingRelease, MemberPlan, RestoreEntry, failedResets, restoreEntryOps, stateReadOps } from "./plan";
 
 /** Driver and override per member address, as a batch left them. */
 export type MemberStates = Map<string, { driver: string | null; override: string | null }>;
@@ -116,7 +116,7 @@ export async function restore(host: Host, before: RestoreEntry[], extra: Op[] = 
     }
     const known = before as (RestoreEntry & { now: NonNullable<RestoreEntry["now"]> })[];
     const q = new BatchQuery();
-    q.add(known.flatMap(restoreEntryOps), () => undefined);
+    q.add(known.flatMap((b) => restoreEntryOps(b)), () => undefined);
     // Only the guards may stop this batch: a restore goes as far as it can.
     q.add(extra.map((o): Op => (o.op === "write" || o.op === "put" || o.op === "mkdir" || o.op === "remove" || o.op === "exec" ? { ...o, optional: true } : o)), () => undefined);
     const left = q.each(known, (b) => stateReadOps(b.address), (b, [link, ov]) => {
@@ -135,10 +135,16 @@ export async function restore(host: Host, before: RestoreEntry[], extra: Op[] = 
  * to describe them); `released` when the journal's removal ran (every member is back), else `incomplete`: the caller
  * reads the group and restores from what it finds.
  */
-export async function applyRelease(host: Host, release: BindingRelease, group: number | null): Promise<{ kind: "released"; states: MemberStates } | { kind: "incomplete" }> {
+export async function applyRelease(
+    host: Host,
+    release: BindingRelease,
+    group: number | null,
+    driver = "vfio-pci",
+): Promise<{ kind: "released"; states: MemberStates } | { kind: "incomplete" } | { kind: "resetFailed"; error: Error }> {
     const q = new BatchQuery();
     const guard = q.one(release.guard, (x) => x);
-    q.add([...release.ops, ...release.cleanup], () => undefined);
+    const ops = [...release.ops, ...release.cleanup];
+    const resets = q.add(ops, (r) => failedResets(ops, r));
     const states = q.each(release.members, (b) => stateReadOps(b.address), (b, r) => [b.address, stateFrom(r)] as const);
     const done = q.add(release.done, (r) => r.every((x) => x.ok));
     const r = await q.run(host, { stopOnError: true });
@@ -147,7 +153,32 @@ export async function applyRelease(host: Host, release: BindingRelease, group: n
         const n = /\/dev\/vfio\/(\d+)/.exec(g.message ?? "")?.[1];
         throw await heldError(host, n === undefined ? group : Number(n), pidsOf(g));
     }
+    const failed = resets(r)[0];
+    if (failed) return { kind: "resetFailed", error: await rebindAfterFailedReset(host, release, failed, driver) };
     return done(r) ? { kind: "released", states: new Map(states(r)) } : { kind: "incomplete" };
+}
+
+/**
+ * A reset on release failed: the batch stopped there, that function on no driver (its override still names
+ * `driver`) and the members after it untouched. Bind it back to `driver` (never leave a GPU on no driver, where the
+ * host's own driver could take it at the next probe) and say what was done and what not.
+ */
+async function rebindAfterFailedReset(host: Host, release: BindingRelease, failed: ReturnType<typeof failedResets>[number], driver: string): Promise<Error> {
+    const a = failed.address;
+    const q = new BatchQuery();
+    q.one({ op: "write", path: `${PCI_DRIVERS}/${driver}/bind`, data: a, optional: true }, () => undefined);
+    const states = q.each(release.members, (b) => stateReadOps(b.address), (b, r) => [b.address, stateFrom(r)] as const);
+    const now = new Map(states(await q.run(host)));
+    const back = now.get(a)?.driver ?? null;
+    const err = SysfsError.from(failed.op, { ok: false, data: "", errno: failed.errno, message: failed.message });
+    const given = release.members.filter((m) => m.address !== a && now.get(m.address)?.driver !== m.now.driver).map((m) => `${m.address} → ${now.get(m.address)?.driver ?? "no driver"}`);
+    const kept = release.members.filter((m) => now.get(m.address)?.driver === m.now.driver).map((m) => m.address);
+    return new Error(
+        `releasing IOMMU group ${release.members.map((m) => m.address).join(", ")}: the reset of ${a} failed (${err.message}). ` +
+            (back === driver ? `${a} is back on ${driver}, not left without a driver` : `${a} could not be bound back to ${driver} and is on ${back ?? "no driver"}; check dmesg`) +
+            `${given.length ? `; given back before it: ${given.join(", ")}` : ""}${kept.length ? `; still on ${driver}: ${kept.join(", ")}` : ""}. ` +
+            "A GPU that does not reset may need vendor-reset (resetMethod: device_specific) or a host reboot; set resetOnRelease: false to release it without a reset, then run `pulumi destroy` again",
+    );
 }
 
 /** The refusal of a release while processes hold the group open. */

@@ -12,6 +12,7 @@ import { GroupView, IOMMU_OFF_FIX, isVfioDriver, viabilityProblems } from "../sy
 import { DRIVERCTL_DIR, Journal, JournalEntry, arrivedGuards, driverctlFile, dropJournalOp, journalOf, stateBefore, writeJournalOps } from "../sysfs/journal";
 import { DeviceState, PCI_DEVICES, PciDevice, bindSequence, classLabel, driverLinkOp, isBridge, moduleOf, restoreSequence } from "../sysfs/pci";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./types";
+import { ResetMethodChange, isResetWrite, planResetMethod, planResets, releaseResetOps, resetLine, unsetResetMethodOps } from "../reset/plan";
 
 // ------------------------------------------------------------------------------------------------ decisions
 
@@ -22,6 +23,8 @@ export interface MemberPlan {
     /** What delete restores. */
     previous: DeviceState;
     managed: boolean;
+    /** The reset method destroy uses on it (reset/plan.ts), when it gets one. */
+    resetOnRelease?: string;
 }
 
 export interface BindingPlan {
@@ -43,6 +46,8 @@ export interface PlanFacts {
     driverctlInstalled: boolean;
     /** Members managed before (from the state), with what they had before us. */
     previous?: BindingMember[];
+    /** The state's `resetMethodBefore` (the device's `reset_method` before the binding first set it). */
+    resetMethodBefore?: string;
 }
 
 /**
@@ -133,6 +138,18 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
         if (m.target === d.driver) return `${what}: ${d.driver}${note}, no change`;
         return `${what}: ${d.driver ?? "no driver"} → ${m.target}${note}`;
     });
+
+    // Resets: what the kernel can do for each managed function when a VM lets go of it, and what destroy will do.
+    const managedDevices = members.filter((m) => m.managed).map((m) => m.device);
+    const { resets, problems: resetProblems } = planResets(managedDevices, address, inputs, view.resetContext);
+    problems.push(...resetProblems);
+    for (const m of members) {
+        const r = resets.get(m.device.address);
+        if (!r) continue;
+        if (r.onRelease) m.resetOnRelease = r.onRelease;
+        lines.push(resetLine(m.device, r, m.previous.driver));
+    }
+    if (inputs.resetMethod !== undefined && view.device && !isBridge(view.device)) lines.push(planResetMethod(view.device, inputs.resetMethod, facts.resetMethodBefore).line);
     return { group: view.group, members, problems, lines };
 }
 
@@ -197,6 +214,7 @@ export function toMember(m: MemberPlan, driverNow: string | null): BindingMember
         ...(m.previous.probe ? { previousProbe: true } : {}),
         driver: driverNow,
         managed: m.managed,
+        ...(m.resetOnRelease ? { resetOnRelease: m.resetOnRelease } : {}),
     };
 }
 
@@ -250,6 +268,8 @@ export interface BindingChange extends BindingPlan {
     rollback: { members: RestoreEntry[]; last: Op[]; files: Op[] };
     /** The journal the binding has once the change succeeded (written now, or found and kept). */
     kept?: { journal: Journal; text: string };
+    /** `resetMethod`'s change of the named device's `reset_method`, when set. */
+    resetMethod?: ResetMethodChange;
 }
 
 /**
@@ -268,10 +288,18 @@ export function memberOps(m: MemberPlan, driver: string): Op[] {
  * order. `previous` are the members from the state (so delete restores the drivers the host had before the first
  * create, not intermediate ones); `wasPersistent` whether the state's binding wrote driverctl files.
  */
-export function planChange(inputs: IommuBindingInputs & { address: string }, facts: PlanFacts, { previous, wasPersistent }: { previous?: BindingMember[]; wasPersistent: boolean }): BindingChange {
+export function planChange(
+    inputs: IommuBindingInputs & { address: string },
+    facts: PlanFacts,
+    { previous, wasPersistent, resetMethodBefore }: { previous?: BindingMember[]; wasPersistent: boolean; resetMethodBefore?: string },
+): BindingChange {
     const { driver, persistent } = defaults(inputs);
     const address = inputs.address;
-    const plan = planBinding(inputs, facts);
+    const plan = planBinding(inputs, { ...facts, resetMethodBefore });
+    const device = facts.view.device;
+    const resetMethod = inputs.resetMethod !== undefined && device ? planResetMethod(device, inputs.resetMethod, resetMethodBefore) : undefined;
+    // An update that drops resetMethod gives the device its list from before the binding back.
+    const unsetReset = inputs.resetMethod === undefined && resetMethodBefore !== undefined ? unsetResetMethodOps(address, resetMethodBefore) : [];
     const changing = plan.members.filter((m) => m.target !== null && (m.target !== m.device.driver || (m.target === driver && m.device.override !== driver)));
     // Every member this change decides (managed ones, and ones it gives back), each with what it had before us.
     const decided = plan.members.filter((m) => m.target !== null);
@@ -280,13 +308,18 @@ export function planChange(inputs: IommuBindingInputs & { address: string }, fac
 
     const ops: Op[] = [];
     if (record) ops.push(...writeJournalOps(address, record.text));
+    // Before any driver moves: the kernel refuses a method the device does not support (EINVAL) here, nothing changed.
+    if (resetMethod) ops.push(...resetMethod.write);
     if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
     for (const m of changing) ops.push(...memberOps(m, driver));
 
     const rollback = {
         members: changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } })),
         last: record && !hadJournal ? [dropJournalOp(address)] : [],
-        files: persistent ? plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })) : [],
+        files: [
+            ...(persistent ? plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })) : []),
+            ...(resetMethod?.undo ?? []),
+        ],
     };
     return {
         ...plan,
@@ -294,9 +327,10 @@ export function planChange(inputs: IommuBindingInputs & { address: string }, fac
         changing,
         ops,
         readBack: plan.members.map((m) => driverLinkOp(m.device.address)),
-        persistence: persistenceOps(plan, persistent, driver, wasPersistent, previous),
+        persistence: [...persistenceOps(plan, persistent, driver, wasPersistent, previous), ...(resetMethod?.persist ?? []), ...unsetReset],
         rollback,
         kept: record ?? (facts.view.journal ? journalOf(address, facts.view.journal.members) : undefined),
+        ...(resetMethod ? { resetMethod } : {}),
     };
 }
 
@@ -306,8 +340,8 @@ export function planChange(inputs: IommuBindingInputs & { address: string }, fac
 export interface BindingRelease {
     /** Stops the batch while a process holds the group open (the unbinds would block in the kernel). */
     guard: Op;
-    /** The managed members, each with what it goes back to and what the state says it is on now. */
-    members: (RestoreEntry & { now: DeviceState })[];
+    /** The managed members, each with what it goes back to, what the state says it is on now, and its reset. */
+    members: (RestoreEntry & { now: DeviceState; resetOnRelease?: string })[];
     /** Each member's restore sequence, in member order; every write optional (a restore goes as far as it can). */
     ops: Op[];
     /** The driverctl files this binding wrote (a file the host had before us stays). */
@@ -323,14 +357,16 @@ export interface BindingRelease {
  * on no driver goes between the `leave` and `enter` of its restore sequence, as in {@link memberOps}.
  */
 export function planRelease(props: IommuBindingOutputs): BindingRelease {
-    const members = (props.members ?? [])
-        .filter((m) => m.managed)
-        .map((m) => ({ address: m.address, state: recordedState(m), now: { driver: m.driver, override: props.driver } }));
+    const managed = (props.members ?? []).filter((m) => m.managed);
+    const members = managed.map((m) => ({ address: m.address, state: recordedState(m), now: { driver: m.driver, override: props.driver }, resetOnRelease: m.resetOnRelease }));
     return {
         guard: { op: "groupHolders", path: `${PCI_DEVICES}/${props.address}`, guard: true },
         members,
-        ops: members.flatMap((b) => restoreEntryOps(b)),
-        cleanup: props.persistent ? members.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true })) : [],
+        ops: members.flatMap((b) => restoreEntryOps(b, b.resetOnRelease !== undefined)),
+        cleanup: [
+            ...(props.persistent ? members.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true })) : []),
+            ...(props.resetMethodBefore !== undefined ? unsetResetMethodOps(props.address, props.resetMethodBefore) : []),
+        ],
         readBack: members.flatMap((b) => stateReadOps(b.address)),
         done: [...arrivedGuards(members.map((b) => ({ address: b.address, to: b.state }))), dropJournalOp(props.address)],
     };
@@ -348,10 +384,22 @@ export function planRestoreFromHost(members: BindingMember[], now: Map<string, D
         .map((m) => ({ address: m.address, state: entries.has(m.address) ? journaledState(entries.get(m.address)!) : recordedState(m), now: now.get(m.address)! }));
 }
 
-/** A restore entry's sequence (from a known state now) as ops. */
-export function restoreEntryOps(b: RestoreEntry & { now: DeviceState }): Op[] {
+/** A restore entry's sequence (from a known state now) as ops; with `reset`, the function's reset goes between its
+ *  unbind and its host driver's bind (only when the sequence does unbind it: a function not leaving a driver is not
+ *  reset under it). */
+export function restoreEntryOps(b: RestoreEntry & { now: DeviceState }, reset = false): Op[] {
     const s = restoreSequence(b.address, b.now, b.state);
-    return [...s.leave, ...s.enter];
+    const unbinds = s.leave.some((o) => o.op === "write" && o.path.endsWith("/unbind"));
+    return [...s.leave, ...(reset && unbinds ? releaseResetOps(b.address) : []), ...s.enter];
+}
+
+/** The reset writes among `ops` that failed (not skipped), with their result: what a release reports. */
+export function failedResets(ops: Op[], results: { ok: boolean; skipped?: boolean; errno?: string; message?: string }[]): { address: string; op: Op; errno?: string; message?: string }[] {
+    return ops.flatMap((op, i) => {
+        const r = results[i];
+        if (!isResetWrite(op) || !r || r.ok || r.skipped) return [];
+        return [{ address: op.path.split("/").slice(-2)[0], op, errno: r.errno, message: r.message }];
+    });
 }
 
 /** A member's `driver` link and `driver_override`, for a read-back. */

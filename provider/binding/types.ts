@@ -38,6 +38,9 @@ export interface BindingMember {
     driver: string | null;
     /** Whether this binding manages the member (false for bridges and, with wholeGroup off, the others). */
     managed: boolean;
+    /** The reset method destroy resets this member with between vfio-pci and its host driver (reset/plan.ts);
+     *  absent: no reset on release (none usable, or resetOnRelease: false). */
+    resetOnRelease?: string;
 }
 
 export interface IommuBindingOutputs extends IommuBindingInputs {
@@ -50,6 +53,9 @@ export interface IommuBindingOutputs extends IommuBindingInputs {
     /** `/dev/vfio/<group>` for vfio drivers, else null. */
     vfioDevice: string | null;
     members: BindingMember[];
+    /** `reset_method` of `address` before the binding first wrote `resetMethod` ("" = none): what destroy restores.
+     *  Absent when the binding never set it. */
+    resetMethodBefore?: string;
 }
 
 const SCHEMA = "iommu-binding.schema.json";
@@ -59,4 +65,7 @@ export const defaults = (i: IommuBindingInputs) => ({
     wholeGroup: i.wholeGroup ?? schemaDefault<boolean>(SCHEMA, "wholeGroup"),
     allowBootVga: i.allowBootVga ?? schemaDefault<boolean>(SCHEMA, "allowBootVga"),
     persistent: i.persistent ?? schemaDefault<boolean>(SCHEMA, "persistent"),
+    consoleHandover: i.consoleHandover ?? schemaDefault<boolean>(SCHEMA, "consoleHandover"),
+    displayManager: i.displayManager ?? schemaDefault<string>(SCHEMA, "displayManager"),
+    deadManSeconds: i.deadManSeconds ?? schemaDefault<number>(SCHEMA, "deadManSeconds"),
 });

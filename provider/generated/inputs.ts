@@ -129,6 +129,46 @@ export interface IommuBindingSchemaInputs {
      */
     persistent?: boolean;
     /**
+     * The reset methods of `device` (the named function only), written to its sysfs `reset_method` (Linux 5.15+):
+     * space-separated names out of `device_specific acpi flr af_flr pm bus cxl_bus`, tried in that order, or `default`
+     * for the kernel's own list. `device_specific` is what vendor-reset needs since 5.15 (its udev rule sets it). Kept
+     * across reboots by a udev rule, `/etc/udev/rules.d/70-pulumi-vfio-reset-<address>.rules` (`ACTION=="add",
+     * SUBSYSTEM=="pci", KERNEL=="<address>", ATTR{reset_method}="..."`, mode 0600); `destroy` restores the list read
+     * before and removes the rule. A method the device does not support fails the apply with EINVAL (the kernel's
+     * answer), and nothing is left changed. Unset: `reset_method` is left as it is.
+     */
+    resetMethod?: string;
+    /**
+     * On `destroy`, reset every managed function that has a usable reset (a listed method that resets the function
+     * alone: `flr`, `af_flr`, `pm`, `acpi`, `device_specific`, or `bus` when nothing else is on its bus) between
+     * unbinding it from vfio-pci and rebinding its host driver, by writing 1 to its sysfs `reset` (30 s time limit). A
+     * reset that fails leaves that function on vfio-pci and fails the destroy with the errno, so the host driver never
+     * takes a GPU in a bad state; set false to release without it. Unset: true where the preview shows a usable reset,
+     * else false. true where no member can be reset is refused at preview.
+     */
+    resetOnRelease?: boolean;
+    /**
+     * Hand the host's console over with the boot GPU (needs allowBootVga: true; single-GPU passthrough): under the host
+     * lock, stop `displayManager`, unbind every vtconsole bound to a framebuffer console
+     * (`/sys/class/vtconsole/vtcon*\/bind`), unbind the boot framebuffer's platform driver (efi-framebuffer,
+     * simple-framebuffer/simpledrm, vesa-framebuffer) where there is one, then bind the group to vfio-pci; each step
+     * read back. `destroy` runs it in reverse. With `deadManSeconds`, a transient systemd unit on the host gives the
+     * console back by itself when no VM holds the group by then. Default: `false`.
+     */
+    consoleHandover?: boolean;
+    /**
+     * The systemd unit of the display manager that consoleHandover stops (and starts again on release). A unit that is
+     * not active is left alone, and not started on release. Default: `display-manager.service`.
+     */
+    displayManager?: string;
+    /**
+     * With consoleHandover: seconds after the handover at which the host takes its console back by itself (releases the
+     * group, rebinds the host driver, vtconsoles and display manager) unless a process holds `/dev/vfio/<group>` open
+     * by then (a running VM, QEMU or libvirt): a transient systemd unit `pulumi-vfio-deadman-<group>` (systemd-run
+     * --on-active), so it works even if `pulumi` died. Removed on destroy. 0: no dead-man timer. Default: `120`.
+     */
+    deadManSeconds?: number;
+    /**
      * How to reach the host over SSH: the shape of @pulumi/command's `remote.ConnectionArgs`, plus `hostKeyCheck` (the
      * README's Resources section says how it behaves). Absent: the machine running pulumi. Stored as a secret.
      */

@@ -7,6 +7,7 @@ import { BatchQuery, Part } from "../host/query";
 import { Host, Op, OpResult } from "../host/types";
 import { DRIVERCTL_DIR, Journal, journalGuard, parseJournal, readJournalOp, savedOverrides } from "./journal";
 import { pidsOf } from "./proc";
+import type { ResetContext } from "../reset/plan";
 import { PCI_DEVICES, PCI_DRIVERS, PciDevice, driverFromLink, driverLinkOp, overrideOf, deviceQuery } from "./pci";
 
 export const IOMMU_GROUPS = "/sys/kernel/iommu_groups";
@@ -69,6 +70,8 @@ export interface GroupView {
     journal?: Journal;
     /** Addresses with an override saved by driverctl (`/etc/driverctl.d/pci-<address>`): the host's own. */
     savedOverrides?: string[];
+    /** Every PCI address and whether vendor-reset is loaded: what the members' reset capability needs (reset/plan.ts). */
+    resetContext?: ResetContext;
 }
 
 /**
@@ -165,6 +168,7 @@ export async function readGroup<E = undefined, T = undefined>(
     const journalRead = q.one(readJournalOp(address), (r) => r);
     const savedList = q.one({ op: "list", path: DRIVERCTL_DIR }, (r) => r);
     const status = kind === "full" ? q.add(iommuStatusOps(), parseIommuStatus) : undefined;
+    const resetContext = q.add(resetContextOps(), parseResetContext);
     const extra = opts.extra?.(q);
     const hinted = new Map(hint.others.map((a) => [a, deviceQuery(q, a, kind)] as const));
     const openersHinted = hint.group === null ? undefined : q.one({ op: "openers", path: `/dev/vfio/${hint.group}` }, pidsIfOk);
@@ -202,6 +206,7 @@ export async function readGroup<E = undefined, T = undefined>(
         drivers: driverList(r1),
         openers,
         savedOverrides: [...savedOverrides(saved)],
+        resetContext: resetContext(r1),
     };
     if (journal.journal) view.journal = journal.journal;
     const observation: GroupObservation | undefined = !dev
@@ -210,6 +215,18 @@ export async function readGroup<E = undefined, T = undefined>(
           ? { others, group, seen: { view, listing: listing.data, journal: journal.text, saved: saved.ok ? saved.data : "" } }
           : { others, group };
     return { ...view, extra: extraValue, then: then?.(r2) as T, observation };
+}
+
+/** Two listings (builtins in the batch interpreter, no process): the host's PCI addresses and vendor-reset's module. */
+export function resetContextOps(): Op[] {
+    return [
+        { op: "list", path: PCI_DEVICES },
+        { op: "list", path: "/sys/module/vendor_reset" },
+    ];
+}
+
+export function parseResetContext([devices, module]: OpResult[]): ResetContext {
+    return { pciAddresses: devices?.ok ? devices.data.split("\n").filter(Boolean) : [], vendorResetLoaded: !!module?.ok };
 }
 
 const pidsIfOk = (r: OpResult) => (r.ok ? pidsOf(r) : []);

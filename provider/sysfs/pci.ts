@@ -81,8 +81,9 @@ type Attr = (typeof ATTRS)[number];
 type Link = (typeof LINKS)[number];
 
 /** What binding a device needs of it (identity, class, driver state, boot VGA, group): fewer reads than the
- *  full view, for the reads made under the host lock. Reset methods, NUMA node and SR-IOV counts stay unread. */
-const BINDING_ATTRS: readonly Attr[] = ["vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver_override", "boot_vga"];
+ *  full view, for the reads made under the host lock (reset methods included: destroy's reset is decided then).
+ *  NUMA node and SR-IOV counts stay unread. */
+const BINDING_ATTRS: readonly Attr[] = ["vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver_override", "boot_vga", "reset_method"];
 const BINDING_LINKS: readonly Link[] = ["driver", "iommu_group"];
 
 function readOps(address: string, attrs: readonly Attr[], links: readonly Link[]): Op[] {
@@ -116,7 +117,7 @@ export function parseDevice(address: string, r: OpResult[]): PciDevice | null {
     return parseWith(address, r, ATTRS, LINKS);
 }
 
-/** The device from the results of {@link bindingReadOps} (no reset methods, NUMA node -1, no SR-IOV counts). */
+/** The device from the results of {@link bindingReadOps} (NUMA node -1, no SR-IOV counts). */
 export function parseBindingDevice(address: string, r: OpResult[]): PciDevice | null {
     return parseWith(address, r, BINDING_ATTRS, BINDING_LINKS);
 }

@@ -31,6 +31,9 @@ test("preview names every device that will change driver, and changes nothing", 
     expect(steps[0].inputs!.plan).toEqual([
         "0000:01:00.0 (VGA controller 1234:1111): bochs-drm → vfio-pci",
         "0000:01:00.1 (Audio device 8086:2668): snd_hda_intel → vfio-pci",
+        // What destroy can do about resets, per function: the GPU's only method is a bus reset its audio function prevents.
+        "0000:01:00.0 (VGA controller 1234:1111): no reset of this function alone (reset_method: bus; a bus reset needs it alone on its bus, and 1 other function shares it) — only vfio-pci's reset of the whole bus at VM start/stop",
+        "0000:01:00.1 (Audio device 8086:2668): no reset method (reset_method empty) — the device keeps its state between VMs",
     ]);
     expect(driverOf("0000:01:00.0")).toBe("bochs-drm");
     expect(driverOf("0000:01:00.1")).toBe("snd_hda_intel");

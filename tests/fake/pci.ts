@@ -8,7 +8,8 @@
  * - `new_id` binds every *unbound* matching device, EEXIST on a duplicate, EINVAL when malformed;
  * - binding vfio-pci creates /dev/vfio/<group> at once, viable or not;
  * - unbinding vfio-pci while a process holds /dev/vfio/<group> blocks forever (the driver link is already gone);
- * - `reset`: ENOTTY when the only method is `bus` and another function shares the bus (pci_parent_bus_reset);
+ * - `reset_method`: only methods the device supports now (EINVAL otherwise), `default`, or "" (none); `reset`: ENOTTY
+ *   when no listed method works (only `bus` and another function shares the bus: pci_parent_bus_reset);
  * - `sriov_numvfs`: ERANGE above `sriov_totalvfs`, ENOENT without an SR-IOV capable PF driver, EBUSY from one
  *   non-zero count to another.
  */
@@ -26,7 +27,14 @@ export interface FakePciDevice {
     override: string | null;
     group: number;
     bootVga?: boolean;
+    /** `reset_method` now (what the user or the kernel selected). */
     resetMethods: string[];
+    /** The methods the kernel found at enumeration (default: the initial `resetMethods`); `default` restores them. */
+    resetProbed?: string[];
+    /** Fault injection: every write to `reset` fails with this errno (a GPU whose reset times out, say). */
+    failReset?: string;
+    /** Every reset that ran, with the method and the driver bound at that moment. */
+    resetLog?: { method: string; driver: string | null }[];
     numaNode: number;
     sriov?: { totalVfs: number; numVfs: number; autoprobe: boolean; vfDevice: string; offset: number; stride: number };
     physfn?: string;
@@ -99,6 +107,21 @@ function groupOpen(k: FakeKernel, group: number): boolean {
 
 function vfioGroupPresent(s: FakePciState, group: number): boolean {
     return groupMembers(s, group).some((d) => isVfioDriver(d.driver) || d.stuck);
+}
+
+function aloneOnBus(s: FakePciState, d: FakePciDevice): boolean {
+    const bus = d.address.slice(0, d.address.lastIndexOf(":"));
+    return !Object.keys(s.devices).some((a) => a !== d.address && a.startsWith(bus + ":"));
+}
+
+/** What the kernel found at enumeration, kept the first time the device is looked at. */
+function supported(d: FakePciDevice): string[] {
+    return (d.resetProbed ??= [...d.resetMethods]);
+}
+
+/** The enumerated methods whose probe passes now (`bus` only while the function is alone on its bus). */
+function probeResets(s: FakePciState, d: FakePciDevice): string[] {
+    return supported(d).filter((m) => (m === "bus" || m === "cxl_bus" ? aloneOnBus(s, d) : true));
 }
 
 function mustDevice(s: FakePciState, bdf: string): FakePciDevice {
@@ -222,15 +245,37 @@ function deviceNode(k: FakeKernel, d: FakePciDevice, rest: string[]): FakeNode |
         driver: () => (d.driver ? link(`../../../bus/pci/drivers/${d.driver}`) : undefined),
         iommu_group: () => (s.iommu ? link(`../../../kernel/iommu_groups/${d.group}`) : undefined),
         boot_vga: () => (d.class.startsWith("0x0300") ? file(() => (d.bootVga ? "1\n" : "0\n")) : undefined),
-        reset_method: () => (d.resetMethods.length ? file(() => d.resetMethods.join(" ") + "\n") : undefined),
-        // pci_reset_function: a bus reset (the only method left) refuses with ENOTTY when another function is on the
-        // bus (pci_parent_bus_reset / pci_dev_reset_slot_function); the lab's 01:00.0 lists `bus` and answers so.
+        // reset_method_store (drivers/pci/pci-sysfs.c, 6.1): "" disables every method, `default` re-probes the kernel's
+        // list, else each name must be one the device supports *now* (its probe passes; `bus` fails with another
+        // function on the bus) or the whole write is EINVAL. The files exist when the kernel found a method at
+        // enumeration, and stay after a user disabled them all.
+        reset_method: () =>
+            supported(d).length
+                ? file(
+                      () => (d.resetMethods.length ? d.resetMethods.join(" ") + "\n" : ""),
+                      (data) => {
+                          const v = arg(data).trim();
+                          if (v === "") d.resetMethods = [];
+                          else if (v === "default") d.resetMethods = probeResets(s, d);
+                          else {
+                              const names = v.split(/\s+/);
+                              const ok = probeResets(s, d);
+                              if (names.some((n) => !ok.includes(n)) || new Set(names).size !== names.length) throw new FakeErrno("EINVAL");
+                              d.resetMethods = names;
+                          }
+                      },
+                  )
+                : undefined,
+        // pci_reset_function: the first listed method that works; none listed, or a bus reset (the only method left)
+        // with another function on the bus (pci_parent_bus_reset / pci_dev_reset_slot_function) → ENOTTY, as the
+        // lab's 01:00.0 answers. Each reset is logged (resetLog) with the driver the device had then.
         reset: () =>
-            d.resetMethods.length
+            supported(d).length
                 ? wo(() => {
-                      const bus = d.address.slice(0, d.address.lastIndexOf(":"));
-                      const alone = !Object.keys(s.devices).some((a) => a !== d.address && a.startsWith(bus + ":"));
-                      if (!d.resetMethods.some((m) => (m === "bus" || m === "cxl_bus" ? alone : true))) throw new FakeErrno("ENOTTY");
+                      if (d.failReset) throw new FakeErrno(d.failReset);
+                      const m = d.resetMethods.find((x) => (x === "bus" || x === "cxl_bus" ? aloneOnBus(s, d) : true));
+                      if (!m) throw new FakeErrno("ENOTTY");
+                      (d.resetLog ??= []).push({ method: m, driver: d.driver });
                   })
                 : undefined,
         physfn: () => (d.physfn ? link(`../${d.physfn}`) : undefined),

@@ -111,7 +111,7 @@ describe("bad input: errors with line, column and the offending key", () => {
         [
             "a typo'd key, with the key it meant",
             "bindings:\n  gpu:\n    device: \"01:00.0\"\n    persistant: true\n",
-            ['4:5: bindings.gpu.persistant: unknown key "persistant"; did you mean "persistent"? (allowed here: device, driver, wholeGroup, allowBootVga, allowHostCritical, persistent)'],
+            ['4:5: bindings.gpu.persistant: unknown key "persistant"; did you mean "persistent"? (allowed here: device, driver, wholeGroup, allowBootVga, allowHostCritical, persistent, resetMethod, resetOnRelease, consoleHandover, displayManager, deadManSeconds)'],
         ],
         ["a typo'd section", "vm:\n  a: {}\n", ['1:1: vm: unknown key "vm"; did you mean "vms"? (allowed here: name, connection, bootConfig, bindings, virtualFunctions, mdevs, kvmfr, vms)']],
         ["a typo'd key deep in a VM", "vms:\n  a:\n    cpu: { cores: 2, thread: 2 }\n", ['3:22: vms.a.cpu.thread: unknown key "thread"; did you mean "threads"? (allowed here: model, sockets, cores, threads, pinning)']],

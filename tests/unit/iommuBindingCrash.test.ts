@@ -148,7 +148,8 @@ describe("killed during create", () => {
         await expect(upAndCreate(new DyingHost(new FakeHost(k), probeGpu + 1))).rejects.toThrow(/killed/);
         expect([state(k, GPU).driver, state(k, AUDIO).driver]).toEqual(["vfio-pci", "snd_hda_intel"]);
         const c = await check({}, { device: GPU }, new FakeHost(k));
-        expect(c.inputs.plan).toEqual([
+        // The driver lines first; the reset lines after them are reset.test.ts's.
+        expect(c.inputs.plan!.slice(0, 2)).toEqual([
             `${GPU} (VGA controller 1234:1111): vfio-pci (bound by an earlier change the state does not know, says the journal; destroy restores bochs-drm), no change`,
             `${AUDIO} (Audio device 8086:2668): snd_hda_intel → vfio-pci`,
         ]);
@@ -206,7 +207,7 @@ describe("an override nobody recorded", () => {
 
     test("preview says so, and destroy gives the member back to the kernel's driver matching", async () => {
         const c = await check({}, { device: GPU }, host);
-        expect(c.inputs.plan).toEqual([
+        expect(c.inputs.plan!.slice(0, 2)).toEqual([
             `${GPU} (VGA controller 1234:1111): vfio-pci (override set before us; destroy gives it back to the kernel's driver matching), no change`,
             `${AUDIO} (Audio device 8086:2668): snd_hda_intel → vfio-pci`,
         ]);
