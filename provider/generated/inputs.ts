@@ -361,6 +361,11 @@ export interface PassthroughVmSchemaInputs {
      * and the systemd unit `pulumi-vfio-vm-<name>.service`.
      */
     name: string;
+    /**
+     * What runs the VM: `qemu` (QEMU started daemonized by us, with a QMP socket, and a systemd unit for autostart).
+     * Default: `qemu`.
+     */
+    backend?: "qemu";
     /** QEMU machine type: q35 or a versioned pc-q35-X.Y (PCIe). Default: `q35`. */
     machine?: string;
     /** `kvm`, or `tcg` (emulation, for tests or hosts without VT-x/AMD-V). Default: `kvm`. */

@@ -362,6 +362,11 @@ export interface PassthroughVmArgs {
      * and the systemd unit `pulumi-vfio-vm-<name>.service`.
      */
     name: pulumi.Input<string>;
+    /**
+     * What runs the VM: `qemu` (QEMU started daemonized by us, with a QMP socket, and a systemd unit for autostart).
+     * Default: `qemu`.
+     */
+    backend?: pulumi.Input<"qemu">;
     /** QEMU machine type: q35 or a versioned pc-q35-X.Y (PCIe). Default: `q35`. */
     machine?: pulumi.Input<string>;
     /** `kvm`, or `tcg` (emulation, for tests or hosts without VT-x/AMD-V). Default: `kvm`. */
