@@ -151,6 +151,11 @@ export function inputProblems(n: Normalized): CheckFailure[] {
         }
         if (!(Number.isInteger(s.sizeMb) && s.sizeMb > 0 && (s.sizeMb & (s.sizeMb - 1)) === 0)) out.push({ property: "sharedMemory.sizeMb", reason: `sharedMemory.sizeMb ${s.sizeMb} is not a power of two (Looking Glass sizes: 32, 64, 128, ...)` });
     }
+    if (n.backend === "libvirt") {
+        n.devices.forEach((d, k) => {
+            if (d.xVga) out.push({ property: `devices[${k}].xVga`, reason: `xVga (QEMU's x-vga=on) has no libvirt hostdev form: use backend "qemu" for a primary GPU under SeaBIOS, or OVMF firmware without xVga` });
+        });
+    }
     const seen = new Set<string>();
     for (const m of n.mdevs) {
         if (seen.has(m.uuid)) out.push({ property: "mdevs", reason: `mdev ${m.uuid} is listed twice` });
@@ -211,7 +216,7 @@ export const LIBVIRT_NVRAM_DIR = "/var/lib/libvirt/qemu/nvram";
  */
 export function outputsOf(inputs: PassthroughVmInputs, n: Normalized, hostDevices: HostDevice[], built: { commandLine: string[]; domainXml: string }, o: Shown): PassthroughVmOutputs {
     const p = vmPaths(n.name);
-    const lv = (n.backend as string) === "libvirt";
+    const lv = n.backend === "libvirt";
     const { domainDrift, ...shown } = o;
     return {
         ...withoutProvider(inputs),
