@@ -401,6 +401,12 @@ export interface PassthroughVmSchemaInputs {
      * and the systemd unit `pulumi-vfio-vm-<name>.service`.
      */
     name: string;
+    /**
+     * What runs the VM: `qemu` (QEMU started daemonized by us, with a QMP socket, and a systemd unit for autostart) or
+     * `libvirt` (a persistent domain of `qemu:///system`, defined and started with virsh: it shows in `virsh list` and
+     * virt-manager; its PCI hostdevs are `managed='no'`, the bindings stay ours). Default: `qemu`.
+     */
+    backend?: "qemu" | "libvirt";
     /** QEMU machine type: q35 or a versioned pc-q35-X.Y (PCIe). Default: `q35`. */
     machine?: string;
     /** `kvm`, or `tcg` (emulation, for tests or hosts without VT-x/AMD-V). Default: `kvm`. */

@@ -14,7 +14,7 @@
  *   SIGTERM exits cleanly (pidfile removed), SIGKILL leaves the pidfile and socket behind.
  */
 import { Duplex, PassThrough } from "stream";
-import { ExecResult, FakeKernel, FakeNode, FakeSession, FakeSubsystem } from "./kernel";
+import { ExecResult, FakeHang, FakeKernel, FakeNode, FakeSession, FakeSubsystem } from "./kernel";
 import { pci } from "./pci";
 import { kvmfr } from "./kvmfr";
 
@@ -526,6 +526,13 @@ export const qemuSubsystem: FakeSubsystem = {
         }
         if (cmd === "kill") return kill(k, rest);
         if (cmd === "taskset") return taskset(k, rest);
+        // tail -s S --pid=PID -f /dev/null returns once PID has exited; a process that does not exit keeps it
+        // waiting until the exec's time limit (ETIMEDOUT), as the real tail is killed then.
+        if (cmd === "tail" && rest.some((a) => a.startsWith("--pid="))) {
+            const pid = rest.find((a) => a.startsWith("--pid="))!.slice("--pid=".length);
+            if (k.state.processes[pid]) throw new FakeHang(`tail --pid=${pid}: process ${pid} is still running`);
+            return { code: 0 };
+        }
         if (cmd === "systemctl") return systemctl(k, rest);
         if (cmd === "cp") {
             const words = rest.filter((a) => a !== "--");

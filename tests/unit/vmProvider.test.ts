@@ -314,14 +314,6 @@ test.each([
     expect(f?.reason).toMatch(reason);
 });
 
-test("create costs four round trips (state, two of preflight, the lock with them, one start batch); QMP is its own channel", async () => {
-    await bind("01:00.0");
-    const c = await check({}, { ...base, cpu: { cores: 1 }, devices: ["01:00.0"] }, host);
-    const before = host.roundTrips;
-    await create(c.inputs, host);
-    expect(host.roundTrips - before).toBe(4);
-});
-
 test("reading a running VM costs at most two round trips", async () => {
     const { id, outs } = await up({ ...base, cpu: { cores: 1, pinning: [2] } });
     const before = host.roundTrips;
