@@ -32,6 +32,8 @@ import { DRIVERCTL_DIR, driverctlFile, dropJournalOp, parseJournal, readJournalO
 import { BindingChange, PlanFacts, planBinding, planChange, planRelease, planRestoreFromHost, toMember } from "./binding/plan";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./binding/types";
 import { Applied, Stale, applyChange, applyGuarded, applyRelease, heldError, restore } from "./binding/apply";
+import { ConsoleRecord, consoleReadBack, consoleRestoreOps, disarmDeadManOps, readConsole } from "./console/handover";
+import { BatchQuery } from "./host/query";
 
 export type { BindingMember, IommuBindingInputs, IommuBindingOutputs } from "./binding/types";
 export { bridgeMessage, planBinding } from "./binding/plan";
@@ -55,13 +57,15 @@ function keep(host: Host, address: string, o: GroupObservation | undefined): voi
  * (check does; create/update need not: modprobe itself fails clearly, and check already vetted persistence). Both
  * start processes, which on a busy host cost more than the rest of the batch.
  */
-async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true): Promise<PlanFacts> {
+async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true, consoleUnit?: string): Promise<PlanFacts> {
     const seen = groupObservations(host).get(address);
+    // consoleHandover: what holds the console rides on the group's first batch.
+    const console = (q: BatchQuery) => (consoleUnit ? readConsole(q, consoleUnit) : () => undefined);
     // check (probe) shows the whole picture; create and update, under the lock, read only what binding needs.
     if (!probe) {
-        const view = await readGroup(host, address, seen, { view: "binding" });
+        const view = await readGroup(host, address, seen, { view: "binding", extra: console });
         keep(host, address, view.observation);
-        return { view, driverKnown: true, driverctlInstalled: true, previous };
+        return { view, driverKnown: true, driverctlInstalled: true, previous, ...(view.extra ? { console: view.extra } : {}) };
     }
     // The host's uses (mounts, swap, SSH session) ride on the group's two batches: names in the first, the sysfs
     // links they lead to in the second; only a stacked device (dm, md) costs a further round trip per level.
@@ -71,7 +75,8 @@ async function readFacts(host: Host, address: string, driver: string, previous?:
             const driverctl = q.add(DRIVERCTL_BINARIES.map((p): Op => ({ op: "stat", path: p })), (r) => r.some((x) => x.ok));
             const behind = q.one({ op: "list", path: `${PCI_DEVICES}/${address}` }, (r) => (r.ok ? r.data.split("\n").filter(isAddress).sort() : undefined));
             const critical = q.add(criticalReadOps(), parseCriticalReads);
-            return (r) => ({ modprobe: modprobe(r), driverctl: driverctl(r), behind: behind(r), critical: critical(r) });
+            const consoleFacts = console(q);
+            return (r) => ({ modprobe: modprobe(r), driverctl: driverctl(r), behind: behind(r), critical: critical(r), console: consoleFacts(r) });
         },
         then: (extra, q) => q.add(linkOps(extra.critical.uses), (r) => r),
     });
@@ -83,8 +88,12 @@ async function readFacts(host: Host, address: string, driver: string, previous?:
         previous,
         uses: await traceUses(host, view.extra.critical, view.then),
         behind: view.extra.behind,
+        ...(view.extra.console ? { console: view.extra.console } : {}),
     };
 }
+
+/** The display manager unit whose state the facts need: only with consoleHandover. */
+const consoleUnitOf = (inputs: IommuBindingInputs) => (defaults(inputs).consoleHandover ? defaults(inputs).displayManager : undefined);
 
 /** The address a device input names, resolving a selector against the host (one scan). */
 async function resolveAddress(host: Host, device: string | DeviceSelector): Promise<string> {
@@ -125,7 +134,7 @@ export async function check(olds: Record<string, any>, news: Record<string, any>
                 assertDriverName(defaults(inputs).driver);
                 const address = await resolveAddress(host, inputs.device);
                 const previous = (olds?.members as BindingMember[] | undefined) ?? undefined;
-                const facts = await readFacts(host, address, defaults(inputs).driver, olds?.address === address ? previous : undefined);
+                const facts = await readFacts(host, address, defaults(inputs).driver, olds?.address === address ? previous : undefined, true, consoleUnitOf(inputs));
                 const plan = planBinding({ ...inputs, address }, facts);
                 inputs.address = address;
                 inputs.plan = plan.lines;
@@ -190,13 +199,15 @@ function safeAddress(s: string): string | undefined {
  * stops it (nothing was written), or that plan has problems, or the group was not read yet, or this is an update, the
  * group is read under the lock and the change planned from that.
  */
-async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[], wasPersistent = false, resetMethodBefore?: string): Promise<IommuBindingOutputs> {
+async function converge(host: Host, inputs: IommuBindingInputs, previous?: BindingMember[], wasPersistent = false, resetMethodBefore?: string, consoleBefore?: ConsoleRecord): Promise<IommuBindingOutputs> {
     const { driver } = defaults(inputs);
     assertDriverName(driver);
     return host.withLock(async (host) => {
         const address = await resolveAddress(host, inputs.device);
-        const context = { previous, wasPersistent, resetMethodBefore };
-        const seen = previous ? undefined : groupObservations(host).get(address)?.seen;
+        const context = { previous, wasPersistent, resetMethodBefore, consoleBefore };
+        // A console handover plans from the console as it is under the lock: no plan from check's read.
+        const consoleUnit = consoleUnitOf(inputs);
+        const seen = previous || consoleUnit ? undefined : groupObservations(host).get(address)?.seen;
         if (seen?.view.device) {
             // Who holds the group is the guard's to tell; the driver list decides whether to modprobe.
             const change = planChange({ ...inputs, address }, { view: { ...seen.view, openers: [] }, driverKnown: true, driverctlInstalled: true }, context);
@@ -205,7 +216,7 @@ async function converge(host: Host, inputs: IommuBindingInputs, previous?: Bindi
                 if (done.kind === "applied") return outputsOf(inputs, address, change, done.drivers);
             }
         }
-        const facts = await readFacts(host, address, driver, previous, false);
+        const facts = await readFacts(host, address, driver, previous, false, consoleUnit);
         const change = planChange({ ...inputs, address }, facts, context);
         if (change.problems.length) throw new PlanError(change.problems[0].property, change.problems.map((p) => p.reason).join("; "));
         const done = await noted(host, address, change, () => applyChange(host, address, change));
@@ -242,6 +253,7 @@ function outputsOf(inputs: IommuBindingInputs, address: string, change: BindingC
         members: change.members.map((m) => toMember(m, drivers.get(m.device.address) ?? null)),
         plan: change.lines,
         ...(change.resetMethod ? { resetMethodBefore: change.resetMethod.before } : {}),
+        ...(change.console ? { console: change.console } : {}),
     };
 }
 
@@ -251,7 +263,7 @@ export async function create(inputs: IommuBindingInputs, onHost?: Host): Promise
 }
 
 export async function update(_id: string, olds: IommuBindingOutputs, news: IommuBindingInputs, onHost?: Host): Promise<{ outs: IommuBindingOutputs }> {
-    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members, olds.persistent, olds.resetMethodBefore), onHost);
+    const outs = await withHost(news.connection, (host) => converge(host, news, olds.members, olds.persistent, olds.resetMethodBefore, olds.console), onHost);
     return { outs };
 }
 
@@ -296,7 +308,10 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
             const first = await applyRelease(host, planRelease(props), props.group, props.driver);
             const before = groupObservations(host).get(props.address);
             keep(host, props.address, afterChange(before, props.address, first.kind === "released" ? first.states : undefined));
-            if (first.kind === "released") return;
+            if (first.kind === "released") {
+                if (first.console.length) throw consoleNotBack(props, first.console);
+                return;
+            }
             // The group stays bound (the state keeps the resource): the error says what was done and what not.
             if (first.kind === "resetFailed") throw first.error;
 
@@ -306,12 +321,32 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
             if (!view.exists) return;
             if (view.openers.length) throw await heldError(host, view.group, view.openers);
             const undo = planRestoreFromHost(members, view.members, found);
-            // The group was just read: restore from that state, drop persistence in the same batch, and the journal
-            // once every member is back.
-            const left = await restore(host, undo, props.persistent ? undo.map((u): Op => ({ op: "remove", path: driverctlFile(u.address) })) : [], [dropJournalOp(props.address)]);
+            // The group was just read: restore from that state, drop persistence and give the console back in the
+            // same batch, and the journal once every member is back.
+            const extra = [
+                ...(props.persistent ? undo.map((u): Op => ({ op: "remove", path: driverctlFile(u.address) })) : []),
+                ...(props.console ? [...(props.console.deadMan ? disarmDeadManOps(props.group) : []), ...consoleRestoreOps(props.console)] : []),
+            ];
+            const left = await restore(host, undo, extra, [dropJournalOp(props.address)]);
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
+            if (props.console) {
+                const q = new BatchQuery();
+                const notBack = consoleReadBack(q, props.console);
+                const problems = notBack(await q.run(host));
+                if (problems.length) throw consoleNotBack(props, problems);
+            }
         }),
         onHost,
+    );
+}
+
+/** A release whose members are back but whose console is not: what is missing and how to get it back by hand. */
+function consoleNotBack(props: IommuBindingOutputs, problems: string[]): Error {
+    const c = props.console!;
+    const byHand = [...c.vtconsoles.map((id) => `echo 1 > /sys/class/vtconsole/${id}/bind`), ...(c.displayManagerStopped ? [`systemctl start ${c.displayManagerStopped}`] : [])];
+    return new Error(
+        `released IOMMU group ${props.group} (${props.address}): every member is back on its host driver, but the console is not: ${problems.join("; ")}. ` +
+            `By hand: ${byHand.join("; ") || "check dmesg"}; \`pulumi destroy\` again retries the console steps`,
     );
 }
 

@@ -8,8 +8,9 @@ import { BatchQuery } from "../host/query";
 import { Host, Op, OpResult } from "../host/types";
 import { describeHolders, pidsOf } from "../sysfs/proc";
 import { arrivedGuards, reached } from "../sysfs/journal";
-import { PCI_DRIVERS, driverFromLink, driverLinkOp, firstFailure, overrideOf } from "../sysfs/pci";
+import { PCI_DRIVERS, driverFromLink, driverLinkOp, failedGuard, firstFailure, overrideOf } from "../sysfs/pci";
 import { BindingChange, BindingRelease, MemberPlan, RestoreEntry, failedResets, restoreEntryOps, stateReadOps } from "./plan";
+import { consoleReadBack, describeFailedRestores } from "../console/handover";
 
 /** Driver and override per member address, as a batch left them. */
 export type MemberStates = Map<string, { driver: string | null; override: string | null }>;
@@ -49,7 +50,7 @@ async function run(host: Host, address: string, change: BindingChange, guards: O
     const { driver, changing } = change;
     const q = new BatchQuery();
     const held = q.add(guards, (r) => r.every((x) => x.ok));
-    const wrote = q.add(change.ops, (r) => firstFailure(change.ops, r));
+    const wrote = q.add(change.ops, (r) => firstFailure(change.ops, r) ?? failedGuard(change.ops, r));
     const links = q.add(change.readBack, (r) => r.map(driverFromLink));
     const persisted = q.add(change.persistence, (r) => firstFailure(change.persistence, r));
     const r = await q.run(host, { stopOnError: true });
@@ -140,12 +141,13 @@ export async function applyRelease(
     release: BindingRelease,
     group: number | null,
     driver = "vfio-pci",
-): Promise<{ kind: "released"; states: MemberStates } | { kind: "incomplete" } | { kind: "resetFailed"; error: Error }> {
+): Promise<{ kind: "released"; states: MemberStates; console: string[] } | { kind: "incomplete" } | { kind: "resetFailed"; error: Error }> {
     const q = new BatchQuery();
     const guard = q.one(release.guard, (x) => x);
     const ops = [...release.ops, ...release.cleanup];
-    const resets = q.add(ops, (r) => failedResets(ops, r));
+    const resets = q.add(ops, (r) => ({ failed: failedResets(ops, r), console: describeFailedRestores(ops.slice(ops.length - consoleOps(release)), r.slice(ops.length - consoleOps(release))) }));
     const states = q.each(release.members, (b) => stateReadOps(b.address), (b, r) => [b.address, stateFrom(r)] as const);
+    const consoleLeft = release.console ? consoleReadBack(q, release.console) : () => [];
     const done = q.add(release.done, (r) => r.every((x) => x.ok));
     const r = await q.run(host, { stopOnError: true });
     const g = guard(r);
@@ -153,9 +155,16 @@ export async function applyRelease(
         const n = /\/dev\/vfio\/(\d+)/.exec(g.message ?? "")?.[1];
         throw await heldError(host, n === undefined ? group : Number(n), pidsOf(g));
     }
-    const failed = resets(r)[0];
+    const { failed: [failed], console } = resets(r);
     if (failed) return { kind: "resetFailed", error: await rebindAfterFailedReset(host, release, failed, driver) };
-    return done(r) ? { kind: "released", states: new Map(states(r)) } : { kind: "incomplete" };
+    return done(r) ? { kind: "released", states: new Map(states(r)), console: [...console, ...consoleLeft(r)] } : { kind: "incomplete" };
+}
+
+/** How many of a release's cleanup ops, at its end, give the console back. */
+function consoleOps(release: BindingRelease): number {
+    if (!release.console) return 0;
+    const c = release.console;
+    return c.framebuffers.length + c.vtconsoles.length + (c.displayManagerStopped ? 1 : 0);
 }
 
 /**

@@ -13,6 +13,9 @@ import { DRIVERCTL_DIR, Journal, JournalEntry, arrivedGuards, driverctlFile, dro
 import { DeviceState, PCI_DEVICES, PciDevice, bindSequence, classLabel, driverLinkOp, isBridge, moduleOf, restoreSequence } from "../sysfs/pci";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./types";
 import { ResetMethodChange, isResetWrite, planResetMethod, planResets, releaseResetOps, resetLine, unsetResetMethodOps } from "../reset/plan";
+import { ConsoleFacts, ConsoleRecord, HandoverPlan, armDeadManOps, consoleRestoreOps, deadManLine, disarmDeadManOps, planHandover, releaseLine } from "../console/handover";
+import { BATCH_SCRIPT, batchFileText } from "../host/batch";
+import { DEADMAN_LOCK_SECONDS } from "../console/handover";
 
 // ------------------------------------------------------------------------------------------------ decisions
 
@@ -33,6 +36,8 @@ export interface BindingPlan {
     problems: CheckFailure[];
     /** Human lines for the preview: `0000:01:00.1 (Audio device 8086:2668): snd_hda_intel → vfio-pci`. */
     lines: string[];
+    /** consoleHandover's steps, when this change moves a display function off its host driver. */
+    handover?: HandoverPlan & { gpu: MemberPlan[] };
 }
 
 export interface PlanFacts {
@@ -48,6 +53,8 @@ export interface PlanFacts {
     previous?: BindingMember[];
     /** The state's `resetMethodBefore` (the device's `reset_method` before the binding first set it). */
     resetMethodBefore?: string;
+    /** What holds the host's console (read only with consoleHandover, see console/handover.ts). */
+    console?: ConsoleFacts;
 }
 
 /**
@@ -150,7 +157,47 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
         lines.push(resetLine(m.device, r, m.previous.driver));
     }
     if (inputs.resetMethod !== undefined && view.device && !isBridge(view.device)) lines.push(planResetMethod(view.device, inputs.resetMethod, facts.resetMethodBefore).line);
-    return { group: view.group, members, problems, lines };
+    const handover = planConsole(inputs, { group: view.group, members, driver }, facts.console);
+    problems.push(...handover.problems);
+    lines.push(...handover.lines);
+    return { group: view.group, members, problems, lines, ...(handover.plan ? { handover: handover.plan } : {}) };
+}
+
+/** The display functions (class 03xx) a change moves onto the binding's driver: what a console handover frees. */
+function displaysLeaving(members: MemberPlan[], driver: string): MemberPlan[] {
+    return members.filter((m) => m.managed && m.target === driver && m.device.driver !== driver && m.device.class.startsWith("03"));
+}
+
+/**
+ * consoleHandover's problems and preview lines, and its steps when this change moves a display function off its
+ * host driver (see console/handover.ts). Without the console facts (not read: consoleHandover off) nothing.
+ */
+function planConsole(
+    inputs: IommuBindingInputs,
+    { group, members, driver }: { group: number | null; members: MemberPlan[]; driver: string },
+    facts: ConsoleFacts | undefined,
+): { problems: CheckFailure[]; lines: string[]; plan?: HandoverPlan & { gpu: MemberPlan[] } } {
+    const { consoleHandover, allowBootVga, deadManSeconds } = defaults(inputs);
+    if (!consoleHandover || group === null) return { problems: [], lines: [] };
+    const problems: CheckFailure[] = [];
+    if (!allowBootVga) problems.push({ property: "consoleHandover", reason: "consoleHandover hands the host's console GPU to the VM: it needs allowBootVga: true as well (or set consoleHandover: false)" });
+    const displays = members.filter((m) => m.managed && m.device.class.startsWith("03"));
+    if (!displays.length) {
+        problems.push({ property: "consoleHandover", reason: `IOMMU group ${group} has no display controller (class 03xx) to hand the console over with; set consoleHandover: false` });
+        return { problems, lines: [] };
+    }
+    if (facts && deadManSeconds > 0 && !facts.systemdRun) {
+        problems.push({ property: "deadManSeconds", reason: "the dead-man timer needs systemd-run on the host (systemd); install systemd, or set deadManSeconds: 0 to hand the console over without one" });
+    }
+    const leaving = displaysLeaving(members, driver);
+    if (!facts || !leaving.length) return { problems, lines: leaving.length ? [] : [`console handover: ${displays.map((m) => m.device.address).join(", ")} already on ${driver}, nothing to hand over now`] };
+    const gpu = leaving.map((m) => m.device.address).join(", ");
+    const plan = planHandover(facts, gpu);
+    if (deadManSeconds > 0) plan.record.deadMan = { unit: `pulumi-vfio-deadman-${group}`, seconds: deadManSeconds };
+    const hostDriver = [...new Set(leaving.map((m) => m.previous.driver ?? "its host driver"))].join(", ");
+    const lines = [...plan.lines, releaseLine(plan.record, gpu, hostDriver)];
+    if (plan.record.deadMan) lines.push(deadManLine(group, deadManSeconds));
+    return { problems, lines, plan: { ...plan, gpu: leaving } };
 }
 
 /**
@@ -270,6 +317,9 @@ export interface BindingChange extends BindingPlan {
     kept?: { journal: Journal; text: string };
     /** `resetMethod`'s change of the named device's `reset_method`, when set. */
     resetMethod?: ResetMethodChange;
+    /** What the binding has done to the host's console once the change succeeded (this change's handover, or the
+     *  state's), for the outputs' `console`. */
+    console?: ConsoleRecord;
 }
 
 /**
@@ -291,7 +341,7 @@ export function memberOps(m: MemberPlan, driver: string): Op[] {
 export function planChange(
     inputs: IommuBindingInputs & { address: string },
     facts: PlanFacts,
-    { previous, wasPersistent, resetMethodBefore }: { previous?: BindingMember[]; wasPersistent: boolean; resetMethodBefore?: string },
+    { previous, wasPersistent, resetMethodBefore, consoleBefore }: { previous?: BindingMember[]; wasPersistent: boolean; resetMethodBefore?: string; consoleBefore?: ConsoleRecord },
 ): BindingChange {
     const { driver, persistent } = defaults(inputs);
     const address = inputs.address;
@@ -311,7 +361,13 @@ export function planChange(
     // Before any driver moves: the kernel refuses a method the device does not support (EINVAL) here, nothing changed.
     if (resetMethod) ops.push(...resetMethod.write);
     if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
+    // consoleHandover: the display manager, the framebuffer consoles and the boot framebuffer let go of the GPU
+    // before any member leaves its driver; the dead-man is armed once every member is on the binding's driver.
+    const handover = plan.handover;
+    if (handover) ops.push(...handover.before);
     for (const m of changing) ops.push(...memberOps(m, driver));
+    const console = handover ? handover.record : consoleBefore;
+    const deadMan = handover?.record.deadMan && plan.group !== null ? armDeadManOps(plan.group, handover.record.deadMan.seconds, BATCH_SCRIPT, deadManRelease(address, driver, plan.members, handover.record), (o) => batchFileText(o, { stopOnError: true, lockSeconds: DEADMAN_LOCK_SECONDS })) : [];
 
     const rollback = {
         members: changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } })),
@@ -319,6 +375,8 @@ export function planChange(
         files: [
             ...(persistent ? plan.members.filter((m) => m.managed && !(previous ?? []).some((p) => p.address === m.device.address)).map((m): Op => ({ op: "remove", path: driverctlFile(m.device.address) })) : []),
             ...(resetMethod?.undo ?? []),
+            // A failed change gives the console back too (the members are back on their drivers by then).
+            ...(handover ? [...(plan.group !== null && deadMan.length ? disarmDeadManOps(plan.group) : []), ...handover.undo] : []),
         ],
     };
     return {
@@ -327,11 +385,29 @@ export function planChange(
         changing,
         ops,
         readBack: plan.members.map((m) => driverLinkOp(m.device.address)),
-        persistence: [...persistenceOps(plan, persistent, driver, wasPersistent, previous), ...(resetMethod?.persist ?? []), ...unsetReset],
+        persistence: [...persistenceOps(plan, persistent, driver, wasPersistent, previous), ...(resetMethod?.persist ?? []), ...unsetReset, ...deadMan],
         rollback,
         kept: record ?? (facts.view.journal ? journalOf(address, facts.view.journal.members) : undefined),
         ...(resetMethod ? { resetMethod } : {}),
+        ...(console ? { console } : {}),
     };
+}
+
+/**
+ * The dead-man's batch (console/handover.ts): the group-holders guard first (a running VM stops it before any
+ * write), every managed member back to what it had before us without a reset (no VM used the GPU), the console
+ * back, and the binding's journal dropped once every member is back. Every write is optional: it goes as far as
+ * it can, as a release does.
+ */
+function deadManRelease(address: string, driver: string, members: MemberPlan[], record: ConsoleRecord): Op[] {
+    const entries = members.filter((m) => m.managed).map((m) => ({ address: m.device.address, state: m.previous, now: { driver, override: driver } }));
+    return [
+        { op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true },
+        ...entries.flatMap((b) => restoreEntryOps(b)),
+        ...consoleRestoreOps(record),
+        ...arrivedGuards(entries.map((b) => ({ address: b.address, to: b.state }))),
+        dropJournalOp(address),
+    ];
 }
 
 // ------------------------------------------------------------------------------------------------ a release
@@ -350,6 +426,8 @@ export interface BindingRelease {
     readBack: Op[];
     /** The journal's removal, behind guards that hold only once every member is back. */
     done: Op[];
+    /** What the binding's handover did to the console, restored by `cleanup` and read back after it. */
+    console?: ConsoleRecord;
 }
 
 /**
@@ -362,11 +440,15 @@ export function planRelease(props: IommuBindingOutputs): BindingRelease {
     return {
         guard: { op: "groupHolders", path: `${PCI_DEVICES}/${props.address}`, guard: true },
         members,
-        ops: members.flatMap((b) => restoreEntryOps(b, b.resetOnRelease !== undefined)),
+        // The dead-man goes first (after the guard: while a VM holds the group, nothing changes, and it stays armed).
+        ops: [...(props.console?.deadMan && props.group !== null ? disarmDeadManOps(props.group) : []), ...members.flatMap((b) => restoreEntryOps(b, b.resetOnRelease !== undefined))],
         cleanup: [
             ...(props.persistent ? members.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true })) : []),
             ...(props.resetMethodBefore !== undefined ? unsetResetMethodOps(props.address, props.resetMethodBefore) : []),
+            // The console back once the host driver is on the GPU again (a failed reset stops the batch before it).
+            ...(props.console ? consoleRestoreOps(props.console) : []),
         ],
+        ...(props.console ? { console: props.console } : {}),
         readBack: members.flatMap((b) => stateReadOps(b.address)),
         done: [...arrivedGuards(members.map((b) => ({ address: b.address, to: b.state }))), dropJournalOp(props.address)],
     };

@@ -1,6 +1,7 @@
 /** The shapes of an IommuBinding: its inputs (from the schema, plus what check adds), its outputs and its members. */
 import { schemaDefault } from "../check";
 import type { IommuBindingSchemaInputs } from "../generated/inputs";
+import type { ConsoleRecord } from "../console/handover";
 
 /** The schema's inputs (provider/generated/inputs.ts, from schema/iommu-binding.schema.json) and what check adds. */
 export interface IommuBindingInputs extends IommuBindingSchemaInputs {
@@ -56,6 +57,10 @@ export interface IommuBindingOutputs extends IommuBindingInputs {
     /** `reset_method` of `address` before the binding first wrote `resetMethod` ("" = none): what destroy restores.
      *  Absent when the binding never set it. */
     resetMethodBefore?: string;
+    /** What consoleHandover did to the host's console (console/handover.ts): the display manager it stopped, the
+     *  vtconsoles and boot framebuffers it unbound, the dead-man it armed; destroy gives back exactly this. Absent:
+     *  no handover was made. */
+    console?: ConsoleRecord;
 }
 
 const SCHEMA = "iommu-binding.schema.json";

@@ -361,3 +361,12 @@ export function describeOp(op: Op): string {
 export function quoteArgv(argv: string[]): string {
     return argv.map((a) => "'" + a.replace(/'/g, `'\\''`) + "'").join(" ");
 }
+
+/**
+ * A whole batch as the interpreter's stdin, for a file a process on the host runs later with no pulumi-vfio attached
+ * (the console dead-man: `bash batch.sh <lock file> < <this text>`): the batch line, the lock taken first (waiting
+ * `lockSeconds`; without it the interpreter runs nothing of the batch), every op, and the end.
+ */
+export function batchFileText(ops: Op[], opts: { stopOnError: boolean; lockSeconds: number }): string {
+    return [`batch ${newBoundary()} ${opts.stopOnError ? 1 : 0}`, `lock ${opts.lockSeconds}`, ...ops.map(encodeOp), "end", ""].join("\n");
+}

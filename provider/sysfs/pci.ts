@@ -3,7 +3,7 @@
  * and the driverctl bind sequence — load the module if missing, unbind, set `driver_override`, `drivers_probe`,
  * read the `driver` link back — plus its inverse for rollback and restore.
  */
-import { Host, Op, OpResult } from "../host/types";
+import { Host, Op, OpResult, isGuardRead } from "../host/types";
 import { SysfsError } from "../errors";
 import { BatchQuery, Part } from "../host/query";
 
@@ -290,6 +290,18 @@ export function driverLinkOp(address: string): Op {
 
 export function driverFromLink(r: OpResult | undefined): string | null {
     return r?.ok && r.data.trim() ? basename(r.data.trim()) : null;
+}
+
+/** A {@link SysfsError} for the first guard read among `ops` that did not find what it expected (a step read back
+ *  right after its write: the kernel took the write but the state is not what it should be). */
+export function failedGuard(ops: Op[], results: OpResult[]): SysfsError | undefined {
+    for (let i = 0; i < ops.length; i++) {
+        const r = results[i];
+        const op = ops[i];
+        if (!r || r.skipped || r.ok || !isGuardRead(op)) continue;
+        return new SysfsError(op.path, undefined, `${op.path} reads ${JSON.stringify((r.message ?? "").replace(/^found /, ""))} right after it was written, not ${JSON.stringify(op.expect)}`, "the kernel did not take the change; check dmesg");
+    }
+    return undefined;
 }
 
 /** Throw a {@link SysfsError} for the first failed, non-optional op of a batch. */

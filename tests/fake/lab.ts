@@ -13,11 +13,12 @@ import { addQemu } from "./qemu";
 import { addMdev } from "./mdev";
 import { labSystemState, systemSubsystem } from "./system";
 import { bootSubsystem } from "./boot";
+import { addConsole } from "./console";
 
 /** Subsystems beyond PCI (mdev, kvmfr, QEMU, the system's mounts and network, the boot path) register here so every
  *  fake machine has them. */
 export const extraSubsystems: ((k: FakeKernel) => void)[] = [];
-extraSubsystems.push(addKvmfr, addQemu, addMdev, (k) => void k.use(systemSubsystem), (k) => void k.use(bootSubsystem, { first: true }));
+extraSubsystems.push(addKvmfr, addQemu, addMdev, (k) => void k.use(systemSubsystem), (k) => void k.use(bootSubsystem, { first: true }), addConsole);
 
 function dev(address: string, ids: string, cls: string, group: number, driver: string | null, extra: Partial<FakePciDevice> = {}): FakePciDevice {
     const [vendor, device] = ids.split(":");
