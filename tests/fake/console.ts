@@ -3,15 +3,15 @@
  * systemd 252 behave (proven by tests/contract/console.*):
  * - `/sys/class/vtconsole/vtcon0` is fbcon (`(M) frame buffer device`), `vtcon1` the dummy console. fbcon is bound
  *   to one framebuffer (the boot GPU's at first); writing 0 unbinds it (the dummy console takes the VTs); writing 1
- *   binds it to that framebuffer again, which does nothing while it is gone (another GPU's framebuffer does not
- *   count). Its framebuffer going unbinds it; a framebuffer registering (a DRM driver binding a GPU, or a boot
- *   framebuffer its driver) while fbcon is unbound makes fbcon take the consoles on it by itself.
+ *   succeeds and changes nothing. Its framebuffer going unbinds it (another GPU's framebuffer does not keep it); a
+ *   framebuffer registering (a DRM driver binding a GPU, or a boot framebuffer its driver) while fbcon is unbound
+ *   makes fbcon take the consoles on it by itself: that, not a write, is what gives the console back.
  * - Boot framebuffers are platform devices with a platform driver; a DRM driver binding the GPU they sit on removes
  *   them (the DRM aperture helpers). `unbind` of a device not on that driver → ENODEV, `bind` of a bound one → EBUSY,
  *   of an unknown one → ENODEV.
  * - `systemctl is-active|start|stop <unit>…` for the units in `units` (unknown: inactive, code 3; start of one →
  *   code 5 "Unit … not found"; stop of one not loaded → code 5), and `systemd-run --unit=… --on-active=…` records
- *   a transient timer (a second with the same unit → code 1, "already exists"), which {@link fireTimers} runs: its
+ *   a transient timer (a second with the same unit → code 1, "was already loaded"), which {@link fireTimers} runs: its
  *   service's stdin file through the batch interpreter's protocol, as the real service runs batch.sh.
  */
 import { FakeErrno, FakeKernel, FakeNode, FakeSubsystem } from "./kernel";
@@ -23,14 +23,13 @@ import { Op } from "../../provider/host/types";
 export const FB_DRIVERS = ["bochs-drm", "amdgpu", "radeon", "nouveau", "i915", "nvidia-drm"];
 
 export interface FakeConsoleState {
-    /** The framebuffer fbcon is bound to (a DRM-bound GPU's PCI address, a platform framebuffer's name); null: unbound. */
+    /** The framebuffer fbcon is bound to (`<GPU's PCI address>#<bind count>` of a DRM-bound GPU, `<platform device>#<n>`);
+     *  null: unbound. */
     on: string | null;
-    /** The framebuffer a write of 1 binds fbcon to: the one it was last bound to. */
-    primary: string | null;
     /** The framebuffers fbcon saw last. */
     seen: string[];
     /** Boot framebuffers: platform device → its driver (null: unbound), the GPU it sits on; removed ones are gone. */
-    platform: { device: string; driver: string; bound: boolean; gpu: string }[];
+    platform: { device: string; driver: string; bound: boolean; gpu: string; binds?: number }[];
     /** systemd units and whether each is active. */
     units: Record<string, boolean>;
     /** Transient timers: unit → what its service runs. */
@@ -41,17 +40,19 @@ export interface FakeConsoleState {
 
 export function consoleState(k: FakeKernel): FakeConsoleState {
     return k.ext<FakeConsoleState>("console", () => {
-        const boot = Object.values(pci(k).devices).find((d) => d.bootVga && d.driver && FB_DRIVERS.includes(d.driver))?.address ?? null;
-        return { on: boot, primary: boot, seen: boot ? [boot] : [], platform: [], units: {}, timers: {}, journal: {} };
+        const gpu = Object.values(pci(k).devices).find((d) => d.bootVga && d.driver && FB_DRIVERS.includes(d.driver));
+        const boot = gpu ? `${gpu.address}#${gpu.binds ?? 0}` : null;
+        return { on: boot, seen: boot ? [boot] : [], platform: [], units: {}, timers: {}, journal: {} };
     });
 }
 
 /** The framebuffers that exist now; a platform framebuffer under a DRM-bound GPU is removed first. */
 function framebuffers(k: FakeKernel): string[] {
     const c = consoleState(k);
-    const drm = Object.values(pci(k).devices).filter((d) => d.driver && FB_DRIVERS.includes(d.driver)).map((d) => d.address);
-    c.platform = c.platform.filter((p) => !drm.includes(p.gpu));
-    return [...drm, ...c.platform.filter((p) => p.bound).map((p) => p.device)];
+    const drm = Object.values(pci(k).devices).filter((d) => d.driver && FB_DRIVERS.includes(d.driver));
+    c.platform = c.platform.filter((p) => !drm.some((d) => d.address === p.gpu));
+    // Each bind registers a new framebuffer: its name carries the bind's number.
+    return [...drm.map((d) => `${d.address}#${d.binds ?? 0}`), ...c.platform.filter((p) => p.bound).map((p) => `${p.device}#${p.binds ?? 0}`)];
 }
 
 /** fbcon's state now: its framebuffer gone unbinds it; one registered since it last looked takes it while unbound. */
@@ -60,7 +61,7 @@ function fbconBound(k: FakeKernel): boolean {
     const now = framebuffers(k);
     if (c.on && !now.includes(c.on)) c.on = null;
     const fresh = now.find((f) => !c.seen.includes(f));
-    if (!c.on && fresh) c.on = c.primary = fresh;
+    if (!c.on && fresh) c.on = fresh;
     c.seen = now;
     return c.on !== null;
 }
@@ -86,12 +87,10 @@ export const consoleSubsystem: FakeSubsystem = {
                     const v = data.trim();
                     if (v !== "0" && v !== "1") return; // the kernel ignores anything else
                     fbconBound(k);
-                    const c = consoleState(k);
-                    // fbcon's own bind: 0 releases the consoles, 1 takes them back on its framebuffer (a no-op when
-                    // that is gone). The dummy console's bind does the opposite.
-                    const bindFbcon = fb ? v === "1" : v === "0";
-                    if (!bindFbcon) c.on = null;
-                    else if (c.primary && c.seen.includes(c.primary)) c.on = c.primary;
+                    // fbcon's own bind: 0 releases the consoles to the dummy console; 1 is taken and changes nothing
+                    // (as on the lab's 6.1: only a framebuffer registering brings fbcon back). The dummy console's
+                    // bind is not modelled: nothing here writes it.
+                    if (fb && v === "0") consoleState(k).on = null;
                 },
             );
         }
@@ -126,6 +125,7 @@ export const consoleSubsystem: FakeSubsystem = {
                     } else {
                         if (p.bound) throw new FakeErrno("EBUSY");
                         p.bound = true;
+                        p.binds = (p.binds ?? 0) + 1;
                     }
                     fbconBound(k);
                 },
@@ -148,11 +148,12 @@ export const consoleSubsystem: FakeSubsystem = {
                 for (const u of units) c.units[u] = true;
                 return { code: 0 };
             }
-            // A transient timer's service is loaded with it; once stopped (or fired, --collect) both are gone.
-            const armed = (u: string) => !!c.timers[u.replace(/\.(timer|service)$/, "")] && /\.(timer|service)$/.test(u);
+            // A transient timer is loaded until stopped (or fired, --collect); its service is loaded only while it
+            // runs, so stopping both of an armed timer stops the timer and answers 5 for the service.
+            const armed = (u: string) => u.endsWith(".timer") && !!c.timers[u.replace(/\.timer$/, "")];
             const missing = units.find((u) => !armed(u) && !(u in c.units));
             for (const u of units) {
-                if (armed(u)) delete c.timers[u.replace(/\.(timer|service)$/, "")];
+                if (armed(u)) delete c.timers[u.replace(/\.timer$/, "")];
                 else if (u in c.units) c.units[u] = false;
             }
             return missing ? { code: 5, stderr: `Failed to stop ${missing}: Unit ${missing} not loaded.` } : { code: 0 };
@@ -163,7 +164,7 @@ export const consoleSubsystem: FakeSubsystem = {
             const onActive = opt("on-active");
             const stdin = argv.find((a) => a.startsWith("--property=StandardInput=file:"))?.slice("--property=StandardInput=file:".length);
             if (!unit || !onActive || !stdin) return { code: 1, stderr: "fake systemd-run: only --unit, --on-active and StandardInput=file: are modelled" };
-            if (c.timers[unit]) return { code: 1, stderr: `Failed to start transient timer unit: Unit ${unit}.timer already exists.` };
+            if (c.timers[unit]) return { code: 1, stderr: `Failed to start transient timer unit: Unit ${unit}.timer was already loaded or has a fragment file.` };
             const i = argv.findIndex((a) => !a.startsWith("-") && a !== "systemd-run");
             c.timers[unit] = { seconds: Number(onActive.replace(/s$/, "")), stdin, argv: argv.slice(i) };
             return { code: 0, stderr: `Running timer as unit: ${unit}.timer\nWill run service as unit: ${unit}.service\n` };

@@ -44,6 +44,8 @@ export interface FakePciDevice {
     childDirs?: string[];
     /** The driver link vanished under a blocked unbind; /dev/vfio/<group> stays until the holder lets go. */
     stuck?: boolean;
+    /** How many times a driver bound it (a DRM driver's bind registers a new framebuffer: tests/fake/console.ts). */
+    binds?: number;
 }
 
 export interface FakePciDriver {
@@ -149,6 +151,7 @@ function attach(k: FakeKernel, d: FakePciDevice, only?: FakePciDriver): void {
         if (d.physfn && drv.failsOnVf) continue;
         if (!isVfioDriver(drv.name) && drv.name !== "pci-stub" && groupOpen(k, d.group)) continue;
         d.driver = drv.name;
+        d.binds = (d.binds ?? 0) + 1;
         return;
     }
 }
@@ -357,6 +360,7 @@ function driverNode(k: FakeKernel, drv: FakePciDriver, rest: string[]): FakeNode
                 if (!isVfioDriver(drv.name) && drv.name !== "pci-stub" && groupOpen(k, d.group)) throw new FakeErrno("EBUSY");
                 if (d.physfn && drv.failsOnVf) throw new FakeErrno("ENODEV");
                 d.driver = drv.name;
+                d.binds = (d.binds ?? 0) + 1;
             });
         case "new_id":
             return wo((data) => {
