@@ -148,12 +148,16 @@ export interface IommuBindingSchemaInputs {
      */
     resetOnRelease?: boolean;
     /**
-     * Hand the host's console over with the boot GPU (needs allowBootVga: true; single-GPU passthrough): under the host
-     * lock, stop `displayManager`, unbind every vtconsole bound to a framebuffer console
-     * (`/sys/class/vtconsole/vtcon*\/bind`), unbind the boot framebuffer's platform driver (efi-framebuffer,
-     * simple-framebuffer/simpledrm, vesa-framebuffer) where there is one, then bind the group to vfio-pci; each step
-     * read back. `destroy` runs it in reverse. With `deadManSeconds`, a transient systemd unit on the host gives the
-     * console back by itself when no VM holds the group by then. Default: `false`.
+     * Hand the host's console over with the boot GPU (single-GPU passthrough; needs allowBootVga: true): when the
+     * change moves a display function (class 03xx) of the group off its host driver, first, in the same locked batch
+     * and in this order, stop `displayManager` if it is active, unbind every bound framebuffer console
+     * (`/sys/class/vtconsole/vtconN/bind` ← 0, read back), unbind every boot framebuffer from its platform driver
+     * (`efi-framebuffer.0`, `simple-framebuffer.0`, `vesa-framebuffer.0`, read back), then bind the group to vfio-pci.
+     * `destroy` gives back exactly what was taken, in reverse, once the host driver is back on the GPU (whose new
+     * framebuffer is what fbcon takes the consoles back on), and fails with what did not come back and the commands to
+     * do it by hand. A failure half-way restores the console as it was. The `console` output records what was done.
+     * With `deadManSeconds`, a timer on the host gives the console back by itself when no VM holds the group by then.
+     * Default: `false`.
      */
     consoleHandover?: boolean;
     /**
@@ -162,10 +166,15 @@ export interface IommuBindingSchemaInputs {
      */
     displayManager?: string;
     /**
-     * With consoleHandover: seconds after the handover at which the host takes its console back by itself (releases the
-     * group, rebinds the host driver, vtconsoles and display manager) unless a process holds `/dev/vfio/<group>` open
-     * by then (a running VM, QEMU or libvirt): a transient systemd unit `pulumi-vfio-deadman-<group>` (systemd-run
-     * --on-active), so it works even if `pulumi` died. Removed on destroy. 0: no dead-man timer. Default: `120`.
+     * With consoleHandover: seconds after the handover at which the host takes its console back by itself unless a
+     * process holds `/dev/vfio/<group>` open by then (a running VM, QEMU or libvirt): a transient systemd timer
+     * `pulumi-vfio-deadman-<group>.timer` (systemd-run --on-active) whose service runs pulumi-vfio's own batch
+     * interpreter, under the host lock, on a batch written at the handover
+     * (`/run/pulumi-vfio/console/deadman-<group>.{sh,batch}`, modes 0700/0600): the group back on its host drivers
+     * (without resets: no VM used it), the boot framebuffers, vtconsoles and display manager back. It works with no
+     * `pulumi` process alive; `journalctl -u pulumi-vfio-deadman-<group>` shows what it did, and `pulumi refresh` then
+     * shows the binding drifted (the next `up` hands over again). Stopped and removed on destroy. 0: no dead-man timer.
+     * Needs systemd-run on the host (refused at preview otherwise). Default: `120`.
      */
     deadManSeconds?: number;
     /**
