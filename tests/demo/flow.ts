@@ -24,9 +24,9 @@ export interface FlowSettings {
     memoryMb: number;
 }
 
-/** The host file a user would write for the lab host; `settings` are what the second run changes. */
-export function labHostYaml(lab: LabHandle, s: FlowSettings | null): string {
-    const head = [
+/** A host file's first lines for the lab host: the schema, its name and how to reach it. */
+export function labHostYamlHead(lab: LabHandle): string[] {
+    return [
         "# yaml-language-server: $schema=" + path.join(REPO, "schema", "host.schema.json"),
         "# The lab host: a QEMU q35 guest with an emulated IOMMU (tests/lab).",
         "name: lab",
@@ -37,6 +37,11 @@ export function labHostYaml(lab: LabHandle, s: FlowSettings | null): string {
         `  privateKeyFile: ${lab.keyPath}`,
         `  hostKey: "${lab.connection.hostKey}"`,
     ];
+}
+
+/** The host file a user would write for the lab host; `settings` are what the second run changes. */
+export function labHostYaml(lab: LabHandle, s: FlowSettings | null): string {
+    const head = labHostYamlHead(lab);
     // Written empty, not left out: a host file with no section is refused as truncated.
     if (!s) return head.join("\n") + "\n# Nothing else: every resource goes.\nbindings: {}\nvms: {}\n";
     return [

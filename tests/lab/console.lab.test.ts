@@ -17,6 +17,7 @@ import { IommuBindingOutputs, check, create, read, remove } from "../../provider
 import { PluginProcess, REPO } from "../engine/harness";
 import { ProgramEngine, declsOf, formatSteps } from "../engine/program";
 import { runProgram } from "../programs/runProgram";
+import { labHostYamlHead } from "../demo/flow";
 import type { LabHandle } from "./lab";
 import { labSuite } from "./labState";
 
@@ -76,13 +77,7 @@ labDescribe("console handover of the lab's boot GPU (single-GPU passthrough)", (
         const connection = { host: l.connection.host, port: l.connection.port, user: "root", privateKey: fs.readFileSync(l.keyPath, "utf8"), hostKey: l.connection.hostKey };
         const hostYaml = (withEntries: boolean) =>
             [
-                "name: lab",
-                "connection:",
-                `  host: ${l.connection.host}`,
-                `  port: ${l.connection.port}`,
-                "  user: root",
-                `  privateKeyFile: ${l.keyPath}`,
-                `  hostKey: "${l.connection.hostKey}"`,
+                ...labHostYamlHead(l),
                 ...(withEntries
                     ? [
                           "bindings:",
