@@ -32,7 +32,7 @@ import { DRIVERCTL_DIR, driverctlFile, dropJournalOp, parseJournal, readJournalO
 import { BindingChange, PlanFacts, planBinding, planChange, planRelease, planRestoreFromHost, toMember } from "./binding/plan";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./binding/types";
 import { Applied, Stale, applyChange, applyGuarded, applyRelease, heldError, restore } from "./binding/apply";
-import { ConsoleRecord, consoleReadBack, consoleRestoreOps, disarmDeadManOps, readConsole } from "./console/handover";
+import { ConsoleRecord, consoleReadBack, consoleRestoreOps, disarmDeadManOps, dropConsoleJournalOp, readConsole } from "./console/handover";
 import { BatchQuery } from "./host/query";
 
 export type { BindingMember, IommuBindingInputs, IommuBindingOutputs } from "./binding/types";
@@ -60,7 +60,7 @@ function keep(host: Host, address: string, o: GroupObservation | undefined): voi
 async function readFacts(host: Host, address: string, driver: string, previous?: BindingMember[], probe = true, consoleUnit?: string): Promise<PlanFacts> {
     const seen = groupObservations(host).get(address);
     // consoleHandover: what holds the console rides on the group's first batch.
-    const console = (q: BatchQuery) => (consoleUnit ? readConsole(q, consoleUnit) : () => undefined);
+    const console = (q: BatchQuery) => (consoleUnit ? readConsole(q, consoleUnit, address) : () => undefined);
     // check (probe) shows the whole picture; create and update, under the lock, read only what binding needs.
     if (!probe) {
         const view = await readGroup(host, address, seen, { view: "binding", extra: console });
@@ -327,7 +327,7 @@ export async function remove(_id: string, props: IommuBindingOutputs, onHost?: H
                 ...(props.persistent ? undo.map((u): Op => ({ op: "remove", path: driverctlFile(u.address) })) : []),
                 ...(props.console ? [...(props.console.deadMan ? disarmDeadManOps(props.group) : []), ...consoleRestoreOps(props.console)] : []),
             ];
-            const left = await restore(host, undo, extra, [dropJournalOp(props.address)]);
+            const left = await restore(host, undo, extra, [dropJournalOp(props.address), ...(props.console ? [dropConsoleJournalOp(props.address)] : [])]);
             if (left.length) throw new Error(`releasing ${props.address}: ${left.join("; ")}. Check dmesg; \`pulumi destroy\` can be run again`);
             if (props.console) {
                 const q = new BatchQuery();

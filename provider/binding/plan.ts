@@ -13,7 +13,7 @@ import { DRIVERCTL_DIR, Journal, JournalEntry, arrivedGuards, driverctlFile, dro
 import { DeviceState, PCI_DEVICES, PciDevice, bindSequence, classLabel, driverLinkOp, isBridge, moduleOf, restoreSequence } from "../sysfs/pci";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./types";
 import { ResetMethodChange, isResetWrite, planResetMethod, planResets, releaseResetOps, resetLine, unsetResetMethodOps } from "../reset/plan";
-import { ConsoleFacts, ConsoleRecord, HandoverPlan, armDeadManOps, consoleRestoreOps, deadManLine, disarmDeadManOps, planHandover, releaseLine } from "../console/handover";
+import { ConsoleFacts, ConsoleRecord, HandoverPlan, armDeadManOps, consoleRestoreOps, deadManLine, disarmDeadManOps, dropConsoleJournalOp, planHandover, releaseLine } from "../console/handover";
 import { BATCH_SCRIPT, batchFileText } from "../host/batch";
 import { DEADMAN_LOCK_SECONDS } from "../console/handover";
 
@@ -55,6 +55,8 @@ export interface PlanFacts {
     resetMethodBefore?: string;
     /** What holds the host's console (read only with consoleHandover, see console/handover.ts). */
     console?: ConsoleFacts;
+    /** The state's `console`: what an earlier handover of this binding took. */
+    consoleBefore?: ConsoleRecord;
 }
 
 /**
@@ -157,7 +159,7 @@ export function planBinding(inputs: IommuBindingInputs & { address: string }, fa
         lines.push(resetLine(m.device, r, m.previous.driver));
     }
     if (inputs.resetMethod !== undefined && view.device && !isBridge(view.device)) lines.push(planResetMethod(view.device, inputs.resetMethod, facts.resetMethodBefore).line);
-    const handover = planConsole(inputs, { group: view.group, members, driver }, facts.console);
+    const handover = planConsole({ ...inputs, address }, { group: view.group, members, driver }, facts.console, facts.consoleBefore);
     problems.push(...handover.problems);
     lines.push(...handover.lines);
     return { group: view.group, members, problems, lines, ...(handover.plan ? { handover: handover.plan } : {}) };
@@ -176,6 +178,7 @@ function planConsole(
     inputs: IommuBindingInputs,
     { group, members, driver }: { group: number | null; members: MemberPlan[]; driver: string },
     facts: ConsoleFacts | undefined,
+    earlier?: ConsoleRecord,
 ): { problems: CheckFailure[]; lines: string[]; plan?: HandoverPlan & { gpu: MemberPlan[] } } {
     const { consoleHandover, allowBootVga, deadManSeconds } = defaults(inputs);
     if (!consoleHandover || group === null) return { problems: [], lines: [] };
@@ -192,7 +195,7 @@ function planConsole(
     const leaving = displaysLeaving(members, driver);
     if (!facts || !leaving.length) return { problems, lines: leaving.length ? [] : [`console handover: ${displays.map((m) => m.device.address).join(", ")} already on ${driver}, nothing to hand over now`] };
     const gpu = leaving.map((m) => m.device.address).join(", ");
-    const plan = planHandover(facts, gpu);
+    const plan = planHandover(facts, gpu, inputs.address!, earlier);
     if (deadManSeconds > 0) plan.record.deadMan = { unit: `pulumi-vfio-deadman-${group}`, seconds: deadManSeconds };
     const hostDriver = [...new Set(leaving.map((m) => m.previous.driver ?? "its host driver"))].join(", ");
     const lines = [...plan.lines, releaseLine(plan.record, gpu, hostDriver)];
@@ -345,7 +348,7 @@ export function planChange(
 ): BindingChange {
     const { driver, persistent } = defaults(inputs);
     const address = inputs.address;
-    const plan = planBinding(inputs, { ...facts, resetMethodBefore });
+    const plan = planBinding(inputs, { ...facts, resetMethodBefore, consoleBefore });
     const device = facts.view.device;
     const resetMethod = inputs.resetMethod !== undefined && device ? planResetMethod(device, inputs.resetMethod, resetMethodBefore) : undefined;
     // An update that drops resetMethod gives the device its list from before the binding back.
@@ -363,11 +366,12 @@ export function planChange(
     if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
     // consoleHandover: the display manager, the framebuffer consoles and the boot framebuffer let go of the GPU
     // before any member leaves its driver; the dead-man is armed once every member is on the binding's driver.
+    // The dead-man is armed first: a provider killed half-way through the handover leaves the host a way back.
     const handover = plan.handover;
-    if (handover) ops.push(...handover.before);
+    const deadMan = handover?.record.deadMan && plan.group !== null ? armDeadManOps(plan.group, handover.record.deadMan.seconds, BATCH_SCRIPT, deadManRelease(address, driver, plan.members, handover.record), (o) => batchFileText(o, { stopOnError: true, lockSeconds: DEADMAN_LOCK_SECONDS })) : [];
+    if (handover) ops.push(...deadMan, ...handover.before);
     for (const m of changing) ops.push(...memberOps(m, driver));
     const console = handover ? handover.record : consoleBefore;
-    const deadMan = handover?.record.deadMan && plan.group !== null ? armDeadManOps(plan.group, handover.record.deadMan.seconds, BATCH_SCRIPT, deadManRelease(address, driver, plan.members, handover.record), (o) => batchFileText(o, { stopOnError: true, lockSeconds: DEADMAN_LOCK_SECONDS })) : [];
 
     const rollback = {
         members: changing.map((m) => ({ address: m.device.address, state: { driver: m.device.driver, override: m.device.override } })),
@@ -385,7 +389,7 @@ export function planChange(
         changing,
         ops,
         readBack: plan.members.map((m) => driverLinkOp(m.device.address)),
-        persistence: [...persistenceOps(plan, persistent, driver, wasPersistent, previous), ...(resetMethod?.persist ?? []), ...unsetReset, ...deadMan],
+        persistence: [...persistenceOps(plan, persistent, driver, wasPersistent, previous), ...(resetMethod?.persist ?? []), ...unsetReset],
         rollback,
         kept: record ?? (facts.view.journal ? journalOf(address, facts.view.journal.members) : undefined),
         ...(resetMethod ? { resetMethod } : {}),
@@ -405,6 +409,7 @@ function deadManRelease(address: string, driver: string, members: MemberPlan[], 
         { op: "groupHolders", path: `${PCI_DEVICES}/${address}`, guard: true },
         ...entries.flatMap((b) => restoreEntryOps(b)),
         ...consoleRestoreOps(record),
+        dropConsoleJournalOp(address),
         ...arrivedGuards(entries.map((b) => ({ address: b.address, to: b.state }))),
         dropJournalOp(address),
     ];
@@ -450,7 +455,8 @@ export function planRelease(props: IommuBindingOutputs): BindingRelease {
         ],
         ...(props.console ? { console: props.console } : {}),
         readBack: members.flatMap((b) => stateReadOps(b.address)),
-        done: [...arrivedGuards(members.map((b) => ({ address: b.address, to: b.state }))), dropJournalOp(props.address)],
+        // The console journal goes with the binding's, once every member is back.
+        done: [...arrivedGuards(members.map((b) => ({ address: b.address, to: b.state }))), dropJournalOp(props.address), ...(props.console ? [dropConsoleJournalOp(props.address)] : [])],
     };
 }
 

@@ -25,6 +25,7 @@
 import { BatchQuery, Part } from "../host/query";
 import { Op, OpResult } from "../host/types";
 import { LOCK_PATH } from "../host/lock";
+import { JOURNAL_DIR } from "../sysfs/journal";
 
 export const VTCONSOLE_DIR = "/sys/class/vtconsole";
 /** MAX_NR_CON_DRIVER (include/linux/console.h): vtcon0 … vtcon15. */
@@ -47,6 +48,13 @@ export const DEADMAN_RUNTIME_SECONDS = 600;
 /** `systemctl stop` of a display manager waits for it to end (a session saving its state): generous. */
 const SYSTEMCTL_TIMEOUT_MS = 90_000;
 
+/**
+ * The console's journal: what a handover took (a {@link ConsoleRecord}), written in the change's batch before its
+ * first step, beside the binding's journal and for the same reason: a provider killed after stopping the display
+ * manager must not lose that it was running. Removed once the console is back.
+ */
+export const consoleJournalPath = (address: string) => `${JOURNAL_DIR}/console-${address}.json`;
+
 /** The dead-man's transient unit name for IOMMU group `group` (`.timer` and `.service` share it). */
 export const deadManUnit = (group: number) => `pulumi-vfio-deadman-${group}`;
 export const deadManBatchFile = (group: number) => `${DEADMAN_DIR}/deadman-${group}.batch`;
@@ -63,6 +71,8 @@ export interface ConsoleFacts {
     displayManager: { unit: string; state: string };
     /** systemd-run exists (the dead-man needs it). */
     systemdRun: boolean;
+    /** The console journal of a handover that did not finish or whose state was lost: what the host had then. */
+    journal?: ConsoleRecord;
 }
 
 /** What a handover did, kept in the binding's outputs (`console`) so that destroy and the dead-man undo exactly it. */
@@ -80,7 +90,7 @@ export interface ConsoleRecord {
 export const isFbcon = (v: { name: string }) => /frame buffer device/.test(v.name);
 
 /** Add the reads that tell what holds the console to `q`: builtins but one `systemctl is-active`. */
-export function readConsole(q: BatchQuery, displayManager: string): Part<ConsoleFacts> {
+export function readConsole(q: BatchQuery, displayManager: string, address: string): Part<ConsoleFacts> {
     const ids = Array.from({ length: MAX_VTCONSOLES }, (_, i) => `vtcon${i}`);
     const vts = q.each(ids, (id): Op[] => [{ op: "read", path: `${VTCONSOLE_DIR}/${id}/name` }, { op: "read", path: `${VTCONSOLE_DIR}/${id}/bind` }], (id, [name, bind]) => (name.ok ? { id, name: name.data.trim(), bound: bind.ok && bind.data.trim() === "1" } : undefined));
     const fbs = q.each(BOOT_FRAMEBUFFERS, (f): Op[] => [{ op: "stat", path: `${PLATFORM_DEVICES}/${f.device}` }, { op: "readlink", path: `${PLATFORM_DEVICES}/${f.device}/driver` }], (f, [exists, link]) =>
@@ -88,13 +98,50 @@ export function readConsole(q: BatchQuery, displayManager: string): Part<Console
     );
     const dm = q.one({ op: "exec", argv: ["systemctl", "is-active", displayManager], optional: true, timeoutMs: 30_000 }, (r) => r.data.trim() || (r.ok ? "active" : "unknown"));
     const run = q.add(SYSTEMD_RUN.map((p): Op => ({ op: "stat", path: p })), (r) => r.some((x) => x.ok));
-    return (r) => ({
-        vtconsoles: vts(r).filter((v): v is NonNullable<typeof v> => !!v),
-        framebuffers: fbs(r).filter((f): f is NonNullable<typeof f> => !!f),
-        displayManager: { unit: displayManager, state: dm(r) },
-        systemdRun: run(r),
-    });
+    const journal = q.one({ op: "read", path: consoleJournalPath(address) }, (r) => (r.ok ? parseRecord(r.data) : undefined));
+    return (r) => {
+        const j = journal(r);
+        return {
+            vtconsoles: vts(r).filter((v): v is NonNullable<typeof v> => !!v),
+            framebuffers: fbs(r).filter((f): f is NonNullable<typeof f> => !!f),
+            displayManager: { unit: displayManager, state: dm(r) },
+            systemdRun: run(r),
+            ...(j ? { journal: j } : {}),
+        };
+    };
 }
+
+/** A console journal's record; undefined for an empty or unreadable one (a write cut short). */
+function parseRecord(text: string): ConsoleRecord | undefined {
+    try {
+        const o = JSON.parse(text);
+        if (!o || !Array.isArray(o.vtconsoles) || !Array.isArray(o.framebuffers)) return undefined;
+        const vtconsoles = o.vtconsoles.filter((v: unknown): v is string => typeof v === "string" && /^vtcon\d+$/.test(v));
+        const framebuffers = o.framebuffers.filter((f: any) => BOOT_FRAMEBUFFERS.some((b) => b.device === f?.device && b.driver === f?.driver)).map((f: any) => ({ device: f.device, driver: f.driver }));
+        const dm = typeof o.displayManagerStopped === "string" && /^[A-Za-z0-9:_.@-]+\.service$/.test(o.displayManagerStopped) ? o.displayManagerStopped : undefined;
+        return { ...(dm ? { displayManagerStopped: dm } : {}), vtconsoles, framebuffers };
+    } catch {
+        return undefined;
+    }
+}
+
+/** Everything any of `records` took, so that a release gives all of it back (each step is harmless when repeated). */
+export function mergeRecords(...records: (ConsoleRecord | undefined)[]): ConsoleRecord {
+    const rs = records.filter((r): r is ConsoleRecord => !!r);
+    const dm = rs.find((r) => r.displayManagerStopped)?.displayManagerStopped;
+    const fbs = new Map(rs.flatMap((r) => r.framebuffers).map((f) => [f.device, f]));
+    return { ...(dm ? { displayManagerStopped: dm } : {}), vtconsoles: [...new Set(rs.flatMap((r) => r.vtconsoles))].sort(), framebuffers: [...fbs.values()] };
+}
+
+/** The console journal's write, first in the change (before any step), and its removal once the console is back. */
+export function writeConsoleJournalOps(address: string, record: ConsoleRecord): Op[] {
+    const { deadMan: _, ...taken } = record;
+    return [
+        { op: "mkdir", path: JOURNAL_DIR, mode: 0o700 },
+        { op: "put", path: consoleJournalPath(address), data: JSON.stringify(taken) + "\n", mode: 0o600 },
+    ];
+}
+export const dropConsoleJournalOp = (address: string): Op => ({ op: "remove", path: consoleJournalPath(address), optional: true });
 
 /** The handover's steps, planned from the facts. */
 export interface HandoverPlan {
@@ -108,11 +155,11 @@ export interface HandoverPlan {
 }
 
 /**
- * The steps that free the console of the GPU: stop the display manager (when active), unbind every bound
- * framebuffer console, unbind every boot framebuffer from its driver. `gpu` names the display function(s) for the
- * lines. Pure.
+ * The steps that free the console of the GPU: the console journal first, then stop the display manager (when
+ * active), unbind every bound framebuffer console, unbind every boot framebuffer from its driver. `gpu` names the
+ * display function(s) for the lines; `earlier` is the state's record of an earlier handover. Pure.
  */
-export function planHandover(facts: ConsoleFacts, gpu: string): HandoverPlan {
+export function planHandover(facts: ConsoleFacts, gpu: string, address: string, earlier?: ConsoleRecord): HandoverPlan {
     const record: ConsoleRecord = { vtconsoles: [], framebuffers: [] };
     const before: Op[] = [];
     const steps: string[] = [];
@@ -135,7 +182,11 @@ export function planHandover(facts: ConsoleFacts, gpu: string): HandoverPlan {
     const lines = steps.length
         ? [`console handover, before ${gpu} leaves its driver: ${steps.map((s, i) => `${i + 1}. ${s}`).join("; ")}`]
         : [`console handover: nothing holds the console now (${facts.displayManager.unit} ${facts.displayManager.state}, no framebuffer console bound, no boot framebuffer)`];
-    return { record, before, undo: consoleRestoreOps(record), lines };
+    // What an earlier handover took and did not give back (its journal: a provider killed half-way; the state's
+    // record) is given back too: the host had it before us.
+    const all = mergeRecords(facts.journal, earlier, record);
+    before.unshift(...writeConsoleJournalOps(address, all));
+    return { record: all, before, undo: [...consoleRestoreOps(all), dropConsoleJournalOp(address)], lines };
 }
 
 /**

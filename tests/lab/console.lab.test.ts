@@ -123,12 +123,12 @@ labDescribe("console handover of the lab's boot GPU (single-GPU passthrough)", (
             const vm = engine.state.find((s) => s.urn.endsWith("::lab-single"))!.outputs;
             expect(vm.status).toBe("running");
             expect(await sh(l, `ls -l /proc/${vm.pid}/fd | grep -c '/dev/vfio/${group}$'`)).toBe("1");
-            expect(await sh(l, `stat -c %a /run/pulumi-vfio/console/deadman-${group}.sh /run/pulumi-vfio/console/deadman-${group}.batch`)).toBe("700\n600");
+            expect(await sh(l, `stat -c %a /run/pulumi-vfio/console/deadman-${group}.sh /run/pulumi-vfio/console/deadman-${group}.batch /var/lib/pulumi-vfio/console-${GPU}.json`)).toBe("700\n600\n600");
 
             const gone = await engine.upProgram(await program(false));
             expect(gone.map((s) => `${s.urn.split("::").pop()} ${s.op}`)).toEqual(["lab-single delete", "lab-console delete"]);
             expect(await consoleNow(l)).toEqual(AS_BEFORE);
-            expect(await sh(l, "ls -A /run/pulumi-vfio/console 2>/dev/null | wc -l")).toBe("0");
+            expect(await sh(l, `ls -A /run/pulumi-vfio/console 2>/dev/null | wc -l; test -e /var/lib/pulumi-vfio/console-${GPU}.json && echo journal left || true`)).toBe("0");
         } finally {
             if (engine.state.length) await engine.destroy().catch(() => undefined);
             await plugin.stop();

@@ -14,7 +14,7 @@ import { InterceptingHost } from "../fake/intercepting";
 import { IommuBindingOutputs, check, create, diff, read, remove, update } from "../../provider/iommuBinding";
 import { Host, Op, OpResult, RunOptions } from "../../provider/host/types";
 import { batchFileText, encodeOp } from "../../provider/host/batch";
-import { deadManBatchFile, deadManScript } from "../../provider/console/handover";
+import { consoleJournalPath, deadManBatchFile, deadManScript } from "../../provider/console/handover";
 
 const GPU = "0000:00:01.0";
 const DM = "display-manager.service";
@@ -96,16 +96,20 @@ describe("handover and release", () => {
         expect([driver(), vt(), dmActive()]).toEqual(["vfio-pci", "0", false]);
         expect(outs.console).toEqual({ displayManagerStopped: DM, vtconsoles: ["vtcon0"], framebuffers: [], deadMan: { unit: `pulumi-vfio-deadman-${GROUP()}`, seconds: 120 } });
 
-        // The order within the change's batch: display manager, vtconsole (read back), GPU off bochs-drm, dead-man last.
+        // The order within the change's batch: the dead-man armed and the console journal written before the first
+        // step, then the display manager, the vtconsole (read back), the GPU off bochs-drm.
         const change = rec.batches.find((b) => b.some((o) => o.op === "write" && o.path.endsWith("bochs-drm/unbind")))!;
         const at = (p: (o: Op) => boolean) => change.findIndex(p);
+        const arm = at((o) => o.op === "exec" && o.argv[0] === "systemd-run");
+        const journal = at((o) => o.op === "put" && o.path === consoleJournalPath(GPU));
         const stop = at((o) => o.op === "exec" && o.argv.join(" ") === `systemctl stop ${DM}`);
         const vtWrite = at((o) => o.op === "write" && o.path === "/sys/class/vtconsole/vtcon0/bind");
         const vtCheck = at((o) => o.op === "read" && o.path === "/sys/class/vtconsole/vtcon0/bind" && o.expect === "0");
         const unbind = at((o) => o.op === "write" && o.path.endsWith("bochs-drm/unbind"));
-        const arm = at((o) => o.op === "exec" && o.argv[0] === "systemd-run");
-        expect(stop).toBeGreaterThanOrEqual(0);
-        expect([stop < vtWrite, vtWrite < vtCheck, vtCheck < unbind, unbind < arm]).toEqual([true, true, true, true]);
+        expect(arm).toBeGreaterThanOrEqual(0);
+        expect([arm < journal, journal < stop, stop < vtWrite, vtWrite < vtCheck, vtCheck < unbind]).toEqual([true, true, true, true, true]);
+        expect(k.state.files[consoleJournalPath(GPU)]).toMatchObject({ mode: 0o600 });
+        expect(JSON.parse(k.state.files[consoleJournalPath(GPU)].data)).toEqual({ displayManagerStopped: DM, vtconsoles: ["vtcon0"], framebuffers: [] });
 
         // The dead-man's files are root's alone; its timer is armed.
         expect(k.state.files[deadManScript(GROUP())].mode).toBe(0o700);
@@ -117,6 +121,44 @@ describe("handover and release", () => {
         expect(consoleState(k).timers).toEqual({});
         expect(k.state.files[deadManScript(GROUP())]).toBeUndefined();
         expect(k.state.files[deadManBatchFile(GROUP())]).toBeUndefined();
+        expect(k.state.files[consoleJournalPath(GPU)]).toBeUndefined();
+    });
+
+    test("a provider killed right after it stopped the display manager loses nothing: the next up and destroy start it again", async () => {
+        // The connection drops in the middle of the change's batch, after `systemctl stop`: the state records nothing.
+        class Cut extends InterceptingHost {
+            protected async runOn(target: Host, ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
+                const i = ops.findIndex((o) => o.op === "exec" && o.argv.join(" ") === `systemctl stop ${DM}`);
+                if (i < 0) return target.run(ops, opts);
+                await target.run(ops.slice(0, i + 1), opts);
+                throw new Error("the SSH connection dropped");
+            }
+        }
+        const c = await check({}, INPUTS, host);
+        await expect(create(c.inputs, new Cut(host))).rejects.toThrow("the SSH connection dropped");
+        expect([driver(), vt(), dmActive()]).toEqual(["bochs-drm", "1", false]);
+        // The next up: the display manager is not running now, but the console journal says it was.
+        const outs = await handOver();
+        expect(outs.console!.displayManagerStopped).toBe(DM);
+        await remove(GPU, outs, host);
+        expect([driver(), vt(), dmActive()]).toEqual(["bochs-drm", "1", true]);
+    });
+
+    test("a provider killed after the handover's first steps is rescued by the dead-man it armed first", async () => {
+        class Cut extends InterceptingHost {
+            protected async runOn(target: Host, ops: Op[], opts?: RunOptions): Promise<OpResult[]> {
+                const i = ops.findIndex((o) => o.op === "read" && o.path === "/sys/class/vtconsole/vtcon0/bind" && o.expect === "0");
+                if (i < 0) return target.run(ops, opts);
+                await target.run(ops.slice(0, i + 1), opts);
+                throw new Error("killed");
+            }
+        }
+        const c = await check({}, INPUTS, host);
+        await expect(create(c.inputs, new Cut(host))).rejects.toThrow("killed");
+        expect([driver(), vt(), dmActive()]).toEqual(["bochs-drm", "0", false]);
+        await fireTimers(host);
+        expect(dmActive()).toBe(true);
+        expect(k.state.files[consoleJournalPath(GPU)]).toBeUndefined();
     });
 
     test("a boot framebuffer on a GPU without a host driver is unbound and bound again; fbcon comes back with it", async () => {
