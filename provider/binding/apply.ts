@@ -145,7 +145,8 @@ export async function applyRelease(
     const q = new BatchQuery();
     const guard = q.one(release.guard, (x) => x);
     const ops = [...release.ops, ...release.cleanup];
-    const resets = q.add(ops, (r) => ({ failed: failedResets(ops, r), console: describeFailedRestores(ops.slice(ops.length - consoleOps(release)), r.slice(ops.length - consoleOps(release))) }));
+    const resets = q.add(ops, (r) => failedResets(ops, r));
+    const consoleSteps = q.add(release.consoleOps, (r) => describeFailedRestores(release.consoleOps, r));
     const states = q.each(release.members, (b) => stateReadOps(b.address), (b, r) => [b.address, stateFrom(r)] as const);
     const consoleLeft = release.console ? consoleReadBack(q, release.console) : () => [];
     const done = q.add(release.done, (r) => r.every((x) => x.ok));
@@ -155,16 +156,9 @@ export async function applyRelease(
         const n = /\/dev\/vfio\/(\d+)/.exec(g.message ?? "")?.[1];
         throw await heldError(host, n === undefined ? group : Number(n), pidsOf(g));
     }
-    const { failed: [failed], console } = resets(r);
+    const [failed] = resets(r);
     if (failed) return { kind: "resetFailed", error: await rebindAfterFailedReset(host, release, failed, driver) };
-    return done(r) ? { kind: "released", states: new Map(states(r)), console: [...console, ...consoleLeft(r)] } : { kind: "incomplete" };
-}
-
-/** How many of a release's cleanup ops, at its end, give the console back. */
-function consoleOps(release: BindingRelease): number {
-    if (!release.console) return 0;
-    const c = release.console;
-    return c.framebuffers.length + c.vtconsoles.length + (c.displayManagerStopped ? 1 : 0);
+    return done(r) ? { kind: "released", states: new Map(states(r)), console: [...consoleSteps(r), ...consoleLeft(r)] } : { kind: "incomplete" };
 }
 
 /**

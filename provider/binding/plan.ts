@@ -13,9 +13,8 @@ import { DRIVERCTL_DIR, Journal, JournalEntry, arrivedGuards, driverctlFile, dro
 import { DeviceState, PCI_DEVICES, PciDevice, bindSequence, classLabel, driverLinkOp, isBridge, moduleOf, restoreSequence } from "../sysfs/pci";
 import { BindingMember, IommuBindingInputs, IommuBindingOutputs, defaults } from "./types";
 import { ResetMethodChange, isResetWrite, planResetMethod, planResets, releaseResetOps, resetLine, unsetResetMethodOps } from "../reset/plan";
-import { ConsoleFacts, ConsoleRecord, HandoverPlan, armDeadManOps, consoleRestoreOps, deadManLine, disarmDeadManOps, dropConsoleJournalOp, planHandover, releaseLine } from "../console/handover";
+import { ConsoleFacts, ConsoleRecord, DEADMAN_LOCK_SECONDS, HandoverPlan, armDeadManOps, consoleRestoreOps, deadManLine, disarmDeadManOps, dropConsoleJournalOp, planHandover, releaseLine } from "../console/handover";
 import { BATCH_SCRIPT, batchFileText } from "../host/batch";
-import { DEADMAN_LOCK_SECONDS } from "../console/handover";
 
 // ------------------------------------------------------------------------------------------------ decisions
 
@@ -37,7 +36,7 @@ export interface BindingPlan {
     /** Human lines for the preview: `0000:01:00.1 (Audio device 8086:2668): snd_hda_intel → vfio-pci`. */
     lines: string[];
     /** consoleHandover's steps, when this change moves a display function off its host driver. */
-    handover?: HandoverPlan & { gpu: MemberPlan[] };
+    handover?: HandoverPlan;
 }
 
 export interface PlanFacts {
@@ -179,7 +178,7 @@ function planConsole(
     { group, members, driver }: { group: number | null; members: MemberPlan[]; driver: string },
     facts: ConsoleFacts | undefined,
     earlier?: ConsoleRecord,
-): { problems: CheckFailure[]; lines: string[]; plan?: HandoverPlan & { gpu: MemberPlan[] } } {
+): { problems: CheckFailure[]; lines: string[]; plan?: HandoverPlan } {
     const { consoleHandover, allowBootVga, deadManSeconds } = defaults(inputs);
     if (!consoleHandover || group === null) return { problems: [], lines: [] };
     const problems: CheckFailure[] = [];
@@ -200,7 +199,7 @@ function planConsole(
     const hostDriver = [...new Set(leaving.map((m) => m.previous.driver ?? "its host driver"))].join(", ");
     const lines = [...plan.lines, releaseLine(plan.record, gpu, hostDriver)];
     if (plan.record.deadMan) lines.push(deadManLine(group, deadManSeconds));
-    return { problems, lines, plan: { ...plan, gpu: leaving } };
+    return { problems, lines, plan };
 }
 
 /**
@@ -365,8 +364,8 @@ export function planChange(
     if (resetMethod) ops.push(...resetMethod.write);
     if (!facts.view.drivers.includes(driver)) ops.push({ op: "exec", argv: ["modprobe", moduleOf(driver)] });
     // consoleHandover: the display manager, the framebuffer consoles and the boot framebuffer let go of the GPU
-    // before any member leaves its driver; the dead-man is armed once every member is on the binding's driver.
-    // The dead-man is armed first: a provider killed half-way through the handover leaves the host a way back.
+    // before any member leaves its driver. The dead-man is armed first: a provider killed half-way through the
+    // handover leaves the host a way back.
     const handover = plan.handover;
     const deadMan = handover?.record.deadMan && plan.group !== null ? armDeadManOps(plan.group, handover.record.deadMan.seconds, BATCH_SCRIPT, deadManRelease(address, driver, plan.members, handover.record), (o) => batchFileText(o, { stopOnError: true, lockSeconds: DEADMAN_LOCK_SECONDS })) : [];
     if (handover) ops.push(...deadMan, ...handover.before);
@@ -431,8 +430,9 @@ export interface BindingRelease {
     readBack: Op[];
     /** The journal's removal, behind guards that hold only once every member is back. */
     done: Op[];
-    /** What the binding's handover did to the console, restored by `cleanup` and read back after it. */
+    /** What the binding's handover did to the console, given back by `consoleOps` (after `cleanup`) and read back. */
     console?: ConsoleRecord;
+    consoleOps: Op[];
 }
 
 /**
@@ -450,9 +450,9 @@ export function planRelease(props: IommuBindingOutputs): BindingRelease {
         cleanup: [
             ...(props.persistent ? members.map((b): Op => ({ op: "remove", path: driverctlFile(b.address), optional: true })) : []),
             ...(props.resetMethodBefore !== undefined ? unsetResetMethodOps(props.address, props.resetMethodBefore) : []),
-            // The console back once the host driver is on the GPU again (a failed reset stops the batch before it).
-            ...(props.console ? consoleRestoreOps(props.console) : []),
         ],
+        // The console back once the host driver is on the GPU again (a failed reset stops the batch before it).
+        consoleOps: props.console ? consoleRestoreOps(props.console) : [],
         ...(props.console ? { console: props.console } : {}),
         readBack: members.flatMap((b) => stateReadOps(b.address)),
         // The console journal goes with the binding's, once every member is back.
