@@ -22,7 +22,7 @@ import { firstFailure } from "../sysfs/pci";
 import { readVmFacts } from "../vm/facts";
 import { preflightProblems, resolveHostDevices, specOf } from "../vm/plan";
 import { Normalized, PassthroughVmInputs, PassthroughVmOutputs, VmStatus, dflt, outputsOf, safeNormalize } from "../vm/spec";
-import { buildDomainXml, domainDrift, parseXml } from "./domainXml";
+import { buildDomainXml, domainDrift, domainUuid, parseXml } from "./domainXml";
 import * as v from "./virsh";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -52,9 +52,25 @@ export function driftOf(ours: string, defined: string | null): string[] {
     }
 }
 
-/** The domain XML of the normalized inputs and the devices they resolve to. */
-export function domainXmlOf(n: Normalized, hostDevices: PassthroughVmOutputs["hostDevices"]): string {
-    return buildDomainXml(specOf(n, hostDevices), { pinning: n.cpu.pinning, varsTemplate: n.firmware?.vars });
+/**
+ * The domain XML of the normalized inputs and the devices they resolve to. `definedUuid`: the UUID of the domain
+ * libvirt has now, written when the inputs name none (see DomainExtras.uuid); the XML kept in the outputs is
+ * built without it, so that UUID is libvirt's to choose and never drift.
+ */
+export function domainXmlOf(n: Normalized, hostDevices: PassthroughVmOutputs["hostDevices"], definedUuid?: string): string {
+    return buildDomainXml(specOf(n, hostDevices), { pinning: n.cpu.pinning, varsTemplate: n.firmware?.vars, uuid: definedUuid });
+}
+
+/**
+ * The text to `virsh define` over a defined domain, and whether the old definition must be undefined first: a
+ * domain keeps its UUID for life (libvirt refuses a definition of the same name under another one), so ours keeps
+ * the defined UUID when the inputs name none, and a UUID the inputs changed needs `undefine --keep-nvram` first
+ * (the guest's UEFI variables stay). Pure.
+ */
+export function definitionOf(n: Normalized, hostDevices: PassthroughVmOutputs["hostDevices"], definedXml: string | null): { text: string; undefineFirst: boolean } {
+    const defined = definedXml === null ? undefined : domainUuid(definedXml);
+    const ours = domainUuid(domainXmlOf(n, hostDevices));
+    return { text: domainXmlOf(n, hostDevices, defined), undefineFirst: ours !== undefined && defined !== undefined && ours !== defined };
 }
 
 function fail(what: string, ops: Op[], r: OpResult[]): Error | undefined {
@@ -115,8 +131,14 @@ export async function converge(host: Host, inputs: PassthroughVmInputs, previous
 
         const file = `${paths.runDir}/domain.xml`;
         const ops: Op[] = [];
-        if (redefine) ops.push({ op: "mkdir", path: paths.runDir, mode: 0o700 }, { op: "put", path: file, data: xml, mode: 0o600 }, v.define(file), { op: "remove", path: file });
-        if (seen.autostart !== n.autostart) ops.push(v.autostart(name, n.autostart));
+        const def = definitionOf(n, hostDevices, seen.xml);
+        if (redefine) {
+            ops.push({ op: "mkdir", path: paths.runDir, mode: 0o700 }, { op: "put", path: file, data: def.text, mode: 0o600 });
+            if (def.undefineFirst) ops.push(v.virsh(["undefine", "--keep-nvram", name]));
+            ops.push(v.define(file), { op: "remove", path: file });
+        }
+        // An undefine drops the autostart link with the old definition.
+        if (seen.autostart !== n.autostart || (redefine && def.undefineFirst && n.autostart)) ops.push(v.autostart(name, n.autostart));
         if (n.running && (willStart || !running)) ops.push(v.start(name));
         else if (n.running && seen.status === "paused") ops.push(v.resume(name));
         const q2 = new BatchQuery();

@@ -7,7 +7,8 @@
  * running`...).
  *
  * What libvirt adds to a definition is added here too, so a read-back is not byte-equal to what was defined: a
- * `<uuid>`, the expanded machine type (q35 → pc-q35-7.2), each hostdev's guest `<address>` and `<alias>`, root
+ * `<uuid>` (a random one in libvirt; here one per definition, so a redefinition without the domain's UUID is refused
+ * as libvirt refuses it), the expanded machine type (q35 → pc-q35-7.2), each hostdev's guest `<address>` and `<alias>`, root
  * port controllers. A start holds each PCI hostdev's /dev/vfio group as QEMU does (managed='no': it fails when a
  * device is not bound to vfio-pci, and libvirt never rebinds); the guest has no OS, so `shutdown` (ACPI) is
  * ignored and only `destroy` stops it.
@@ -104,6 +105,9 @@ const virshSubsystem: FakeSubsystem = {
                 const existing = v.domains[m[2]];
                 const id = Object.keys(v.domains).length + 1;
                 const xml = normalized(f.data, id);
+                // A definition without a <uuid> gets a new one; a domain keeps its UUID for life (libvirt 9.0).
+                const uuidOf = (x: string) => /<uuid>([^<]+)<\/uuid>/.exec(x)?.[1];
+                if (existing && uuidOf(existing.xml) !== uuidOf(xml)) return err(`Failed to define domain from ${name}`, `operation failed: domain '${m[2]}' already exists with uuid ${uuidOf(existing.xml)}`);
                 if (existing) {
                     existing.xml = xml;
                     existing.persistent = true;

@@ -166,6 +166,28 @@ describe("lifecycle on the fake machine's virsh", () => {
         expect((await read(id, fixed, host)).props!.domainDrift).toEqual([]);
     });
 
+    test("a redefinition keeps the UUID libvirt gave the domain (libvirt refuses another under the same name); a changed uuid input undefines first (undefine --keep-nvram) and sets autostart again", async () => {
+        const c = await check({}, { ...inputs, autostart: true }, host);
+        const { id, outs } = await create(c.inputs, host);
+        const given = /<uuid>([^<]+)<\/uuid>/.exec(virshState(k).domains["lab-dom"].xml)![1];
+        // A change of memory redefines the domain: under the UUID it has, not a new random one.
+        const more = (await check(outs, { ...inputs, autostart: true, memoryMb: 256 }, host)).inputs;
+        expect(more.domainXml).not.toContain("<uuid>");
+        const { outs: bigger } = await update(id, outs, more, host);
+        expect(bigger).toMatchObject({ status: "running", domainDrift: [] });
+        expect(virshState(k).domains["lab-dom"].xml).toContain(`<uuid>${given}</uuid>`);
+        expect(virshState(k).domains["lab-dom"].xml).toContain("<memory unit='KiB'>262144</memory>");
+        // Another uuid input: the old definition goes first (its NVRAM kept), then ours, autostart set again.
+        const other = "0b6d9c43-2f1e-4a5b-8c7d-6e5f4a3b2c1d";
+        const moved = (await check(bigger, { ...inputs, autostart: true, memoryMb: 256, uuid: other }, host)).inputs;
+        const at = virshState(k).log.length;
+        const { outs: renamed } = await update(id, bigger, moved, host);
+        expect(renamed).toMatchObject({ status: "running", domainDrift: [] });
+        expect(virshState(k).log.slice(at).map((a) => a.join(" "))).toEqual(expect.arrayContaining(["undefine --keep-nvram lab-dom", "define /run/pulumi-vfio/vm/lab-dom/domain.xml", "autostart lab-dom", "start lab-dom"]));
+        expect(virshState(k).domains["lab-dom"].xml).toContain(`<uuid>${other}</uuid>`);
+        expect(k.state.files["/etc/libvirt/qemu/autostart/lab-dom.xml"]).toBeDefined();
+    });
+
     test("autostart is libvirt's (virsh autostart), and running: false shuts the domain off", async () => {
         const c = await check({}, { ...inputs, autostart: true }, host);
         const { id, outs } = await create(c.inputs, host);
