@@ -12,7 +12,7 @@
  * - read: `virsh domstate` and `virsh dumpxml --inactive` in one batch: a stopped domain, or a definition edited by
  *   hand (virt-manager, `virsh edit`), is drift; `domainDrift` names the changed parts and `up` defines ours again.
  * - delete: `virsh shutdown`, wait up to shutdownTimeoutSeconds for `shut off`, then `virsh destroy`, and
- *   `virsh undefine --nvram`.
+ *   `virsh undefine --nvram`; with shutdownTimeoutSeconds 0, `destroy` and `undefine --nvram` in one batch.
  */
 import { PlanError } from "../errors";
 import type { Host, Op, OpResult } from "../host/types";
@@ -21,7 +21,7 @@ import { vmPaths } from "../qemu/cmdline";
 import { firstFailure } from "../sysfs/pci";
 import { readVmFacts } from "../vm/facts";
 import { preflightProblems, resolveHostDevices, specOf } from "../vm/plan";
-import { Normalized, PassthroughVmInputs, PassthroughVmOutputs, VmStatus, dflt, outputsOf, safeNormalize } from "../vm/spec";
+import { LIBVIRT_RUN_DIR, Normalized, PassthroughVmInputs, PassthroughVmOutputs, VmStatus, dflt, outputsOf, safeNormalize } from "../vm/spec";
 import { buildDomainXml, domainDrift, domainUuid, parseXml } from "./domainXml";
 import * as v from "./virsh";
 
@@ -93,11 +93,24 @@ async function stopDomain(host: Host, name: string, running: boolean, timeoutS: 
             await sleep(500);
         }
     }
-    const ops = [...(running ? [v.destroy(name)] : []), ...after];
+    const ops = [...(running ? destroyed(name) : []), ...after];
     if (!ops.length) return;
     const r = await host.run(ops, { stopOnError: true });
+    if (running) stillRunning(name, r);
     const e = fail(`VM ${name}`, ops, r);
     if (e) throw e;
+}
+
+/**
+ * `virsh destroy` and the guard that it worked: libvirt deletes the QEMU pidfile (/run/libvirt/qemu/<name>.pid)
+ * once the process is gone. A QEMU that destroy cannot end (in D state on a vfio device) fails the guard, which
+ * stops the batch before an undefine would leave a transient domain that still runs and holds the groups.
+ */
+const destroyed = (name: string): Op[] => [v.destroy(name), { op: "read", path: `${LIBVIRT_RUN_DIR}/${name}.pid`, expect: "" }];
+
+/** Throws when the guard of {@link destroyed} (results 0 and 1 of `r`) failed. */
+function stillRunning(name: string, r: OpResult[]): void {
+    if (!r[1].ok) throw new Error(`VM ${name}: still running after virsh destroy ${name}: ${r[0].ok ? "its QEMU has not exited" : v.virshError(r[0])}`);
 }
 
 /** Bring the domain to the inputs (see the file's comment). */
@@ -169,13 +182,23 @@ export async function remove(host: Host, props: PassthroughVmOutputs): Promise<v
     const name = props.name;
     const paths = vmPaths(name);
     const timeoutS = props.shutdownTimeoutSeconds ?? dflt<number>("shutdownTimeoutSeconds");
+    const rmdir: Op = { op: "exec", argv: ["rmdir", "--ignore-fail-on-non-empty", paths.runDir], optional: true };
+    if (timeoutS === 0) {
+        // No grace time: what a user types, in one batch. destroy fails harmlessly on a domain that is not running
+        // (see destroyed for its guard); undefine's "failed to get domain" means it is already gone.
+        const ops: Op[] = [...destroyed(name), v.virsh(["undefine", "--nvram", name], { optional: true }), rmdir];
+        const r = await host.run(ops, { stopOnError: true });
+        stillRunning(name, r);
+        if (!r[2].ok && !v.isNoDomain(r[2])) throw new Error(`VM ${name}: undefine --nvram ${name}: ${v.virshError(r[2])}`);
+        return;
+    }
     // With a grace time, the ACPI request goes in the first batch with the state read.
-    const first: Op[] = [v.domstate(name), ...(timeoutS > 0 ? [v.shutdown(name)] : [])];
+    const first: Op[] = [v.domstate(name), v.shutdown(name)];
     const [state] = await host.run(first);
     const status = v.parseDomstate(state);
     if (status === null) return;
     const running = status !== "stopped";
-    if (running && timeoutS > 0) {
+    if (running) {
         const until = Date.now() + timeoutS * 1000;
         for (;;) {
             await sleep(500);
@@ -183,5 +206,5 @@ export async function remove(host: Host, props: PassthroughVmOutputs): Promise<v
             if (s === null || s === "stopped" || Date.now() > until) break;
         }
     }
-    await stopDomain(host, name, running, 0, [v.undefine(name), { op: "exec", argv: ["rmdir", "--ignore-fail-on-non-empty", paths.runDir], optional: true }]);
+    await stopDomain(host, name, running, 0, [v.undefine(name), rmdir]);
 }

@@ -20,6 +20,8 @@ export interface FakeDomain {
     state: "running" | "paused" | "shut off";
     persistent: boolean;
     pid?: number;
+    /** Its QEMU is in D state (a vfio device that will not let go): destroy fails and the process stays. */
+    stuck?: boolean;
 }
 
 export interface FakeVirsh {
@@ -74,12 +76,15 @@ function startDomain(k: FakeKernel, name: string, d: FakeDomain) {
     for (const p of paths.slice(1)) (k.state.openers[p] ??= []).push(pid);
     d.pid = pid;
     d.state = "running";
+    // libvirt's QEMU driver keeps the process's pidfile while it runs and deletes it once the process is gone.
+    k.state.files[`/run/libvirt/qemu/${name}.pid`] = { data: `${pid}\n`, mode: 0o600 };
     return { code: 0, stdout: `Domain '${name}' started\n\n` };
 }
 
 function stopDomain(k: FakeKernel, v: FakeVirsh, name: string, d: FakeDomain) {
     if (d.pid !== undefined) k.release(d.pid);
     delete d.pid;
+    delete k.state.files[`/run/libvirt/qemu/${name}.pid`];
     d.state = "shut off";
     if (!d.persistent) delete v.domains[name];
 }
@@ -125,6 +130,7 @@ const virshSubsystem: FakeSubsystem = {
             case "destroy":
                 if (!d) return noDomain(name);
                 if (d.state === "shut off") return err(`Failed to destroy domain '${name}'`, "Requested operation is not valid: domain is not running");
+                if (d.stuck) return err(`Failed to destroy domain '${name}'`, `Failed to terminate process ${d.pid} with SIGKILL: Device or resource busy`);
                 stopDomain(k, v, name, d);
                 return { code: 0, stdout: `Domain '${name}' destroyed\n\n` };
             case "undefine":
@@ -163,7 +169,7 @@ const virshSubsystem: FakeSubsystem = {
 /** virsh and libvirt's QEMU driver on the fake machine (no domain defined). */
 export function installVirsh(k: FakeKernel): FakeKernel {
     k.state.ext.virsh = { domains: {}, log: [] } satisfies FakeVirsh;
-    if (!k.state.dirs.includes(AUTOSTART)) k.state.dirs.push("/etc/libvirt", "/etc/libvirt/qemu", AUTOSTART);
+    if (!k.state.dirs.includes(AUTOSTART)) k.state.dirs.push("/etc/libvirt", "/etc/libvirt/qemu", AUTOSTART, "/run/libvirt", "/run/libvirt/qemu");
     return k.use(virshSubsystem, { first: true });
 }
 

@@ -128,7 +128,7 @@ describe("lifecycle on the fake machine's virsh", () => {
         return [host.roundTrips - t0, v];
     };
 
-    test("preview shows the domain XML; create defines and starts it (managed='no': the drivers stay vfio-pci); refresh sees no drift; delete undefines it: 2, 2, 1 and 2 round trips", async () => {
+    test("preview shows the domain XML; create defines and starts it (managed='no': the drivers stay vfio-pci); refresh sees no drift; delete undefines it: 2, 1 and 1 round trips", async () => {
         const c = await check({}, inputs, host);
         expect(c.failures).toEqual([]);
         expect(c.inputs.commandLine).toEqual([]);
@@ -144,10 +144,10 @@ describe("lifecycle on the fake machine's virsh", () => {
         expect(diff(made.id, seen.props!, (await check(made.outs, inputs, host)).inputs).changes).toBe(false);
         const [rm] = await trips(() => remove(made.id, seen.props!, host));
         expect(virshState(k).domains["lab-dom"]).toBeUndefined();
-        expect(virshState(k).log.slice(-3).map((a) => a[0])).toEqual(["domstate", "destroy", "undefine"]);
-        expect(virshState(k).log.at(-2)).toEqual(["destroy", "lab-dom"]);
-        expect(virshState(k).log.at(-1)).toEqual(["undefine", "--nvram", "lab-dom"]);
-        expect([cr, rd, rm]).toEqual([2, 1, 2]);
+        // shutdownTimeoutSeconds 0: what a user types, destroy and undefine --nvram, in one batch.
+        expect(virshState(k).log.slice(-2)).toEqual([["destroy", "lab-dom"], ["undefine", "--nvram", "lab-dom"]]);
+        expect(k.state.files["/run/libvirt/qemu/lab-dom.pid"]).toBeUndefined();
+        expect([cr, rd, rm]).toEqual([2, 1, 1]);
         expect([driver("0000:01:00.0"), driver("0000:01:00.1")]).toEqual(["vfio-pci", "vfio-pci"]);
     });
 
@@ -186,6 +186,30 @@ describe("lifecycle on the fake machine's virsh", () => {
         expect(virshState(k).log.slice(at).map((a) => a.join(" "))).toEqual(expect.arrayContaining(["undefine --keep-nvram lab-dom", "define /run/pulumi-vfio/vm/lab-dom/domain.xml", "autostart lab-dom", "start lab-dom"]));
         expect(virshState(k).domains["lab-dom"].xml).toContain(`<uuid>${other}</uuid>`);
         expect(k.state.files["/etc/libvirt/qemu/autostart/lab-dom.xml"]).toBeDefined();
+    });
+
+    test("delete with a grace time asks the guest first (virsh shutdown), then destroys; a domain already gone is no error", async () => {
+        const c = await check({}, { ...inputs, shutdownTimeoutSeconds: 1 }, host);
+        const { id, outs } = await create(c.inputs, host);
+        const at = virshState(k).log.length;
+        await remove(id, outs, host);
+        expect(virshState(k).log.slice(at).map((a) => a[0])).toEqual(["domstate", "shutdown", ...Array(virshState(k).log.length - at - 4).fill("domstate"), "destroy", "undefine"]);
+        expect(virshState(k).domains["lab-dom"]).toBeUndefined();
+        await expect(remove(id, outs, host)).resolves.toBeUndefined();
+        await expect(remove(id, { ...outs, shutdownTimeoutSeconds: 0 }, host)).resolves.toBeUndefined();
+    });
+
+    test("a QEMU that destroy cannot end (D state on a vfio device) is not undefined into a transient domain that still runs: delete fails and says why", async () => {
+        const c = await check({}, inputs, host);
+        const { id, outs } = await create(c.inputs, host);
+        virshState(k).domains["lab-dom"].stuck = true;
+        await expect(remove(id, outs, host)).rejects.toThrow(/VM lab-dom: still running after virsh destroy lab-dom: Failed to destroy domain 'lab-dom': Failed to terminate process \d+ with SIGKILL: Device or resource busy/);
+        expect(virshState(k).domains["lab-dom"]).toMatchObject({ state: "running", persistent: true });
+        expect(virshState(k).log.at(-1)![0]).toBe("destroy");
+        // The same with a grace time: shutdown ignored, destroy fails, no undefine.
+        await expect(remove(id, { ...outs, shutdownTimeoutSeconds: 1 }, host)).rejects.toThrow(/still running after virsh destroy lab-dom/);
+        expect(virshState(k).domains["lab-dom"]).toMatchObject({ state: "running", persistent: true });
+        expect(virshState(k).log.at(-1)![0]).toBe("destroy");
     });
 
     test("autostart is libvirt's (virsh autostart), and running: false shuts the domain off", async () => {
