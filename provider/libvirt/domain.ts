@@ -34,10 +34,13 @@ export interface DomainSeen {
     autostart: boolean;
 }
 
-/** The reads of {@link DomainSeen}, added to a batch. */
-export function addDomainReads(q: BatchQuery, name: string): (r: OpResult[]) => DomainSeen {
+/**
+ * The reads of {@link DomainSeen}, added to a batch. Without `definition` (a create: any domain of that name is
+ * refused, so its XML is not needed) `xml` is null and one virsh run (~0.3 s on the lab) is saved.
+ */
+export function addDomainReads(q: BatchQuery, name: string, definition = true): (r: OpResult[]) => DomainSeen {
     const state = q.one(v.domstate(name), v.parseDomstate);
-    const xml = q.one(v.dumpxml(name), (r) => (r.ok ? r.data : null));
+    const xml = definition ? q.one(v.dumpxml(name), (r) => (r.ok ? r.data : null)) : () => null;
     const auto = q.one({ op: "stat", path: `${v.AUTOSTART_DIR}/${name}.xml` }, (r) => r.ok);
     return (r) => ({ status: state(r), xml: xml(r), autostart: auto(r) });
 }
@@ -121,7 +124,7 @@ export async function converge(host: Host, inputs: PassthroughVmInputs, previous
     const paths = vmPaths(name);
     return host.withLock(async (host) => {
         const q = new BatchQuery();
-        const seenPart = addDomainReads(q, name);
+        const seenPart = addDomainReads(q, name, previous !== undefined);
         const { facts, results } = await readVmFacts(host, n, paths, { query: q, known: inputs.hostDevices });
         const seen = seenPart(results);
         if (!previous && seen.status !== null) {
@@ -154,18 +157,16 @@ export async function converge(host: Host, inputs: PassthroughVmInputs, previous
         if (seen.autostart !== n.autostart || (redefine && def.undefineFirst && n.autostart)) ops.push(v.autostart(name, n.autostart));
         if (n.running && (willStart || !running)) ops.push(v.start(name));
         else if (n.running && seen.status === "paused") ops.push(v.resume(name));
-        const q2 = new BatchQuery();
-        const applied = q2.add(ops, (r) => fail(`VM ${name}`, ops, r));
-        const after = q2.one(v.domstate(name), v.parseDomstate);
-        const r = ops.length ? await q2.run(host, { stopOnError: true }) : [];
-        const err = ops.length ? applied(r) : undefined;
+        const r = ops.length ? await host.run(ops, { stopOnError: true }) : [];
+        const err = ops.length ? fail(`VM ${name}`, ops, r) : undefined;
         if (err) {
             // Put back what was there: the old definition (re-defined from its XML), or no domain at all.
             const back: Op[] = seen.xml !== null ? [{ op: "put", path: file, data: seen.xml, mode: 0o600 }, v.define(file), { op: "remove", path: file }] : [v.destroy(name), v.virsh(["undefine", "--nvram", name], { optional: true })];
             if (redefine) await host.run(back);
             throw err;
         }
-        const status = ops.length ? after(r) ?? "stopped" : seen.status ?? "stopped";
+        // `virsh start` and `resume` return once the vCPUs run; a domain that dies right after is read's to see.
+        const status: VmStatus = n.running && (willStart || !running || seen.status === "paused") ? "running" : running && !n.running ? "stopped" : (seen.status ?? "stopped");
         return outputsOf(inputs, n, hostDevices, { commandLine: [], domainXml: xml }, { status, pid: null, vcpuThreads: [], missingDevices: [], pinningOk: true, domainDrift: [] });
     });
 }

@@ -135,7 +135,7 @@ describe("lifecycle on the fake machine's virsh", () => {
         expect(c.inputs.domainXml).toContain("<hostdev mode='subsystem' type='pci' managed='no'>");
         const [cr, made] = await trips(() => create(c.inputs, host));
         expect(made.outs).toMatchObject({ status: "running", backend: "libvirt", domainDrift: [], unit: null, qmpSocket: "" });
-        expect(virshState(k).log.map((a) => a[0])).toEqual(["domstate", "dumpxml", "define", "start", "domstate"]);
+        expect(virshState(k).log.map((a) => a[0])).toEqual(["domstate", "define", "start"]);
         expect([driver("0000:01:00.0"), driver("0000:01:00.1")]).toEqual(["vfio-pci", "vfio-pci"]);
         // The XML file was written 0600 for define and removed after it.
         expect(k.state.files["/run/pulumi-vfio/vm/lab-dom/domain.xml"]).toBeUndefined();
