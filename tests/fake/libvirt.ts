@@ -169,6 +169,8 @@ const virshSubsystem: FakeSubsystem = {
 /** virsh and libvirt's QEMU driver on the fake machine (no domain defined). */
 export function installVirsh(k: FakeKernel): FakeKernel {
     k.state.ext.virsh = { domains: {}, log: [] } satisfies FakeVirsh;
+    // libvirt's <emulator> (Debian's qemu-system-x86, which libvirt-daemon-driver-qemu recommends).
+    k.state.files["/usr/bin/qemu-system-x86_64"] ??= { data: "#!/fake/qemu-system-x86_64\n", mode: 0o755 };
     if (!k.state.dirs.includes(AUTOSTART)) k.state.dirs.push("/etc/libvirt", "/etc/libvirt/qemu", AUTOSTART, "/run/libvirt", "/run/libvirt/qemu");
     return k.use(virshSubsystem, { first: true });
 }

@@ -13,7 +13,7 @@ import * as mdev from "../../provider/mdevInstance";
 import { buildDomainXml, domainDrift, parseXml } from "../../provider/libvirt/domainXml";
 import { check, create, diff, read, remove, update } from "../../provider/passthroughVm";
 import { specOf } from "../../provider/vm/plan";
-import { normalize } from "../../provider/vm/spec";
+import { normalize, preflightWant } from "../../provider/vm/spec";
 
 const UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
 const base = { name: "lab-dom", backend: "libvirt", accel: "tcg", cpu: { cores: 1 }, memoryMb: 128, network: { mode: "none" }, shutdownTimeoutSeconds: 0 };
@@ -96,6 +96,13 @@ describe("domain XML (pure)", () => {
         expect(xml).not.toContain("<shmem");
         const args = parseXml(xml).children.find((c) => c.tag === "qemu:commandline")!.children.map((a) => a.attrs.value);
         expect(args).toEqual(["-device", JSON.stringify({ driver: "ivshmem-plain", id: "shmem0", memdev: "looking-glass" }), "-object", JSON.stringify({ "qom-type": "memory-backend-file", id: "looking-glass", "mem-path": "/dev/kvmfr0", size: 67108864, share: true })]);
+    });
+
+    test("the preflight asks libvirt's questions: its <emulator> exists (no QEMU run by us), and no qemu-bridge-helper ACL for a bridge", () => {
+        const bridged = { ...base, network: { mode: "bridge", bridge: "br0" } } as any;
+        expect(preflightWant(normalize(bridged))).toMatchObject({ bridge: "br0", emulator: "/usr/bin/qemu-system-x86_64", bridgeHelper: false });
+        const q = preflightWant(normalize({ ...bridged, backend: "qemu" }));
+        expect([q.emulator, q.bridgeHelper]).toEqual([undefined, undefined]);
     });
 
     test("drift: what libvirt adds is not drift; a changed memory size, a removed hostdev and an added one are", () => {
