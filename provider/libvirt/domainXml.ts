@@ -58,6 +58,12 @@ export interface DomainExtras {
     pinning?: number[];
     /** The VARS template (the spec's `firmware.vars` is the QEMU backend's per-VM copy). */
     varsTemplate?: string;
+    /**
+     * The `<uuid>` to write when the spec has none: the one libvirt gave the defined domain. libvirt generates a
+     * random UUID for a definition without one, and refuses to redefine a domain under another UUID ("operation
+     * failed: domain 'x' already exists with uuid ...", seen on the lab's libvirt 9.0), so a redefinition keeps it.
+     */
+    uuid?: string;
 }
 
 /** The libvirt `<shmem>` name of a /dev/shm file (libvirt creates /dev/shm/<name>), or undefined for kvmfr. */
@@ -73,7 +79,7 @@ export const nvramPath = (name: string) => `${LIBVIRT_NVRAM_DIR}/${name}_VARS.fd
 export function buildDomain(spec: VmSpec, extras: DomainExtras = {}): XmlNode {
     const { sockets, cores, threads } = spec.cpu;
     const vcpus = sockets * cores * threads;
-    const uuid = smbiosUuid(spec.uuid, spec.mdevs);
+    const uuid = smbiosUuid(spec.uuid, spec.mdevs) ?? extras.uuid;
     const kvm = spec.accel === "kvm";
     const topology = el("topology", { sockets, dies: 1, cores, threads });
     const cpu =
@@ -184,6 +190,15 @@ export function parseXml(text: string): XmlNode {
     const roots = (parser.parse(text) as any[]).map(convert).filter((c): c is XmlNode => !!c);
     if (roots.length !== 1) throw new Error(`expected one XML document element, found ${roots.length}`);
     return roots[0];
+}
+
+/** The `<uuid>` of a domain's XML text, or undefined (none, or text that does not parse). */
+export function domainUuid(text: string): string | undefined {
+    try {
+        return parseXml(text).children.find((c) => c.tag === "uuid")?.text?.trim().toLowerCase() || undefined;
+    } catch {
+        return undefined;
+    }
 }
 
 /** Memory sizes with libvirt's units (formatdomain "Memory Allocation": b, KiB/K, MiB/M, GiB/G...) → bytes. */

@@ -25,6 +25,17 @@ export interface PreflightWant {
     romfiles: { path: string; field: string }[];
     /** The host bridge of network mode `bridge`. */
     bridge?: string;
+    /**
+     * libvirt's `<emulator>` (backend libvirt): libvirt runs QEMU, so its path is checked with a stat instead of
+     * running `qemu-system-x86_64 --version` on our PATH. Unset: the QEMU backend's check.
+     */
+    emulator?: string;
+    /**
+     * The bridge is reached through qemu-bridge-helper, whose ACL is /etc/qemu/bridge.conf (the QEMU backend).
+     * libvirt's system daemon creates and attaches the tap device itself (formatdomain, "Bridge to LAN"), so
+     * bridge.conf does not apply to a libvirt domain. Default true.
+     */
+    bridgeHelper?: boolean;
 }
 
 export type NodeKind = "file" | "dir" | "char" | "block" | "other" | "absent";
@@ -55,6 +66,7 @@ function statPaths(w: PreflightWant): string[] {
     const p = [...(w.firmware ? [w.firmware.code, w.firmware.vars, w.firmware.copy] : []), ...w.disks.map((d) => d.path), ...(w.cdrom ? [w.cdrom] : []), ...w.romfiles.map((r) => r.path)];
     if (w.accel === "kvm") p.push("/dev/kvm");
     if (w.bridge !== undefined && IFNAME.test(w.bridge)) p.push(`/sys/class/net/${w.bridge}/bridge`);
+    if (w.emulator) p.push(w.emulator);
     return [...new Set(p)];
 }
 
@@ -65,12 +77,12 @@ function statPaths(w: PreflightWant): string[] {
  */
 export function envOps(w: PreflightWant): Op[] {
     const ops: Op[] = statPaths(w).map((path): Op => ({ op: "stat", path }));
-    ops.push({ op: "exec", argv: [QEMU_BINARY, "--version"], optional: true, timeoutMs: 20_000 });
+    if (!w.emulator) ops.push({ op: "exec", argv: [QEMU_BINARY, "--version"], optional: true, timeoutMs: 20_000 });
     if (w.hugepages) {
         ops.push({ op: "read", path: "/proc/mounts" });
         for (const kb of HUGEPAGE_SIZES_KB) ops.push({ op: "read", path: hugepageFile(kb, "free") }, { op: "read", path: hugepageFile(kb, "resv") });
     }
-    if (w.bridge !== undefined) ops.push({ op: "read", path: BRIDGE_CONF });
+    if (w.bridge !== undefined && w.bridgeHelper !== false) ops.push({ op: "read", path: BRIDGE_CONF });
     return ops;
 }
 
@@ -103,9 +115,15 @@ export function parseEnv(w: PreflightWant, r: OpResult[]): HostEnv {
     let at = 0;
     const nodes = new Map<string, NodeKind>();
     for (const p of statPaths(w)) nodes.set(p, statKind(r[at++]));
-    const x = r[at++];
-    const message = (x.message ?? "").replace(/ \| /g, "; ").trim();
-    const qemu: HostEnv["qemu"] = x.ok ? { ok: true, version: x.data.split("\n")[0].trim() } : { ok: false, missing: x.code === 127, message };
+    let qemu: HostEnv["qemu"];
+    if (w.emulator) {
+        const k = nodes.get(w.emulator);
+        qemu = k === "file" ? { ok: true, version: "" } : { ok: false, missing: true, message: `libvirt's emulator ${w.emulator} ${k === "absent" ? "does not exist" : "is not a file"}` };
+    } else {
+        const x = r[at++];
+        const message = (x.message ?? "").replace(/ \| /g, "; ").trim();
+        qemu = x.ok ? { ok: true, version: x.data.split("\n")[0].trim() } : { ok: false, missing: x.code === 127, message };
+    }
     let pageKb: number | null = null;
     const available = new Map<number, number>();
     if (w.hugepages) {
@@ -118,7 +136,7 @@ export function parseEnv(w: PreflightWant, r: OpResult[]): HostEnv {
         }
     }
     let bridgeConf: string | null = null;
-    if (w.bridge !== undefined) {
+    if (w.bridge !== undefined && w.bridgeHelper !== false) {
         const c = r[at++];
         bridgeConf = c.ok ? c.data : null;
     }
@@ -162,7 +180,9 @@ export function envProblems(w: PreflightWant, env: HostEnv, heldHugepagesMb = 0)
     if (!env.qemu.ok) {
         fail(
             "machine",
-            env.qemu.missing
+            w.emulator && !env.qemu.ok
+                ? `${env.qemu.message}: libvirt could not start the domain (install qemu-system-x86 on Debian/Ubuntu, qemu-kvm on Fedora)`
+                : env.qemu.missing
                 ? `${QEMU_BINARY} is not installed on this host (not on the PATH pulumi-vfio runs with${env.qemu.message ? `: ${env.qemu.message}` : ""}): apt install qemu-system-x86 (Debian/Ubuntu) or dnf install qemu-kvm (Fedora)`
                 : `${QEMU_BINARY} --version failed: ${env.qemu.message || "(no output)"}`,
         );
@@ -212,7 +232,9 @@ export function envProblems(w: PreflightWant, env: HostEnv, heldHugepagesMb = 0)
     if (w.bridge !== undefined) {
         if (!IFNAME.test(w.bridge)) fail("network.bridge", `${JSON.stringify(w.bridge)} is not a network interface name`);
         else if (kind(`/sys/class/net/${w.bridge}/bridge`) !== "dir") fail("network.bridge", `there is no bridge ${w.bridge} on this host (/sys/class/net/${w.bridge}/bridge): create it (ip link add ${w.bridge} type bridge, or in your network configuration)`);
-        else if (env.bridgeConf === null) fail("network.bridge", `${BRIDGE_CONF} does not exist, so qemu-bridge-helper denies every bridge ("access denied by acl file"): create it with the line "allow ${w.bridge}" (mode 0640)`);
+        else if (w.bridgeHelper === false) {
+            // libvirt attaches the tap itself: no qemu-bridge-helper ACL to satisfy.
+        } else if (env.bridgeConf === null) fail("network.bridge", `${BRIDGE_CONF} does not exist, so qemu-bridge-helper denies every bridge ("access denied by acl file"): create it with the line "allow ${w.bridge}" (mode 0640)`);
         else if (bridgeAllowed(env.bridgeConf, w.bridge) === false) fail("network.bridge", `${BRIDGE_CONF} does not allow ${w.bridge} (qemu-bridge-helper: "access denied by acl file"): add the line "allow ${w.bridge}" (and no "deny" for it)`);
     }
     return out;

@@ -5,7 +5,7 @@
  */
 import { CheckFailure, schemaDefault, withoutProvider } from "../check";
 import type { HostDevice, VmSpec } from "../qemu/cmdline";
-import { vmPaths } from "../qemu/cmdline";
+import { QEMU_BINARY, vmPaths } from "../qemu/cmdline";
 import type { PreflightWant } from "../qemu/preflight";
 import { parseAddress } from "../sysfs/pci";
 import type { DiskInput, MdevInput, PassthroughDeviceInput, PassthroughVmSchemaInputs } from "../generated/inputs";
@@ -130,6 +130,8 @@ export function preflightWant(n: Normalized): PreflightWant {
         cdrom: n.cdrom,
         romfiles: n.devices.flatMap((d, k) => (d.romfile ? [{ path: d.romfile, field: `devices[${k}].romfile` }] : [])),
         bridge: n.network.mode === "bridge" ? n.network.bridge : undefined,
+        // libvirt runs QEMU from its <emulator> (provider/libvirt/domainXml.ts's EMULATOR) and makes the tap itself.
+        ...(n.backend === "libvirt" ? { emulator: `/usr/bin/${QEMU_BINARY}`, bridgeHelper: false } : {}),
     };
 }
 

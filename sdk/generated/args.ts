@@ -228,8 +228,8 @@ export interface KvmfrDeviceArgs {
      * /etc/libvirt/qemu.conf (your own setting gets one line of ours; without one, libvirt's default list is kept in a
      * marked setting of ours) and, where AppArmor confines libvirt, `/dev/kvmfrN rw,` to
      * /etc/apparmor.d/local/abstractions/libvirt-qemu; libvirtd (or virtqemud) is restarted when qemu.conf changed and
-     * it is running. Delete takes back exactly the lines it added. Not needed for a PassthroughVm, whose QEMU runs
-     * without libvirt. Default: `false`.
+     * it is running. Delete takes back exactly the lines it added. Needed by a PassthroughVm with `backend: libvirt` on
+     * this device; not by the default QEMU backend, whose QEMU runs without libvirt. Default: `false`.
      */
     libvirt?: pulumi.Input<boolean>;
     /**

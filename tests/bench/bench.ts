@@ -4,6 +4,7 @@
  */
 import { bootLab } from "../lab/lab";
 import { benchIommu } from "./iommu.bench";
+import { benchLibvirt } from "./libvirt.bench";
 import { benchMdev } from "./mdev.bench";
 import { benchVm } from "./vm.bench";
 import { BenchRow } from "./types";
@@ -44,6 +45,7 @@ async function main(): Promise<void> {
         await step("IommuBinding", () => benchIommu(vm, iterations));
         await step("MdevInstance", () => benchMdev(vm, iterations));
         await step("PassthroughVm", () => benchVm(vm, Math.min(iterations, 5)));
+        await step("PassthroughVm backend libvirt", () => benchLibvirt(vm, Math.min(iterations, 5)));
         finished = true;
         if (process.argv.includes("--json")) console.log(JSON.stringify(rows, null, 2));
         else console.log(table(rows));

@@ -7,7 +7,8 @@
  * running`...).
  *
  * What libvirt adds to a definition is added here too, so a read-back is not byte-equal to what was defined: a
- * `<uuid>`, the expanded machine type (q35 → pc-q35-7.2), each hostdev's guest `<address>` and `<alias>`, root
+ * `<uuid>` (a random one in libvirt; here one per definition, so a redefinition without the domain's UUID is refused
+ * as libvirt refuses it), the expanded machine type (q35 → pc-q35-7.2), each hostdev's guest `<address>` and `<alias>`, root
  * port controllers. A start holds each PCI hostdev's /dev/vfio group as QEMU does (managed='no': it fails when a
  * device is not bound to vfio-pci, and libvirt never rebinds); the guest has no OS, so `shutdown` (ACPI) is
  * ignored and only `destroy` stops it.
@@ -19,6 +20,8 @@ export interface FakeDomain {
     state: "running" | "paused" | "shut off";
     persistent: boolean;
     pid?: number;
+    /** Its QEMU is in D state (a vfio device that will not let go): destroy fails and the process stays. */
+    stuck?: boolean;
 }
 
 export interface FakeVirsh {
@@ -73,12 +76,15 @@ function startDomain(k: FakeKernel, name: string, d: FakeDomain) {
     for (const p of paths.slice(1)) (k.state.openers[p] ??= []).push(pid);
     d.pid = pid;
     d.state = "running";
+    // libvirt's QEMU driver keeps the process's pidfile while it runs and deletes it once the process is gone.
+    k.state.files[`/run/libvirt/qemu/${name}.pid`] = { data: `${pid}\n`, mode: 0o600 };
     return { code: 0, stdout: `Domain '${name}' started\n\n` };
 }
 
 function stopDomain(k: FakeKernel, v: FakeVirsh, name: string, d: FakeDomain) {
     if (d.pid !== undefined) k.release(d.pid);
     delete d.pid;
+    delete k.state.files[`/run/libvirt/qemu/${name}.pid`];
     d.state = "shut off";
     if (!d.persistent) delete v.domains[name];
 }
@@ -104,6 +110,9 @@ const virshSubsystem: FakeSubsystem = {
                 const existing = v.domains[m[2]];
                 const id = Object.keys(v.domains).length + 1;
                 const xml = normalized(f.data, id);
+                // A definition without a <uuid> gets a new one; a domain keeps its UUID for life (libvirt 9.0).
+                const uuidOf = (x: string) => /<uuid>([^<]+)<\/uuid>/.exec(x)?.[1];
+                if (existing && uuidOf(existing.xml) !== uuidOf(xml)) return err(`Failed to define domain from ${name}`, `operation failed: domain '${m[2]}' already exists with uuid ${uuidOf(existing.xml)}`);
                 if (existing) {
                     existing.xml = xml;
                     existing.persistent = true;
@@ -121,6 +130,7 @@ const virshSubsystem: FakeSubsystem = {
             case "destroy":
                 if (!d) return noDomain(name);
                 if (d.state === "shut off") return err(`Failed to destroy domain '${name}'`, "Requested operation is not valid: domain is not running");
+                if (d.stuck) return err(`Failed to destroy domain '${name}'`, `Failed to terminate process ${d.pid} with SIGKILL: Device or resource busy`);
                 stopDomain(k, v, name, d);
                 return { code: 0, stdout: `Domain '${name}' destroyed\n\n` };
             case "undefine":
@@ -159,7 +169,9 @@ const virshSubsystem: FakeSubsystem = {
 /** virsh and libvirt's QEMU driver on the fake machine (no domain defined). */
 export function installVirsh(k: FakeKernel): FakeKernel {
     k.state.ext.virsh = { domains: {}, log: [] } satisfies FakeVirsh;
-    if (!k.state.dirs.includes(AUTOSTART)) k.state.dirs.push("/etc/libvirt", "/etc/libvirt/qemu", AUTOSTART);
+    // libvirt's <emulator> (Debian's qemu-system-x86, which libvirt-daemon-driver-qemu recommends).
+    k.state.files["/usr/bin/qemu-system-x86_64"] ??= { data: "#!/fake/qemu-system-x86_64\n", mode: 0o755 };
+    if (!k.state.dirs.includes(AUTOSTART)) k.state.dirs.push("/etc/libvirt", "/etc/libvirt/qemu", AUTOSTART, "/run/libvirt", "/run/libvirt/qemu");
     return k.use(virshSubsystem, { first: true });
 }
 

@@ -13,7 +13,7 @@ import * as mdev from "../../provider/mdevInstance";
 import { buildDomainXml, domainDrift, parseXml } from "../../provider/libvirt/domainXml";
 import { check, create, diff, read, remove, update } from "../../provider/passthroughVm";
 import { specOf } from "../../provider/vm/plan";
-import { normalize } from "../../provider/vm/spec";
+import { normalize, preflightWant } from "../../provider/vm/spec";
 
 const UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
 const base = { name: "lab-dom", backend: "libvirt", accel: "tcg", cpu: { cores: 1 }, memoryMb: 128, network: { mode: "none" }, shutdownTimeoutSeconds: 0 };
@@ -98,6 +98,13 @@ describe("domain XML (pure)", () => {
         expect(args).toEqual(["-device", JSON.stringify({ driver: "ivshmem-plain", id: "shmem0", memdev: "looking-glass" }), "-object", JSON.stringify({ "qom-type": "memory-backend-file", id: "looking-glass", "mem-path": "/dev/kvmfr0", size: 67108864, share: true })]);
     });
 
+    test("the preflight asks libvirt's questions: its <emulator> exists (no QEMU run by us), and no qemu-bridge-helper ACL for a bridge", () => {
+        const bridged = { ...base, network: { mode: "bridge", bridge: "br0" } } as any;
+        expect(preflightWant(normalize(bridged))).toMatchObject({ bridge: "br0", emulator: "/usr/bin/qemu-system-x86_64", bridgeHelper: false });
+        const q = preflightWant(normalize({ ...bridged, backend: "qemu" }));
+        expect([q.emulator, q.bridgeHelper]).toEqual([undefined, undefined]);
+    });
+
     test("drift: what libvirt adds is not drift; a changed memory size, a removed hostdev and an added one are", () => {
         const ours = parseXml(LAB_DOMAIN);
         const libvirtShows = LAB_DOMAIN.replace("machine='q35'", "machine='pc-q35-7.2'").replace("<name>lab-dom</name>", "<name>lab-dom</name>\n  <uuid>6f1d1c8e-0000-4000-8000-000000000001</uuid>").replace(/<\/source>\n    <\/hostdev>/g, "</source>\n      <alias name='hostdev0'/>\n      <address type='pci' domain='0x0000' bus='0x07' slot='0x00' function='0x0'/>\n    </hostdev>").replace("<size unit='M'>32</size>", "<size unit='KiB'>32768</size>");
@@ -128,14 +135,14 @@ describe("lifecycle on the fake machine's virsh", () => {
         return [host.roundTrips - t0, v];
     };
 
-    test("preview shows the domain XML; create defines and starts it (managed='no': the drivers stay vfio-pci); refresh sees no drift; delete undefines it: 2, 2, 1 and 2 round trips", async () => {
+    test("preview shows the domain XML; create defines and starts it (managed='no': the drivers stay vfio-pci); refresh sees no drift; delete undefines it: 2, 1 and 1 round trips", async () => {
         const c = await check({}, inputs, host);
         expect(c.failures).toEqual([]);
         expect(c.inputs.commandLine).toEqual([]);
         expect(c.inputs.domainXml).toContain("<hostdev mode='subsystem' type='pci' managed='no'>");
         const [cr, made] = await trips(() => create(c.inputs, host));
         expect(made.outs).toMatchObject({ status: "running", backend: "libvirt", domainDrift: [], unit: null, qmpSocket: "" });
-        expect(virshState(k).log.map((a) => a[0])).toEqual(["domstate", "dumpxml", "define", "start", "domstate"]);
+        expect(virshState(k).log.map((a) => a[0])).toEqual(["domstate", "define", "start"]);
         expect([driver("0000:01:00.0"), driver("0000:01:00.1")]).toEqual(["vfio-pci", "vfio-pci"]);
         // The XML file was written 0600 for define and removed after it.
         expect(k.state.files["/run/pulumi-vfio/vm/lab-dom/domain.xml"]).toBeUndefined();
@@ -144,10 +151,10 @@ describe("lifecycle on the fake machine's virsh", () => {
         expect(diff(made.id, seen.props!, (await check(made.outs, inputs, host)).inputs).changes).toBe(false);
         const [rm] = await trips(() => remove(made.id, seen.props!, host));
         expect(virshState(k).domains["lab-dom"]).toBeUndefined();
-        expect(virshState(k).log.slice(-3).map((a) => a[0])).toEqual(["domstate", "destroy", "undefine"]);
-        expect(virshState(k).log.at(-2)).toEqual(["destroy", "lab-dom"]);
-        expect(virshState(k).log.at(-1)).toEqual(["undefine", "--nvram", "lab-dom"]);
-        expect([cr, rd, rm]).toEqual([2, 1, 2]);
+        // shutdownTimeoutSeconds 0: what a user types, destroy and undefine --nvram, in one batch.
+        expect(virshState(k).log.slice(-2)).toEqual([["destroy", "lab-dom"], ["undefine", "--nvram", "lab-dom"]]);
+        expect(k.state.files["/run/libvirt/qemu/lab-dom.pid"]).toBeUndefined();
+        expect([cr, rd, rm]).toEqual([2, 1, 1]);
         expect([driver("0000:01:00.0"), driver("0000:01:00.1")]).toEqual(["vfio-pci", "vfio-pci"]);
     });
 
@@ -164,6 +171,52 @@ describe("lifecycle on the fake machine's virsh", () => {
         const { outs: fixed } = await update(id, seen, news, host);
         expect(fixed).toMatchObject({ status: "running", domainDrift: [] });
         expect((await read(id, fixed, host)).props!.domainDrift).toEqual([]);
+    });
+
+    test("a redefinition keeps the UUID libvirt gave the domain (libvirt refuses another under the same name); a changed uuid input undefines first (undefine --keep-nvram) and sets autostart again", async () => {
+        const c = await check({}, { ...inputs, autostart: true }, host);
+        const { id, outs } = await create(c.inputs, host);
+        const given = /<uuid>([^<]+)<\/uuid>/.exec(virshState(k).domains["lab-dom"].xml)![1];
+        // A change of memory redefines the domain: under the UUID it has, not a new random one.
+        const more = (await check(outs, { ...inputs, autostart: true, memoryMb: 256 }, host)).inputs;
+        expect(more.domainXml).not.toContain("<uuid>");
+        const { outs: bigger } = await update(id, outs, more, host);
+        expect(bigger).toMatchObject({ status: "running", domainDrift: [] });
+        expect(virshState(k).domains["lab-dom"].xml).toContain(`<uuid>${given}</uuid>`);
+        expect(virshState(k).domains["lab-dom"].xml).toContain("<memory unit='KiB'>262144</memory>");
+        // Another uuid input: the old definition goes first (its NVRAM kept), then ours, autostart set again.
+        const other = "0b6d9c43-2f1e-4a5b-8c7d-6e5f4a3b2c1d";
+        const moved = (await check(bigger, { ...inputs, autostart: true, memoryMb: 256, uuid: other }, host)).inputs;
+        const at = virshState(k).log.length;
+        const { outs: renamed } = await update(id, bigger, moved, host);
+        expect(renamed).toMatchObject({ status: "running", domainDrift: [] });
+        expect(virshState(k).log.slice(at).map((a) => a.join(" "))).toEqual(expect.arrayContaining(["undefine --keep-nvram lab-dom", "define /run/pulumi-vfio/vm/lab-dom/domain.xml", "autostart lab-dom", "start lab-dom"]));
+        expect(virshState(k).domains["lab-dom"].xml).toContain(`<uuid>${other}</uuid>`);
+        expect(k.state.files["/etc/libvirt/qemu/autostart/lab-dom.xml"]).toBeDefined();
+    });
+
+    test("delete with a grace time asks the guest first (virsh shutdown), then destroys; a domain already gone is no error", async () => {
+        const c = await check({}, { ...inputs, shutdownTimeoutSeconds: 1 }, host);
+        const { id, outs } = await create(c.inputs, host);
+        const at = virshState(k).log.length;
+        await remove(id, outs, host);
+        expect(virshState(k).log.slice(at).map((a) => a[0])).toEqual(["domstate", "shutdown", ...Array(virshState(k).log.length - at - 4).fill("domstate"), "destroy", "undefine"]);
+        expect(virshState(k).domains["lab-dom"]).toBeUndefined();
+        await expect(remove(id, outs, host)).resolves.toBeUndefined();
+        await expect(remove(id, { ...outs, shutdownTimeoutSeconds: 0 }, host)).resolves.toBeUndefined();
+    });
+
+    test("a QEMU that destroy cannot end (D state on a vfio device) is not undefined into a transient domain that still runs: delete fails and says why", async () => {
+        const c = await check({}, inputs, host);
+        const { id, outs } = await create(c.inputs, host);
+        virshState(k).domains["lab-dom"].stuck = true;
+        await expect(remove(id, outs, host)).rejects.toThrow(/VM lab-dom: still running after virsh destroy lab-dom: Failed to destroy domain 'lab-dom': Failed to terminate process \d+ with SIGKILL: Device or resource busy/);
+        expect(virshState(k).domains["lab-dom"]).toMatchObject({ state: "running", persistent: true });
+        expect(virshState(k).log.at(-1)![0]).toBe("destroy");
+        // The same with a grace time: shutdown ignored, destroy fails, no undefine.
+        await expect(remove(id, { ...outs, shutdownTimeoutSeconds: 1 }, host)).rejects.toThrow(/still running after virsh destroy lab-dom/);
+        expect(virshState(k).domains["lab-dom"]).toMatchObject({ state: "running", persistent: true });
+        expect(virshState(k).log.at(-1)![0]).toBe("destroy");
     });
 
     test("autostart is libvirt's (virsh autostart), and running: false shuts the domain off", async () => {

@@ -2,7 +2,7 @@
  * The pure parts of PassthroughVm's preview preflight (provider/qemu/preflight.ts): what /proc/mounts says of the
  * hugetlbfs page size, qemu-bridge-helper's ACL rules, and the hugepage arithmetic, as tables.
  */
-import { HostEnv, PreflightWant, bridgeAllowed, envProblems, hugetlbfsPageKb, statKind } from "../../provider/qemu/preflight";
+import { HostEnv, PreflightWant, bridgeAllowed, envOps, envProblems, hugetlbfsPageKb, parseEnv, statKind } from "../../provider/qemu/preflight";
 
 describe.each<[string, string, number | null]>([
     ["systemd's 2 MiB mount", "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n", 2048],
@@ -46,5 +46,30 @@ describe("hugepages: pages of the mount's size, rounded up, with what this VM ho
     });
     test("memory smaller than one page is QEMU's refusal, on memoryMb", () => {
         expect(envProblems({ ...want, memoryMb: 512 }, env(1048576, 4)).map((f) => f.property)).toEqual(["memoryMb"]);
+    });
+});
+
+describe("backend libvirt: libvirt runs QEMU and makes the bridge's tap itself", () => {
+    const qemuWant: PreflightWant = { accel: "tcg", memoryMb: 256, hugepages: false, disks: [], romfiles: [], bridge: "br0" };
+    const libvirtWant: PreflightWant = { ...qemuWant, emulator: "/usr/bin/qemu-system-x86_64", bridgeHelper: false };
+    // A host with bridge br0, no /etc/qemu/bridge.conf, and QEMU installed.
+    const answer = (w: PreflightWant, emulator = true) =>
+        envOps(w).map((op) => {
+            if (op.op === "stat") return op.path === "/sys/class/net/br0/bridge" ? { ok: true, data: "directory" } : op.path === w.emulator && emulator ? { ok: true, data: "regular file" } : { ok: false, data: "" };
+            if (op.op === "exec") return { ok: true, data: "QEMU emulator version 7.2.19\n" };
+            return { ok: false, data: "", errno: "ENOENT" };
+        });
+
+    test("no qemu-bridge-helper ACL to satisfy and no QEMU run by us: a bridge missing from bridge.conf is no problem", () => {
+        const ops = envOps(libvirtWant);
+        expect(ops.filter((o) => o.op === "exec")).toEqual([]);
+        expect(ops).not.toContainEqual(expect.objectContaining({ path: "/etc/qemu/bridge.conf" }));
+        expect(envProblems(libvirtWant, parseEnv(libvirtWant, answer(libvirtWant)))).toEqual([]);
+        // The QEMU backend on the same host is refused: qemu-bridge-helper would deny br0.
+        expect(envProblems(qemuWant, parseEnv(qemuWant, answer(qemuWant))).map((f) => f.reason)).toEqual([expect.stringMatching(/bridge.conf does not exist, so qemu-bridge-helper denies every bridge/)]);
+    });
+
+    test("a missing emulator names libvirt's <emulator> path", () => {
+        expect(envProblems(libvirtWant, parseEnv(libvirtWant, answer(libvirtWant, false)))).toEqual([{ property: "machine", reason: expect.stringMatching(/^libvirt's emulator \/usr\/bin\/qemu-system-x86_64 does not exist: /) }]);
     });
 });
